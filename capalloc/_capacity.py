@@ -1,0 +1,213 @@
+r"""Feature capacity of an embedding matrix.
+
+An embedding ``h = W x`` stores feature ``i`` in column :math:`W_i` of the
+``(d, n)`` matrix ``W``. Its capacity is
+
+.. math::
+
+    C_i = \frac{(W_i \cdot W_i)^2}{\sum_j (W_i \cdot W_j)^2} \in [0, 1],
+    \qquad \sum_i C_i \le \operatorname{rank} W \le d .
+
+Because :math:`\sum_j (W_i\cdot W_j)^2 = W_i^\top M W_i` with :math:`M = W W^\top`,
+every capacity costs :math:`O(d^2)` and the ``(n, n)`` Gram matrix is never formed.
+
+References
+----------
+.. [1] A. Scherlis, K. Sachan, A. S. Jermyn, J. Benton, B. Shlegeris,
+   "Polysemanticity and Capacity in Neural Networks", arXiv:2210.01892 (2022).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array
+
+__all__ = [
+    "capacity",
+    "leverage",
+    "classify",
+    "MONOSEMANTIC",
+    "POLYSEMANTIC",
+    "IGNORED",
+    "LABELS",
+]
+
+MONOSEMANTIC = "monosemantic"
+POLYSEMANTIC = "polysemantic"
+IGNORED = "ignored"
+#: The three labels, in the order of decreasing capacity.
+LABELS = (MONOSEMANTIC, POLYSEMANTIC, IGNORED)
+
+_CHUNK = 8192  # columns per block: bounds the extra memory to O(d * _CHUNK)
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _check_matrix(W: Any, name: str = "W") -> np.ndarray:
+    arr = as_float_array(W, name, min_ndim=2)
+    return arr
+
+
+def _scaled(W: np.ndarray) -> np.ndarray:
+    """Divide each matrix of the batch by its largest absolute entry (capacity is scale free)."""
+    scale = np.max(np.abs(W), axis=(-2, -1), keepdims=True) if W.size else np.ones(1)
+    return W / np.where(scale > 0, scale, 1.0)
+
+
+def _quadratic_forms(W: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Return ``W_i^T M W_i`` for every column, in column blocks of ``_CHUNK``."""
+    n = W.shape[-1]
+    out = np.empty(W.shape[:-2] + (n,))
+    for start in range(0, n, _CHUNK):
+        block = W[..., :, start:start + _CHUNK]
+        out[..., start:start + _CHUNK] = np.einsum("...kn,...kn->...n", M @ block, block)
+    return out
+
+
+def capacity(W: Any) -> Any:
+    r"""Capacity of every feature (column) of an embedding matrix.
+
+    .. math::
+
+        C_i = \frac{\lVert W_i\rVert^4}{W_i^\top (W W^\top) W_i}
+
+    Parameters
+    ----------
+    W : (..., d, n) array_like of float or torch.Tensor
+        Embedding matrix; column ``i`` embeds feature ``i``. Leading batch
+        dimensions are allowed.
+
+    Returns
+    -------
+    C : (..., n) ndarray or torch.Tensor
+        Capacities in [0, 1], of the input's type (and device; differentiable
+        in torch). This is also Elhage et al.'s "feature dimensionality".
+
+    Notes
+    -----
+    Cost is :math:`O(n d^2)` time and :math:`O(d^2 + n)` extra memory (columns
+    are processed in blocks). Each matrix is first divided by its largest
+    absolute entry, which leaves capacities unchanged and avoids overflow. A
+    column gets ``C = 0`` exactly when its quadratic form
+    :math:`W_i^\top M W_i` is zero after that scaling: exactly zero columns,
+    and columns whose entries are below about ``1e-154`` times the largest entry
+    (their fourth powers underflow).
+
+    References
+    ----------
+    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
+       arXiv:2210.01892, eq. for capacity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from capalloc import capacity
+    >>> angles = 2 * np.pi * np.arange(3) / 3          # equilateral triangle in 2-D
+    >>> W = np.stack([np.cos(angles), np.sin(angles)])
+    >>> capacity(W).round(6)
+    array([0.666667, 0.666667, 0.666667])
+    """
+    if _is_torch(W):
+        return _capacity_torch(W)
+    W = _scaled(_check_matrix(W))
+    M = W @ np.swapaxes(W, -1, -2)
+    q = _quadratic_forms(W, M)
+    norms2 = np.einsum("...kn,...kn->...n", W, W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        C = np.where(q > 0, norms2**2 / np.where(q > 0, q, 1.0), 0.0)
+    return np.clip(C, 0.0, 1.0)
+
+
+def _capacity_torch(W: Any) -> Any:
+    import torch
+
+    if W.ndim < 2:
+        raise ValueError(f"W must have at least 2 dimensions, got shape {tuple(W.shape)}")
+    if not torch.isfinite(W).all():
+        raise ValueError("W must be finite, found a non-finite entry")
+    scale = W.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    W = W / torch.where(scale > 0, scale, torch.ones_like(scale))
+    M = W @ W.transpose(-1, -2)
+    q = ((M @ W) * W).sum(dim=-2)
+    norms2 = (W * W).sum(dim=-2)
+    positive = q > 0
+    safe_q = torch.where(positive, q, torch.ones_like(q))
+    return torch.where(positive, norms2**2 / safe_q, torch.zeros_like(q)).clamp(0.0, 1.0)
+
+
+def leverage(W: Any, rcond: float | None = None) -> np.ndarray:
+    r"""Leverage score of every column, an upper bound on its capacity.
+
+    .. math::
+
+        \ell_i = W_i^\top (W W^\top)^{+} W_i, \qquad C_i \le \ell_i \le 1,
+        \qquad \sum_i \ell_i = \operatorname{rank} W .
+
+    Parameters
+    ----------
+    W : (..., d, n) array_like of float
+        Embedding matrix.
+    rcond : float, optional
+        Singular values below ``rcond`` times the largest are treated as zero.
+        Default ``max(d, n) * eps``.
+
+    Returns
+    -------
+    leverage : (..., n) ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from capalloc import leverage
+    >>> W = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> leverage(W)
+    array([0.5, 0.5, 0. ])
+    """
+    W = _scaled(_check_matrix(W))
+    d, n = W.shape[-2:]
+    if rcond is None:
+        rcond = max(d, n) * np.finfo(float).eps
+    lam, U = np.linalg.eigh(W @ np.swapaxes(W, -1, -2))
+    sing = np.sqrt(np.clip(lam, 0.0, None))
+    keep = sing > rcond * sing.max(axis=-1, keepdims=True)
+    inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
+    Minv = (U * inv[..., None, :]) @ np.swapaxes(U, -1, -2)
+    return np.clip(_quadratic_forms(W, Minv), 0.0, 1.0)
+
+
+def classify(C: Any, atol: float = 1e-6) -> np.ndarray:
+    """Label each capacity as monosemantic, polysemantic or ignored.
+
+    Parameters
+    ----------
+    C : (..., n) array_like of float
+        Capacities in [0, 1].
+    atol : float, default 1e-6
+        ``C >= 1 - atol`` is monosemantic, ``C <= atol`` is ignored, anything
+        in between polysemantic.
+
+    Returns
+    -------
+    labels : (..., n) ndarray of str
+        Entries of :data:`LABELS`.
+
+    Examples
+    --------
+    >>> from capalloc import classify
+    >>> classify([1.0, 0.4, 0.0]).tolist()
+    ['monosemantic', 'polysemantic', 'ignored']
+    """
+    if _is_torch(C):
+        C = C.detach().cpu().numpy()
+    C = as_float_array(C, "C")
+    if not (0 <= atol < 0.5):
+        raise ValueError(f"atol must lie in [0, 0.5), got {atol!r}")
+    labels = np.full(C.shape, POLYSEMANTIC, dtype="<U12")
+    labels[C >= 1 - atol] = MONOSEMANTIC
+    labels[C <= atol] = IGNORED
+    return labels

@@ -1,0 +1,102 @@
+"""Input checks shared by every public entry point.
+
+Each checker raises ``ValueError`` (bad value) or ``TypeError`` (bad type) whose
+message names the argument and shows the offending value, so that users never
+meet a silent NaN further down.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "check_kurtosis",
+    "check_importance",
+    "check_budget",
+    "check_positive",
+    "check_probability",
+    "short",
+]
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """Return a short printable form of ``value`` for error messages."""
+    if isinstance(value, np.ndarray):
+        text = np.array2string(value, threshold=6, precision=4)
+        text = f"array(shape={value.shape}, {text})"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None = None,
+                   min_ndim: int | None = None) -> np.ndarray:
+    """Convert ``value`` to a finite float64 array, checking its number of dimensions."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be array-like of real numbers, got {short(value)}") from exc
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and arr.ndim not in allowed:
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, allowed))} dimension(s), "
+            f"got ndim={arr.ndim} (shape {arr.shape})"
+        )
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = arr[~np.isfinite(arr)].ravel()[0]
+        raise ValueError(f"{name} must be finite, found {bad!r} in {short(arr)}")
+    return arr
+
+
+def check_importance(value: Any, name: str = "importance", ndim: tuple[int, ...] = (1,)) -> np.ndarray:
+    """Finite, non-negative importances."""
+    arr = as_float_array(value, name, ndim=ndim)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be >= 0, found {arr.min()!r} in {short(arr)}")
+    return arr
+
+
+def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
+    """Finite kurtosis values ``E[x^4] >= 1`` (no law with unit variance has less)."""
+    arr = as_float_array(value, name)
+    if arr.size and arr.min() < 1:
+        raise ValueError(
+            f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {arr.min()!r} in {short(arr)}"
+        )
+    return arr
+
+
+def check_budget(value: Any, name: str = "d") -> int:
+    """A non-negative integer budget (number of embedding dimensions)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_positive(value: Any, name: str, *, integer: bool = False, strict: bool = True) -> Any:
+    """A positive scalar (``> 0``, or ``>= 0`` when ``strict`` is false)."""
+    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
+    if isinstance(value, bool) or not ok_type or not np.isfinite(value):
+        kind = "integer" if integer else "number"
+        raise ValueError(f"{name} must be a finite positive {kind}, got {value!r}")
+    if value < 0 or (strict and value == 0):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_probability(value: Any, name: str = "p") -> float:
+    """A probability in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    return float(value)
