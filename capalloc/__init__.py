@@ -12,6 +12,10 @@ from typing import Any
 
 from . import distributions
 from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC, capacity, classify, leverage
+from ._problems import QuadraticProblem, SeparableProblem
+from ._result import AllocationResult, AllocationWarning, kkt_residual
+from ._solve import get_method, methods, register_method, solve
+from ._waterfill import waterfill
 from .models.quadratic import capacity_form_loss, optimal_bias, quadratic_loss, quadratic_loss_grad
 
 __version__ = "0.1.0"
@@ -25,7 +29,17 @@ _LAZY = {
 }
 
 __all__ = [
+    "AllocationResult",
+    "AllocationWarning",
     "IGNORED",
+    "QuadraticProblem",
+    "SeparableProblem",
+    "get_method",
+    "kkt_residual",
+    "methods",
+    "register_method",
+    "solve",
+    "waterfill",
     "LABELS",
     "MONOSEMANTIC",
     "POLYSEMANTIC",

@@ -153,8 +153,10 @@ def leverage(W: Any, rcond: float | None = None) -> np.ndarray:
     W : (..., d, n) array_like of float
         Embedding matrix.
     rcond : float, optional
-        Singular values below ``rcond`` times the largest are treated as zero.
-        Default ``max(d, n) * eps``.
+        Singular values of ``W`` below ``rcond`` times the largest are treated
+        as zero. Default ``sqrt(max(d, n) * eps)``: the computation goes through
+        the eigenvalues of :math:`W W^\top` (squared singular values), which
+        resolve singular values only down to about ``sqrt(eps)`` of the largest.
 
     Returns
     -------
@@ -171,7 +173,7 @@ def leverage(W: Any, rcond: float | None = None) -> np.ndarray:
     W = _scaled(_check_matrix(W))
     d, n = W.shape[-2:]
     if rcond is None:
-        rcond = max(d, n) * np.finfo(float).eps
+        rcond = np.sqrt(max(d, n) * np.finfo(float).eps)
     lam, U = np.linalg.eigh(W @ np.swapaxes(W, -1, -2))
     sing = np.sqrt(np.clip(lam, 0.0, None))
     keep = sing > rcond * sing.max(axis=-1, keepdims=True)

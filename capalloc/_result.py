@@ -1,0 +1,158 @@
+"""The result of an allocation solve and its optimality certificate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._capacity import classify
+
+__all__ = ["AllocationResult", "AllocationWarning", "kkt_residual", "SUCCESS", "NOT_CONVERGED"]
+
+SUCCESS = 0
+NOT_CONVERGED = 1
+STATUS_MESSAGES = {SUCCESS: "optimal", NOT_CONVERGED: "did not converge"}
+
+
+class AllocationWarning(RuntimeWarning):
+    """A solver stopped without certifying optimality (see ``result.status``)."""
+
+
+def _readonly(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        x = x.copy()
+        x.setflags(write=False)
+    return x
+
+
+def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
+    r"""Relative KKT residual of an allocation (0 at a KKT point).
+
+    With marginal benefits :math:`g_i = -\ell_i'(C_i)` and threshold
+    :math:`T \ge 0`, the conditions are feasibility, :math:`T (d - \sum C) = 0`
+    and :math:`C_i = \Pi_{[0,1]}(C_i + (g_i - T)/s)` (the natural residual,
+    zero iff :math:`0<C_i<1 \Rightarrow g_i = T`, :math:`C_i = 1 \Rightarrow g_i \ge T`,
+    :math:`C_i = 0 \Rightarrow g_i \le T`). ``s`` is the largest of ``T`` and the
+    :math:`g_i`, so the residual is in units of capacity and scale free.
+
+    Parameters
+    ----------
+    problem : QuadraticProblem or SeparableProblem
+    capacity : (n,) or (m, n) array_like
+    threshold : float or (m,) array_like
+
+    Returns
+    -------
+    residual : float or (m,) ndarray
+    """
+    C = np.asarray(capacity, dtype=float)
+    T = np.asarray(threshold, dtype=float)
+    g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
+    scale = np.maximum(np.max(g, axis=-1, initial=0.0), T)
+    scale = np.where(scale > 0, scale, 1.0)
+    Ts = (T / scale)[..., None]
+    gs = g / scale[..., None]
+    natural = np.abs(C - np.clip(C + gs - Ts, 0.0, 1.0))
+    over = np.maximum(np.sum(C, axis=-1) - problem.d, 0.0)
+    bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
+    comp = np.abs(Ts[..., 0] * (problem.d - np.sum(C, axis=-1)))
+    comp = np.where(np.sum(C, axis=-1) >= min(problem.d, C.shape[-1]) - 1e-12, 0.0, comp)
+    res = np.maximum.reduce([np.max(natural, axis=-1, initial=0.0), over,
+                             np.max(bounds, axis=-1, initial=0.0), comp,
+                             np.maximum(-T, 0.0)])
+    return float(res) if np.ndim(res) == 0 else res
+
+
+@dataclass(frozen=True, repr=False)
+class AllocationResult:
+    """Outcome of :func:`capalloc.solve`.
+
+    Attributes
+    ----------
+    capacity : (n,) or (m, n) ndarray
+        Optimal capacities :math:`C_i` (read-only).
+    norms : (n,) or (m, n) ndarray
+        Optimal squared column norms :math:`N_i = \\lVert W_i\\rVert^2` (quadratic model).
+    loss : float or (m,) ndarray
+        Optimal expected loss :math:`\\sum_i \\ell_i(C_i)`.
+    threshold : float or (m,) ndarray
+        Lagrange multiplier of :math:`\\sum C \\le d`: the common marginal benefit
+        :math:`T` (the smallest valid one where several are).
+    labels : (n,) or (m, n) ndarray of str
+        ``"monosemantic"``, ``"polysemantic"`` or ``"ignored"``.
+    method : str
+        The method that produced the result.
+    status : int
+        0 optimal, 1 did not converge.
+    message : str
+    nit : int
+        Iterations (method specific: segments visited, solver iterations).
+    kkt_residual : float or (m,) ndarray
+        Relative KKT residual (see :func:`capalloc.kkt_residual`).
+    """
+
+    capacity: np.ndarray
+    norms: np.ndarray
+    loss: Any
+    threshold: Any
+    labels: np.ndarray
+    method: str
+    status: int
+    message: str
+    nit: int
+    kkt_residual: Any
+
+    @property
+    def success(self) -> bool:
+        """Whether the solver certified optimality (``status == 0``)."""
+        return self.status == SUCCESS
+
+    def __repr__(self) -> str:
+        counts = {lab: int(np.sum(self.labels == lab)) for lab in ("monosemantic", "polysemantic",
+                                                                   "ignored")}
+        loss = np.asarray(self.loss)
+        loss_txt = f"{float(loss):.6g}" if loss.ndim == 0 else f"array(shape={loss.shape})"
+        kkt = float(np.max(self.kkt_residual))
+        return (f"AllocationResult(method={self.method!r}, status={self.status} "
+                f"({self.message}), loss={loss_txt}, mono={counts['monosemantic']}, "
+                f"poly={counts['polysemantic']}, ignored={counts['ignored']}, "
+                f"kkt_residual={kkt:.2g})")
+
+
+def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
+                status: int = SUCCESS, message: str | None = None, nit: int = 0,
+                loss: Any = None, atol: float = 1e-9) -> AllocationResult:
+    """Assemble an :class:`AllocationResult`, computing loss, norms, labels and KKT residual."""
+    C = np.asarray(capacity, dtype=float)
+    threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
+    if loss is None:
+        loss = np.sum(problem.loss(C), axis=-1)
+    loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
+    return AllocationResult(
+        capacity=_readonly(C),
+        norms=_readonly(np.asarray(problem.optimal_norms(C), dtype=float)),
+        loss=_readonly(loss),
+        threshold=_readonly(threshold),
+        labels=_readonly(classify(C, atol=atol)),
+        method=method,
+        status=status,
+        message=message or STATUS_MESSAGES[status],
+        nit=int(nit),
+        kkt_residual=_readonly(kkt_residual(problem, C, threshold)),
+    )
+
+
+def smallest_threshold(problem: Any, capacity: Any) -> Any:
+    r"""The smallest valid Lagrange multiplier: :math:`T = \max_{i: C_i < 1} g_i(C_i)`.
+
+    At an optimum every polysemantic feature has :math:`g_i = T`, ignored ones
+    :math:`g_i(0) \le T` and monosemantic ones :math:`g_i(1) \ge T`; where no
+    feature is polysemantic an interval of multipliers is valid and this picks
+    its lower end (0 when every feature is monosemantic).
+    """
+    C = np.asarray(capacity, dtype=float)
+    g = np.asarray(problem.marginal_benefit(C), dtype=float)
+    T = np.max(np.where(C < 1.0, g, 0.0), axis=-1, initial=0.0)
+    return float(T) if np.ndim(T) == 0 else T
