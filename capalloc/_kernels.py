@@ -25,9 +25,33 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["sweep", "sweep_numpy", "convex_capacities", "bracket_pass", "batch_waterfill"]
+__all__ = [
+    "sweep",
+    "sweep_numpy",
+    "convex_capacities",
+    "convex_capacities_numpy",
+    "bracket_pass",
+    "bracket_pass_numpy",
+    "total_capacity",
+    "quadratic_certificate",
+    "smallest_threshold",
+    "batch_certificate",
+    "polish",
+    "batch_waterfill",
+]
 
 ENTER, SATURATE, JUMP = 0, 1, 2
+
+
+@numba.njit(cache=True, inline="always")
+def _add(total, comp, x):  # pragma: no cover - compiled
+    """Neumaier-compensated ``total + x``: returns the new ``(total, comp)``."""
+    t = total + x
+    if abs(total) >= abs(x):
+        comp += (total - t) + x
+    else:
+        comp += (x - t) + total
+    return t, comp
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -45,6 +69,10 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     m = m0
     A = A0
     B = B0
+    # A and B are sums of many terms added and later removed: keep Neumaier
+    # compensations (cA, cB) so that no drift builds up over millions of events.
+    cA = 0.0
+    cB = 0.0
     ne = 0
     for i in range(n):
         vi = v[i]
@@ -63,8 +91,8 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
                 m += 1.0
             else:
                 if hi > mu_top:
-                    A += (Ki - 1.0) * vi / (Ki - 3.0)
-                    B += 2.0 / (Ki - 3.0)
+                    A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+                    B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
                 else:
                     ev_mu[ne] = hi
                     ev_idx[ne] = i
@@ -81,10 +109,10 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     while k < ne:
         mu_e = ev_mu[order[k]]
         nseg += 1
-        s_before = m + A / mu_e - B
+        s_before = m + (A + cA) / mu_e - (B + cB)
         if s_before >= budget:
-            denom = budget - m + B
-            mu = A / denom if (A > 0.0 and denom > 0.0) else mu_e
+            denom = budget - m + (B + cB)
+            mu = (A + cA) / denom if (A + cA > 0.0 and denom > 0.0) else mu_e
             mu = min(max(mu, mu_e), prev)
             return mu, np.nan, nseg
         jumps = 0.0
@@ -94,23 +122,22 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
             if kind == JUMP:
                 m += 1.0
                 jumps += 1.0
-            elif kind == ENTER:
-                A += (K[j] - 1.0) * v[j] / (K[j] - 3.0)
-                B += 2.0 / (K[j] - 3.0)
             else:
-                A -= (K[j] - 1.0) * v[j] / (K[j] - 3.0)
-                B -= 2.0 / (K[j] - 3.0)
-                m += 1.0
+                sign = 1.0 if kind == ENTER else -1.0
+                A, cA = _add(A, cA, sign * (K[j] - 1.0) * v[j] / (K[j] - 3.0))
+                B, cB = _add(B, cB, sign * 2.0 / (K[j] - 3.0))
+                if kind == SATURATE:
+                    m += 1.0
             k += 1
-        s_after = m + A / mu_e - B
+        s_after = m + (A + cA) / mu_e - (B + cB)
         if s_after >= budget:
             share = (budget - (s_after - jumps)) / jumps if jumps > 0.0 else np.nan
             return mu_e, min(max(share, 0.0), 1.0), nseg
         prev = mu_e
-    if A > 0.0:  # poly features remain below the last breakpoint: mu = A / (budget - m + B)
-        denom = budget - m + B
+    if A + cA > 0.0:  # features polysemantic on the whole range below the last breakpoint
+        denom = budget - m + (B + cB)
         if denom > 0.0:
-            return min(A / denom, prev), np.nan, nseg
+            return min((A + cA) / denom, prev), np.nan, nseg
     return 0.0, np.nan, nseg
 
 
@@ -200,51 +227,143 @@ def convex_capacities_numpy(v, K, mu, share):
 
 @numba.njit(cache=True, error_model="numpy")
 def bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
-    """One pass over all features for a bracket ``mu_lo < mu_hi``.
+    """One pass over the features for a bracket ``mu_lo < mu_hi``.
 
-    Returns ``(s_lo, s_hi, m0, A0, B0, live)``: the exact ``S`` at both ends, the
-    aggregate of features whose state is fixed on the whole bracket, and the
-    indices of the others (those with a breakpoint inside ``[mu_lo, mu_hi]``).
+    Returns ``(m0, A0, B0, live)``: the aggregate of features whose state is the
+    same on the whole bracket (monosemantic count ``m0``; polysemantic sums
+    ``A0 = sum a_i``, ``B0 = sum b_i``; ignored ones drop out) and the indices of
+    the others, those with a breakpoint inside ``[mu_lo, mu_hi]``.
     """
     n = v.size
     live = np.empty(n, dtype=np.int64)
     nl = 0
-    s_lo = 0.0
-    s_hi = 0.0
     m0 = 0.0
     A0 = 0.0
     B0 = 0.0
+    cA = 0.0  # Neumaier compensations
+    cB = 0.0
     for i in range(n):
         vi = v[i]
         Ki = K[i]
-        if vi == 0.0:
-            continue
-        if Ki == 3.0:
-            hi = vi
-        else:
-            hi = (Ki - 1.0) * vi / 2.0
-        # exact S at both ends
-        for end in range(2):
-            mu = mu_lo if end == 0 else mu_hi
-            if Ki == 3.0:
-                c = 1.0 if vi > mu else 0.0
-            else:
-                c = min(max(((Ki - 1.0) * vi / mu - 2.0) / (Ki - 3.0), 0.0), 1.0)
-            if end == 0:
-                s_lo += c
-            else:
-                s_hi += c
         if vi > mu_hi:
             m0 += 1.0
-        elif hi < mu_lo:
-            pass
-        elif Ki != 3.0 and vi < mu_lo and hi > mu_hi:
-            A0 += (Ki - 1.0) * vi / (Ki - 3.0)
-            B0 += 2.0 / (Ki - 3.0)
+        elif (Ki - 1.0) * vi < 2.0 * mu_lo or vi == 0.0:
+            pass  # ignored on the whole bracket (K = 3 included: then hi = v)
+        elif Ki != 3.0 and vi < mu_lo and (Ki - 1.0) * vi > 2.0 * mu_hi:
+            A0, cA = _add(A0, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+            B0, cB = _add(B0, cB, 2.0 / (Ki - 3.0))
         else:
             live[nl] = i
             nl += 1
-    return s_lo, s_hi, m0, A0, B0, live[:nl]
+    return m0, A0 + cA, B0 + cB, live[:nl]
+
+
+def bracket_pass_numpy(v, K, mu_lo, mu_hi):
+    """Plain-numpy twin of :func:`bracket_pass`."""
+    v = np.asarray(v, float)
+    K = np.broadcast_to(np.asarray(K, float), v.shape)
+    mono = v > mu_hi
+    ign = ~mono & (((K - 1) * v < 2 * mu_lo) | (v == 0))
+    poly = ~mono & ~ign & (K != 3) & (v < mu_lo) & ((K - 1) * v > 2 * mu_hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A0 = np.sum(((K - 1) * v / (K - 3))[poly])
+        B0 = np.sum((2 / (K - 3))[poly])
+    return float(mono.sum()), float(A0), float(B0), np.flatnonzero(~mono & ~ign & ~poly)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
+    """``S(mu)``: the aggregate ``m0 + A0/mu - B0`` plus the capacities of ``v``."""
+    s = m0 + A0 / mu - B0
+    for i in range(v.size):
+        if v[i] == 0.0:
+            continue
+        if K[i] == 3.0:
+            s += 1.0 if v[i] > mu else 0.0
+        else:
+            s += min(max(((K[i] - 1.0) * v[i] / mu - 2.0) / (K[i] - 3.0), 0.0), 1.0)
+    return s
+
+
+@numba.njit(cache=True, error_model="numpy")
+def smallest_threshold(v, K, C):  # pragma: no cover - compiled
+    """``max`` of the marginal benefit over features with ``C < 1`` (twin:
+    :func:`capalloc._result.smallest_threshold`)."""
+    T = 0.0
+    for i in range(v.size):
+        if C[i] < 1.0:
+            T = max(T, 2.0 * ((K[i] - 1.0) * v[i] / (2.0 + (K[i] - 3.0) * C[i])) ** 2)
+    return T
+
+
+@numba.njit(cache=True, error_model="numpy")
+def quadratic_certificate(v, K, C, T, d, norms):  # pragma: no cover - compiled
+    """Fill ``norms`` with the optimal squared norms; return ``(loss, kkt_residual)``.
+
+    Fused one-pass-per-quantity version of ``problem.optimal_norms``,
+    ``problem.loss`` and :func:`capalloc.kkt_residual` (their numpy forms are the twins).
+    """
+    n = v.size
+    loss = 0.0
+    total = 0.0
+    comp = 0.0
+    gmax = 0.0
+    for i in range(n):
+        den = 2.0 + (K[i] - 3.0) * C[i]
+        norms[i] = (K[i] - 1.0) * v[i] * C[i] / den
+        loss += 2.0 * (K[i] - 1.0) * v[i] * v[i] * (1.0 - C[i]) / den
+        total, comp = _add(total, comp, C[i])
+        gmax = max(gmax, 2.0 * ((K[i] - 1.0) * v[i] / den) ** 2)
+    scale = max(gmax, T)
+    if scale <= 0.0:
+        scale = 1.0
+    total += comp
+    res = max(total - d, 0.0) / max(d, 1.0)
+    for i in range(n):
+        g = 2.0 * ((K[i] - 1.0) * v[i] / (2.0 + (K[i] - 3.0) * C[i])) ** 2
+        step = min(max(C[i] + (g - T) / scale, 0.0), 1.0)
+        res = max(res, abs(C[i] - step), -C[i], C[i] - 1.0)
+    if total < min(d, n) - 1e-12:
+        res = max(res, abs(T / scale * (d - total)))
+    return loss, res
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def batch_certificate(V, KK, C, d):  # pragma: no cover - compiled
+    """Row-wise :func:`smallest_threshold` and :func:`quadratic_certificate`."""
+    m, n = V.shape
+    T = np.empty(m)
+    loss = np.empty(m)
+    kkt = np.empty(m)
+    norms = np.empty((m, n))
+    for r in numba.prange(m):
+        T[r] = smallest_threshold(V[r], KK[r], C[r])
+        loss[r], kkt[r] = quadratic_certificate(V[r], KK[r], C[r], T[r], d, norms[r])
+    return T, norms, loss, kkt
+
+
+@numba.njit(cache=True, error_model="numpy")
+def polish(C, K, d):  # pragma: no cover - compiled
+    """Spread the rounding error of ``sum(C) - d`` over polysemantic features (in place).
+
+    Near ``K = 3`` the capacity formula divides a cancelled difference by
+    ``K - 3``; restoring the exact budget keeps the allocation feasible and
+    exact ties equal.
+    """
+    total = 0.0
+    comp = 0.0
+    npoly = 0
+    for i in range(C.size):
+        total, comp = _add(total, comp, C[i])
+        if 0.0 < C[i] < 1.0 and K[i] != 3.0:
+            npoly += 1
+    if npoly == 0:
+        return C
+    shift = (total + comp - d) / npoly
+    for i in range(C.size):
+        if 0.0 < C[i] < 1.0 and K[i] != 3.0:
+            C[i] = min(max(C[i] - shift, 0.0), 1.0)
+    return C
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -275,7 +394,7 @@ def batch_waterfill(V, KK, d):  # pragma: no cover - compiled
             MU[r] = np.inf
         else:
             mu, share, nseg = sweep(v, K, float(d), 0.0, 0.0, 0.0, np.inf)
-            C[r] = convex_capacities(v, K, mu, share)
+            C[r] = polish(convex_capacities(v, K, mu, share), K, float(d))
             MU[r] = mu
             NSEG[r] = nseg
     return C, MU, NSEG

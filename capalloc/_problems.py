@@ -63,13 +63,14 @@ class QuadraticProblem:
         K = self.kurtosis.kurtosis if isinstance(self.kurtosis, InputLaw) else self.kurtosis
         K = check_kurtosis(K)
         try:
-            K = np.broadcast_to(K, v.shape)
+            Kb = np.broadcast_to(K, v.shape)
         except ValueError:
             raise ValueError(
                 f"kurtosis of shape {np.shape(K)} does not broadcast to importance shape {v.shape}"
             ) from None
+        # a scalar kurtosis stays a read-only zero-stride view: no n-sized copy
         object.__setattr__(self, "importance", _readonly(v))
-        object.__setattr__(self, "kurtosis", _readonly(K))
+        object.__setattr__(self, "kurtosis", Kb if K.ndim == 0 else _readonly(Kb))
         object.__setattr__(self, "d", d)
 
     @property

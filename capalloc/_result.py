@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,8 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     and :math:`C_i = \Pi_{[0,1]}(C_i + (g_i - T)/s)` (the natural residual,
     zero iff :math:`0<C_i<1 \Rightarrow g_i = T`, :math:`C_i = 1 \Rightarrow g_i \ge T`,
     :math:`C_i = 0 \Rightarrow g_i \le T`). ``s`` is the largest of ``T`` and the
-    :math:`g_i`, so the residual is in units of capacity and scale free.
+    :math:`g_i`, so the residual is in units of capacity and scale free; the budget
+    excess :math:`\max(\sum C - d, 0)` is divided by ``max(d, 1)``.
 
     Parameters
     ----------
@@ -55,7 +57,7 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     Ts = (T / scale)[..., None]
     gs = g / scale[..., None]
     natural = np.abs(C - np.clip(C + gs - Ts, 0.0, 1.0))
-    over = np.maximum(np.sum(C, axis=-1) - problem.d, 0.0)
+    over = np.maximum(np.sum(C, axis=-1) - problem.d, 0.0) / max(problem.d, 1)
     bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
     comp = np.abs(Ts[..., 0] * (problem.d - np.sum(C, axis=-1)))
     comp = np.where(np.sum(C, axis=-1) >= min(problem.d, C.shape[-1]) - 1e-12, 0.0, comp)
@@ -81,7 +83,8 @@ class AllocationResult:
         Lagrange multiplier of :math:`\\sum C \\le d`: the common marginal benefit
         :math:`T` (the smallest valid one where several are).
     labels : (n,) or (m, n) ndarray of str
-        ``"monosemantic"``, ``"polysemantic"`` or ``"ignored"``.
+        ``"monosemantic"``, ``"polysemantic"`` or ``"ignored"`` (derived from
+        ``capacity`` with tolerance ``label_tol`` on first access).
     method : str
         The method that produced the result.
     status : int
@@ -91,18 +94,25 @@ class AllocationResult:
         Iterations (method specific: segments visited, solver iterations).
     kkt_residual : float or (m,) ndarray
         Relative KKT residual (see :func:`capalloc.kkt_residual`).
+    label_tol : float
+        Capacities within this of 0 or 1 are labelled ignored or monosemantic.
     """
 
     capacity: np.ndarray
     norms: np.ndarray
     loss: Any
     threshold: Any
-    labels: np.ndarray
     method: str
     status: int
     message: str
     nit: int
     kkt_residual: Any
+    label_tol: float = 1e-9
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Per-feature labels (see the class docstring)."""
+        return _readonly(classify(self.capacity, atol=self.label_tol))
 
     @property
     def success(self) -> bool:
@@ -123,24 +133,30 @@ class AllocationResult:
 
 def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
                 status: int = SUCCESS, message: str | None = None, nit: int = 0,
-                loss: Any = None, atol: float = 1e-9) -> AllocationResult:
-    """Assemble an :class:`AllocationResult`, computing loss, norms, labels and KKT residual."""
+                loss: Any = None, norms: Any = None, kkt: Any = None,
+                atol: float = 1e-9) -> AllocationResult:
+    """Assemble an :class:`AllocationResult`; loss, norms and KKT residual are computed
+    from the problem unless given."""
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
     if loss is None:
         loss = np.sum(problem.loss(C), axis=-1)
+    if norms is None:
+        norms = problem.optimal_norms(C)
+    if kkt is None:
+        kkt = kkt_residual(problem, C, threshold)
     loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
     return AllocationResult(
         capacity=_readonly(C),
-        norms=_readonly(np.asarray(problem.optimal_norms(C), dtype=float)),
+        norms=_readonly(np.asarray(norms, dtype=float)),
         loss=_readonly(loss),
         threshold=_readonly(threshold),
-        labels=_readonly(classify(C, atol=atol)),
         method=method,
         status=status,
         message=message or STATUS_MESSAGES[status],
         nit=int(nit),
-        kkt_residual=_readonly(kkt_residual(problem, C, threshold)),
+        kkt_residual=_readonly(kkt if np.ndim(kkt) else float(kkt)),
+        label_tol=atol,
     )
 
 

@@ -27,13 +27,13 @@ import numpy as np
 
 from . import _kernels
 from ._problems import QuadraticProblem
-from ._result import AllocationResult, make_result, smallest_threshold
+from ._result import AllocationResult, make_result
 from ._solve import register_method
 
 __all__ = ["waterfill"]
 
 _SAMPLE = 1 << 14  # sample size used to bracket mu on large problems
-_LARGE = 1 << 16  # problems with more features than this use the bracket
+_SMALL = 1 << 15  # live sets up to this size are swept directly
 
 
 def _top_d(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
@@ -50,38 +50,56 @@ def _top_d(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
 def convex_mu(v: np.ndarray, K: np.ndarray, budget: float) -> tuple[float, float, int]:
     """``(mu, share, nseg)`` solving ``S(mu) = budget`` for features with ``K >= 3``.
 
-    ``budget`` must lie strictly between 0 and the number of features with ``v > 0``.
+    ``budget`` must lie strictly between 0 and the number of features with
+    ``v > 0``. Large inputs are narrowed by sampled brackets first: each round
+    solves a strided sample for two budgets a few standard deviations apart,
+    verifies the bracket exactly, and keeps only the features with a
+    breakpoint inside it; a bracket that fails verification stops the
+    narrowing, so the final sweep is always exact.
     """
-    n = v.size
-    if n > _LARGE:
-        found = _bracketed(v, K, budget)
-        if found is not None:
-            return found
-    return _kernels.sweep(v, K, float(budget), 0.0, 0.0, 0.0, math.inf)
+    m0 = A0 = B0 = 0.0
+    top = math.inf
+    rounds = 0
+    while v.size > _SMALL and rounds < 4:
+        narrowed = _narrow(v, K, budget, m0, A0, B0, top)
+        if narrowed is None:
+            break
+        v, K, m0, A0, B0, top = narrowed
+        rounds += 1
+    mu, share, nseg = _kernels.sweep(v, K, float(budget), m0, A0, B0, top)
+    return mu, share, nseg + rounds
 
 
-def _bracketed(v: np.ndarray, K: np.ndarray, budget: float) -> tuple[float, float, int] | None:
-    n = v.size
-    stride = n // _SAMPLE
+def _narrow(v, K, budget, m0, A0, B0, top):
+    """One bracketing round (see :func:`convex_mu`); ``None`` when it cannot help."""
+    stride = max(v.size // _SAMPLE, 1)
     vs, Ks = v[::stride], K[::stride]
-    frac = budget / n
-    expect = frac * vs.size
-    spread = 6.0 * math.sqrt(max(expect * (1 - frac), 1.0)) + 2.0
-    lo_budget = min(expect + spread, np.count_nonzero(vs) - 0.5)
-    hi_budget = max(expect - spread, 0.5)
-    if not (0 < hi_budget < lo_budget):
+    f = vs.size / v.size
+    target = f * budget
+    # the sample stands for the live features: scale the fixed aggregate alike
+    fixed = m0 + (A0 / top - B0 if math.isfinite(top) else 0.0)
+    expect = target - f * fixed  # rough live capacity in the sample near the root
+    p = min(max(expect / vs.size, 0.0), 1.0)
+    spread = 5.0 * math.sqrt(max(vs.size * p * (1 - p), 1.0)) + 2.0
+    npos_sample = np.count_nonzero(vs)
+    if target + spread < npos_sample:
+        mu_lo = _kernels.sweep(vs, Ks, target + spread, f * m0, f * A0, f * B0, top)[0]
+    else:  # below the smallest breakpoint every feature is monosemantic
+        positive = v[v > 0]
+        mu_lo = float(positive.min()) if positive.size else 0.0
+    if target - spread > 0:
+        mu_hi = min(_kernels.sweep(vs, Ks, target - spread, f * m0, f * A0, f * B0, top)[0], top)
+    else:
+        mu_hi = top
+    if not (0.0 < mu_lo < mu_hi):
         return None
-    mu_lo = _kernels.sweep(vs, Ks, lo_budget, 0.0, 0.0, 0.0, math.inf)[0]
-    mu_hi = _kernels.sweep(vs, Ks, hi_budget, 0.0, 0.0, 0.0, math.inf)[0]
-    if not (0 < mu_lo < mu_hi):
+    dm, dA, dB, live = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
+    vl, Kl = v[live], K[live]
+    m1, A1, B1 = m0 + dm, A0 + dA, B0 + dB
+    if not (_kernels.total_capacity(vl, Kl, mu_hi, m1, A1, B1) <= budget
+            <= _kernels.total_capacity(vl, Kl, mu_lo, m1, A1, B1)):
         return None
-    s_lo, s_hi, m0, A0, B0, live = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
-    if not (s_hi <= budget <= s_lo):
-        return None
-    mu, share, nseg = _kernels.sweep(v[live], K[live], float(budget), m0, A0, B0, mu_hi)
-    if not (mu_lo <= mu <= mu_hi):
-        return None
-    return mu, share, nseg + 1
+    return vl, Kl, m1, A1, B1, mu_hi
 
 
 def _solve_one(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, int]:
@@ -94,26 +112,12 @@ def _solve_one(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, int]:
     if np.all(K >= 3):
         mu, share, nseg = convex_mu(v, K, float(d))
         C = _kernels.convex_capacities(v, K, mu, share)
-        return _polish(C, v, K, d), nseg
+        return _kernels.polish(C, K, float(d)), nseg
     if np.all(K <= 3):
         return _top_d(v, K, d), 0
     from ._mixed import mixed_capacities
 
     return mixed_capacities(v, K, d)
-
-
-def _polish(C: np.ndarray, v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
-    """Spread the rounding error of ``sum(C) - d`` over the polysemantic features.
-
-    Near ``K = 3`` the formula for ``C_i`` divides a cancelled difference by
-    ``K - 3``; restoring the exact budget keeps the allocation feasible and ties
-    exactly equal.
-    """
-    poly = (C > 0) & (C < 1) & (K != 3)
-    if np.any(poly):
-        excess = C.sum() - d
-        C[poly] = np.clip(C[poly] - excess / np.count_nonzero(poly), 0.0, 1.0)
-    return C
 
 
 @register_method("waterfill", problems=(QuadraticProblem,), exact=True, batched=True)
@@ -158,6 +162,11 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
             rows = [_solve_one(v[r], K[r], d) for r in range(v.shape[0])]
             C = np.array([c for c, _ in rows]).reshape(v.shape)
             nit = sum(s for _, s in rows)
+        T, norms, loss, kkt = _kernels.batch_certificate(v, K, C, float(d))
     else:
-        C, nit = _solve_one(np.ascontiguousarray(v), np.ascontiguousarray(K), d)
-    return make_result(problem, C, smallest_threshold(problem, C), method="waterfill", nit=nit)
+        C, nit = _solve_one(v, K, d)
+        T = _kernels.smallest_threshold(v, K, C)
+        norms = np.empty_like(C)
+        loss, kkt = _kernels.quadratic_certificate(v, K, C, T, float(d), norms)
+    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, norms=norms,
+                       kkt=kkt)
