@@ -53,20 +53,48 @@ def _check_matrix(W: Any, name: str = "W") -> np.ndarray:
     return arr
 
 
-def _scaled(W: np.ndarray) -> np.ndarray:
-    """Divide each matrix of the batch by its largest absolute entry (capacity is scale free)."""
-    scale = np.max(np.abs(W), axis=(-2, -1), keepdims=True) if W.size else np.ones(1)
-    return W / np.where(scale > 0, scale, 1.0)
+def _scale(W: np.ndarray) -> np.ndarray:
+    """Largest absolute entry of each matrix of the batch, shape ``(..., 1, 1)`` (1 if none).
+
+    Capacity and leverage are scale free; dividing by this avoids overflow and
+    underflow in the products below.
+    """
+    if W.size == 0:
+        return np.ones(W.shape[:-2] + (1, 1))
+    axes = (-2, -1)  # max |W| without the temporary array np.abs(W)
+    scale = np.maximum(W.max(axis=axes, keepdims=True), -W.min(axis=axes, keepdims=True))
+    return np.where(scale > 0, scale, 1.0)
 
 
-def _quadratic_forms(W: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """Return ``W_i^T M W_i`` for every column, in column blocks of ``_CHUNK``."""
+def _blocks(W: np.ndarray, scale: np.ndarray):
+    """Yield ``(columns, W[..., :, columns] / scale)`` in blocks of ``_CHUNK`` columns.
+
+    Only one scaled block exists at a time, so no full-size copy of ``W`` is made.
+    """
+    for start in range(0, W.shape[-1], _CHUNK):
+        cols = slice(start, start + _CHUNK)
+        yield cols, W[..., :, cols] / scale
+
+
+def _gram(W: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(W / scale) (W / scale)^T``, shape ``(..., d, d)``, accumulated over column blocks."""
+    d = W.shape[-2]
+    M = np.zeros(W.shape[:-2] + (d, d))
+    for _, block in _blocks(W, scale):
+        M += block @ np.swapaxes(block, -1, -2)
+    return M
+
+
+def _quadratic_forms(W: np.ndarray, scale: np.ndarray, M: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``w_i^T M w_i`` and ``w_i^T w_i`` for every scaled column ``w_i = W_i / scale``."""
     n = W.shape[-1]
-    out = np.empty(W.shape[:-2] + (n,))
-    for start in range(0, n, _CHUNK):
-        block = W[..., :, start:start + _CHUNK]
-        out[..., start:start + _CHUNK] = np.einsum("...kn,...kn->...n", M @ block, block)
-    return out
+    forms = np.empty(W.shape[:-2] + (n,))
+    norms2 = np.empty(W.shape[:-2] + (n,))
+    for cols, block in _blocks(W, scale):
+        forms[..., cols] = np.einsum("...kn,...kn->...n", M @ block, block)
+        norms2[..., cols] = np.einsum("...kn,...kn->...n", block, block)
+    return forms, norms2
 
 
 def capacity(W: Any) -> Any:
@@ -114,10 +142,9 @@ def capacity(W: Any) -> Any:
     """
     if _is_torch(W):
         return _capacity_torch(W)
-    W = _scaled(_check_matrix(W))
-    M = W @ np.swapaxes(W, -1, -2)
-    q = _quadratic_forms(W, M)
-    norms2 = np.einsum("...kn,...kn->...n", W, W)
+    W = _check_matrix(W)
+    scale = _scale(W)
+    q, norms2 = _quadratic_forms(W, scale, _gram(W, scale))
     with np.errstate(invalid="ignore", divide="ignore"):
         C = np.where(q > 0, norms2**2 / np.where(q > 0, q, 1.0), 0.0)
     return np.clip(C, 0.0, 1.0)
@@ -170,16 +197,17 @@ def leverage(W: Any, rcond: float | None = None) -> np.ndarray:
     >>> leverage(W)
     array([0.5, 0.5, 0. ])
     """
-    W = _scaled(_check_matrix(W))
+    W = _check_matrix(W)
+    scale = _scale(W)
     d, n = W.shape[-2:]
     if rcond is None:
         rcond = np.sqrt(max(d, n) * np.finfo(float).eps)
-    lam, U = np.linalg.eigh(W @ np.swapaxes(W, -1, -2))
+    lam, U = np.linalg.eigh(_gram(W, scale))
     sing = np.sqrt(np.clip(lam, 0.0, None))
     keep = sing > rcond * sing.max(axis=-1, keepdims=True)
     inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
     Minv = (U * inv[..., None, :]) @ np.swapaxes(U, -1, -2)
-    return np.clip(_quadratic_forms(W, Minv), 0.0, 1.0)
+    return np.clip(_quadratic_forms(W, scale, Minv)[0], 0.0, 1.0)
 
 
 def classify(C: Any, atol: float = 1e-6) -> np.ndarray:

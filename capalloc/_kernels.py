@@ -285,6 +285,14 @@ def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
     return s
 
 
+@numba.njit(cache=True, inline="always")
+def _h(v, K, C):  # pragma: no cover - compiled
+    """``(K - 1) v / (2 + (K - 3) C)``; 0 for ``K = 1`` (where ``l`` vanishes identically)."""
+    if K == 1.0:
+        return 0.0
+    return (K - 1.0) * v / (2.0 + (K - 3.0) * C)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def smallest_threshold(v, K, C):  # pragma: no cover - compiled
     """``max`` of the marginal benefit over features with ``C < 1`` (twin:
@@ -292,7 +300,7 @@ def smallest_threshold(v, K, C):  # pragma: no cover - compiled
     T = 0.0
     for i in range(v.size):
         if C[i] < 1.0:
-            T = max(T, 2.0 * ((K[i] - 1.0) * v[i] / (2.0 + (K[i] - 3.0) * C[i])) ** 2)
+            T = max(T, 2.0 * _h(v[i], K[i], C[i]) ** 2)
     return T
 
 
@@ -309,18 +317,18 @@ def quadratic_certificate(v, K, C, T, d, norms):  # pragma: no cover - compiled
     comp = 0.0
     gmax = 0.0
     for i in range(n):
-        den = 2.0 + (K[i] - 3.0) * C[i]
-        norms[i] = (K[i] - 1.0) * v[i] * C[i] / den
-        loss += 2.0 * (K[i] - 1.0) * v[i] * v[i] * (1.0 - C[i]) / den
+        h = _h(v[i], K[i], C[i])
+        norms[i] = h * C[i]
+        loss += 2.0 * h * v[i] * (1.0 - C[i])
         total, comp = _add(total, comp, C[i])
-        gmax = max(gmax, 2.0 * ((K[i] - 1.0) * v[i] / den) ** 2)
+        gmax = max(gmax, 2.0 * h * h)
     scale = max(gmax, T)
     if scale <= 0.0:
         scale = 1.0
     total += comp
     res = max(total - d, 0.0) / max(d, 1.0)
     for i in range(n):
-        g = 2.0 * ((K[i] - 1.0) * v[i] / (2.0 + (K[i] - 3.0) * C[i])) ** 2
+        g = 2.0 * _h(v[i], K[i], C[i]) ** 2
         step = min(max(C[i] + (g - T) / scale, 0.0), 1.0)
         res = max(res, abs(C[i] - step), -C[i], C[i] - 1.0)
     if total < min(d, n) - 1e-12:

@@ -93,20 +93,24 @@ class QuadraticProblem:
             return "concave"
         return "mixed"
 
-    def loss(self, C: Any) -> np.ndarray:
-        """Per-feature optimal loss :math:`\\ell_i(C_i)` (broadcasts)."""
+    def _ratio(self, C: Any) -> np.ndarray:
+        """:math:`h_i = (K_i - 1) v_i / (2 + (K_i - 3) C_i)`, 0 where ``K_i = 1`` (loss vanishes)."""
         v, K = self.importance, self.kurtosis
-        return 2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = (K - 1) * v / (2 + (K - 3) * np.asarray(C, dtype=float))
+        return np.where(K == 1, 0.0, h)
+
+    def loss(self, C: Any) -> np.ndarray:
+        r"""Per-feature optimal loss :math:`\ell_i(C_i) = 2 h_i v_i (1 - C_i)` (broadcasts)."""
+        return 2 * self._ratio(C) * self.importance * (1 - np.asarray(C, dtype=float))
 
     def marginal_benefit(self, C: Any) -> np.ndarray:
-        r"""Marginal benefit of capacity :math:`-\ell_i'(C_i) = 2 (K_i-1)^2 v_i^2 / (2 + (K_i-3) C_i)^2`."""
-        v, K = self.importance, self.kurtosis
-        return 2 * ((K - 1) * v / (2 + (K - 3) * C)) ** 2
+        r"""Marginal benefit :math:`-\ell_i'(C_i) = 2 (K_i-1)^2 v_i^2 / (2 + (K_i-3) C_i)^2 = 2 h_i^2`."""
+        return 2 * self._ratio(C) ** 2
 
     def optimal_norms(self, C: Any) -> np.ndarray:
-        r"""Optimal squared norms :math:`N_i^* = (K_i-1) v_i C_i / (2 + (K_i-3) C_i)`."""
-        v, K = self.importance, self.kurtosis
-        return (K - 1) * v * C / (2 + (K - 3) * C)
+        r"""Optimal squared norms :math:`N_i^* = (K_i-1) v_i C_i / (2 + (K_i-3) C_i) = h_i C_i`."""
+        return self._ratio(C) * np.asarray(C, dtype=float)
 
     def __repr__(self) -> str:
         K = self.kurtosis
@@ -181,12 +185,12 @@ class SeparableProblem:
 
     @classmethod
     def from_sympy(cls, expr: Any, C: Any, params: dict[Any, Any], d: int) -> SeparableProblem:
-        """Build from a sympy expression ``expr`` in the symbol ``C``.
+        r"""Build from a sympy expression ``expr`` in the symbol ``C``.
 
         Parameters
         ----------
         expr : sympy.Expr
-            Per-feature loss :math:`\\ell(C; \\theta)`.
+            Per-feature loss :math:`\ell(C; \theta)`.
         C : sympy.Symbol
             The capacity symbol.
         params : dict of sympy.Symbol -> (n,) array_like

@@ -43,7 +43,7 @@ def _top_d(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
     if d > 0:
         order = np.argsort(-gain, kind="stable")[:d]
         C[order] = 1.0
-    C[v == 0] = 0.0
+    C[gain == 0] = 0.0  # zero importance, or K = 1 where the loss vanishes identically
     return C
 
 

@@ -91,7 +91,10 @@ class InputLaw(ABC):
             gen = seed
             if not isinstance(seed, torch.Generator):
                 gen = torch.Generator(device=device)
-                gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+                if seed is None:
+                    gen.seed()  # fresh entropy for this generator only; global RNG untouched
+                else:
+                    gen.manual_seed(int(seed))
             return self._draw_torch(gen, shape, device, dtype or torch.float32)
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
 

@@ -44,6 +44,12 @@ def _inputs(W: Any, importance: Any, kurtosis: Any) -> tuple[np.ndarray, np.ndar
     v = check_importance(importance, ndim=(1, 2) if W.ndim > 2 else (1,))
     if v.shape[-1] != n:
         raise ValueError(f"importance must have length n={n} (columns of W), got shape {v.shape}")
+    try:
+        np.broadcast_shapes(W.shape[:-2], v.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"importance of shape {v.shape} does not match the batch shape {W.shape[:-2]} of W"
+        ) from None
     K = check_kurtosis(kurtosis)
     if K.ndim and K.shape[-1] != n:
         raise ValueError(f"kurtosis must be a scalar or have length n={n}, got shape {K.shape}")
@@ -183,10 +189,17 @@ def capacity_form_loss(C: Any, norms: Any, importance: Any, kurtosis: Any) -> An
     >>> capacity_form_loss([0.5, 0.5], [1.0, 1.0], [1.0, 1.0], 3.0)  # antipodal pair
     4.0
     """
-    C = as_float_array(C, "C")
+    C = as_float_array(C, "C", min_ndim=1)
     N = as_float_array(norms, "norms")
     v = check_importance(importance, ndim=(1, 2))
     K = check_kurtosis(kurtosis)
+    n = C.shape[-1]
+    if N.shape != C.shape:
+        raise ValueError(f"norms must have the shape of C {C.shape}, got shape {N.shape}")
+    if v.shape[-1] != n:
+        raise ValueError(f"importance must have length n={n} (as C), got shape {v.shape}")
+    if K.ndim and K.shape[-1] != n:
+        raise ValueError(f"kurtosis must be a scalar or have length n={n}, got shape {K.shape}")
     if C.min(initial=0) < 0 or C.max(initial=0) > 1:
         raise ValueError(f"C must lie in [0, 1], got range [{C.min()}, {C.max()}]")
     if N.min(initial=0) < 0:
