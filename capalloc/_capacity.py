@@ -66,21 +66,21 @@ def _scale(W: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0)
 
 
-def _blocks(W: np.ndarray, scale: np.ndarray):
+def _blocks(W: np.ndarray, scale: np.ndarray, dtype: Any = np.float64):
     """Yield ``(columns, W[..., :, columns] / scale)`` in blocks of ``_CHUNK`` columns.
 
     Only one scaled block exists at a time, so no full-size copy of ``W`` is made.
     """
     for start in range(0, W.shape[-1], _CHUNK):
         cols = slice(start, start + _CHUNK)
-        yield cols, W[..., :, cols] / scale
+        yield cols, np.divide(W[..., :, cols], scale, dtype=dtype)
 
 
-def _gram(W: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _gram(W: np.ndarray, scale: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
     """``(W / scale) (W / scale)^T``, shape ``(..., d, d)``, accumulated over column blocks."""
     d = W.shape[-2]
-    M = np.zeros(W.shape[:-2] + (d, d))
-    for _, block in _blocks(W, scale):
+    M = np.zeros(W.shape[:-2] + (d, d), dtype=dtype)
+    for _, block in _blocks(W, scale, dtype):
         M += block @ np.swapaxes(block, -1, -2)
     return M
 
@@ -91,13 +91,21 @@ def _quadratic_forms(W: np.ndarray, scale: np.ndarray, M: np.ndarray
     n = W.shape[-1]
     forms = np.empty(W.shape[:-2] + (n,))
     norms2 = np.empty(W.shape[:-2] + (n,))
-    for cols, block in _blocks(W, scale):
-        forms[..., cols] = np.einsum("...kn,...kn->...n", M @ block, block)
-        norms2[..., cols] = np.einsum("...kn,...kn->...n", block, block)
+    for cols, block in _blocks(W, scale, M.dtype):
+        norms2[..., cols] = np.einsum("...kn,...kn->...n", block, block, dtype=np.float64)
+        forms[..., cols] = np.einsum("...kn,...kn->...n", M @ block, block, dtype=np.float64)
     return forms, norms2
 
 
-def capacity(W: Any) -> Any:
+def _gram_route(W: np.ndarray, scale: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``d > n``: the same forms from the smaller ``(n, n)`` Gram matrix, :math:`O(n^2 d)`."""
+    A = np.divide(W, scale, dtype=dtype)
+    G = np.swapaxes(A, -1, -2) @ A
+    norms2 = np.einsum("...kn,...kn->...n", A, A, dtype=np.float64)
+    return np.einsum("...ij,...ij->...i", G, G, dtype=np.float64), norms2
+
+
+def capacity(W: Any, *, dtype: Any = None) -> Any:
     r"""Capacity of every feature (column) of an embedding matrix.
 
     .. math::
@@ -109,6 +117,10 @@ def capacity(W: Any) -> Any:
     W : (..., d, n) array_like of float or torch.Tensor
         Embedding matrix; column ``i`` embeds feature ``i``. Leading batch
         dimensions are allowed.
+    dtype : {None, numpy.float64, numpy.float32}, optional
+        Arithmetic of the matrix products (numpy input only; reductions stay in
+        float64). float32 halves memory and roughly doubles speed on large
+        matrices, at a relative error near 1e-7.
 
     Returns
     -------
@@ -119,7 +131,8 @@ def capacity(W: Any) -> Any:
     Notes
     -----
     Cost is :math:`O(n d^2)` time and :math:`O(d^2 + n)` extra memory (columns
-    are processed in blocks). Each matrix is first divided by its largest
+    are processed in blocks); when ``d > n`` the smaller ``(n, n)`` Gram matrix
+    is used instead, :math:`O(n^2 d)`. Each matrix is first divided by its largest
     absolute entry, which leaves capacities unchanged and avoids overflow. A
     column gets ``C = 0`` exactly when its quadratic form
     :math:`W_i^\top M W_i` is zero after that scaling: exactly zero columns,
@@ -143,9 +156,16 @@ def capacity(W: Any) -> Any:
     if _is_torch(W):
         return _capacity_torch(W)
     W = _check_matrix(W)
+    dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     scale = _scale(W)
-    q, norms2 = _quadratic_forms(W, scale, _gram(W, scale))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    d, n = W.shape[-2:]
+    if d > n:
+        q, norms2 = _gram_route(W, scale, dtype)
+    else:
+        q, norms2 = _quadratic_forms(W, scale, _gram(W, scale, dtype))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         C = np.where(q > 0, norms2**2 / np.where(q > 0, q, 1.0), 0.0)
     return np.clip(C, 0.0, 1.0)
 

@@ -1,0 +1,737 @@
+"""The ``capalloc`` command line.
+
+Subcommands
+-----------
+``capalloc demo``
+    Solve a representative allocation problem, print it and draw it.
+``capalloc solve``
+    Solve a quadratic-model allocation problem given importances, ``d`` and
+    the input law (kurtosis, or sparsity of a base law).
+``capalloc capacity``
+    Capacity report for a weight matrix stored in ``.npy``, ``.npz``, torch
+    ``.pt``/``.pth``, ``.safetensors``, ``.txt`` or ``.csv``.
+``capalloc bench``
+    Solver benchmark table.
+``capalloc experiment``
+    Reproduction experiments (when :mod:`capalloc._cli_experiment` is installed).
+
+Every subcommand handler takes the parsed arguments and returns an exit
+code. Bad input ends with one line ``capalloc: error: ...`` on stderr and exit
+status 2 (set ``CAPALLOC_TRACEBACK=1`` to see the traceback instead).
+
+Examples
+--------
+>>> from capalloc.cli import main, parse_vector
+>>> parse_vector("geometric:0.5:4").tolist()
+[1.0, 0.5, 0.25, 0.125]
+>>> main(["solve", "--importance", "3,2,1", "--d", "1", "--kurtosis", "10"])  # doctest: +ELLIPSIS
+n = 3 features, d = 1, K = 10 (given kurtosis)
+feature  importance  capacity         label
+      0           3    0.6...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
+
+_BASES = {"gaussian": "Gaussian", "uniform": "Uniform", "rademacher": "Rademacher"}
+_VECTOR_SUFFIXES = (".npy", ".npz", ".txt", ".csv", ".tsv")
+_DEMO = {"n": 12, "ratio": 0.8, "d": 5, "p": 0.2}
+_FLOAT32_WORK = 1e10  # capacity reports costing more multiply-adds use float32 by default
+_RANK_MAX_D = 1024  # numerical rank is computed by default up to this min(d, n)
+
+
+class CliError(ValueError):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- input parsing
+
+def _positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"{what} must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise CliError(f"{what} must be a positive integer, got {value}")
+    return value
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise CliError(f"{what} must be finite, got {text!r}")
+    return value
+
+
+def _generator(name: str, args: list[str], spec: str) -> np.ndarray:
+    usage = ("geometric:RATIO:N, powerlaw:EXPONENT:N, uniform:N[:SEED] or constant:N[:VALUE]")
+    if name == "geometric" and len(args) == 2:
+        ratio = _float(args[0], f"RATIO in {spec!r}")
+        if ratio <= 0:
+            raise CliError(f"RATIO in {spec!r} must be > 0, got {ratio}")
+        return ratio ** np.arange(_positive_int(args[1], f"N in {spec!r}"), dtype=float)
+    if name == "powerlaw" and len(args) == 2:
+        exponent = _float(args[0], f"EXPONENT in {spec!r}")
+        n = _positive_int(args[1], f"N in {spec!r}")
+        return np.arange(1, n + 1, dtype=float) ** -exponent
+    if name == "uniform" and len(args) in (1, 2):
+        n = _positive_int(args[0], f"N in {spec!r}")
+        seed = int(_float(args[1], f"SEED in {spec!r}")) if len(args) == 2 else 0
+        return np.random.default_rng(seed).uniform(0.0, 1.0, n)
+    if name == "constant" and len(args) in (1, 2):
+        n = _positive_int(args[0], f"N in {spec!r}")
+        value = _float(args[1], f"VALUE in {spec!r}") if len(args) == 2 else 1.0
+        return np.full(n, value)
+    raise CliError(f"bad generator SPEC {spec!r}; use {usage}")
+
+
+def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
+    """A float vector from a command-line SPEC.
+
+    Parameters
+    ----------
+    spec : str
+        One of
+
+        - a comma-separated list: ``"1,0.5,0.25"``;
+        - a file: ``.npy``, ``.npz`` (one array), ``.txt``, ``.csv``;
+        - a generator: ``geometric:RATIO:N`` (:math:`v_i = r^i`, ``i = 0..N-1``),
+          ``powerlaw:EXPONENT:N`` (:math:`v_i = i^{-a}`, ``i = 1..N``),
+          ``uniform:N[:SEED]`` (uniform on [0, 1), seed 0 by default) or
+          ``constant:N[:VALUE]`` (value 1 by default).
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    v : (n,) ndarray of float
+
+    Examples
+    --------
+    >>> parse_vector("powerlaw:1:3").round(4).tolist()
+    [1.0, 0.5, 0.3333]
+    >>> parse_vector("1, 0.5,0.25").tolist()
+    [1.0, 0.5, 0.25]
+    """
+    from ._io import load_vector
+
+    text = str(spec).strip()
+    if not text:
+        raise CliError(f"{what} SPEC is empty")
+    if os.path.exists(text) or os.path.splitext(text)[1].lower() in _VECTOR_SUFFIXES:
+        return load_vector(text)
+    if ":" in text:
+        name, *args = text.split(":")
+        return _generator(name.strip().lower(), [a.strip() for a in args], text)
+    items = [item.strip() for item in text.split(",")]
+    if any(not item for item in items):
+        raise CliError(f"{what} SPEC {text!r} has an empty entry")
+    return np.array([_float(item, f"{what} entry") for item in items])
+
+
+def sparse_kurtosis(sparsity: float, base: str = "gaussian") -> float:
+    r"""Kurtosis of a feature that is zero with probability ``sparsity``.
+
+    Following Elhage et al., *sparsity* ``S`` is the fraction of zeros: the
+    feature is active with probability :math:`p = 1 - S`, its active value
+    drawn from ``base`` and rescaled to unit variance, so
+    :math:`K = K_0 / (1 - S)` (:math:`K_0` = 3 Gaussian, 1.8 uniform,
+    1 Rademacher).
+
+    Examples
+    --------
+    >>> sparse_kurtosis(0.5)
+    6.0
+    >>> sparse_kurtosis(0.5, base="uniform")
+    3.6
+    """
+    from . import distributions
+
+    if not 0.0 <= sparsity < 1.0:
+        raise CliError(f"--sparsity must lie in [0, 1) (fraction of zeros), got {sparsity!r}")
+    if base not in _BASES:
+        raise CliError(f"--base must be one of {sorted(_BASES)}, got {base!r}")
+    law = getattr(distributions, _BASES[base])()
+    return float(distributions.Sparse(law, p=1.0 - sparsity).kurtosis)
+
+
+def _kurtosis(args: argparse.Namespace) -> tuple[Any, str]:
+    """Kurtosis (scalar or per feature) and a phrase describing where it came from."""
+    if args.sparsity is not None:
+        base = args.base or "gaussian"
+        K = sparse_kurtosis(args.sparsity, base)
+        return K, f"sparse {base} inputs: S = {args.sparsity:g}, p = {1 - args.sparsity:g}"
+    if args.base is not None:
+        raise CliError("--base applies to --sparsity only")
+    text = args.kurtosis.strip()
+    try:
+        return float(text), "given kurtosis"
+    except ValueError:
+        return parse_vector(text, "kurtosis"), "per-feature kurtosis"
+
+
+# ----------------------------------------------------------------------------- output helpers
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int) -> str:
+    """Right-aligned text table; long tables keep their head and tail with a note between."""
+    note = None
+    if max_rows and len(rows) > max_rows:
+        tail = max(max_rows // 4, 1)
+        head = max_rows - tail
+        omitted = len(rows) - head - tail
+        note = f"... {omitted} rows omitted (--max-rows 0 shows all)"
+        rows = [*rows[:head], None, *rows[-tail:]]  # type: ignore[list-item]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if row is not None:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append(note if row is None else
+                     "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    from ._capacity import LABELS
+
+    return {lab: int(np.sum(labels == lab)) for lab in LABELS}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {lab}" for lab, k in counts.items())
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain Python values for ``json.dumps`` (non-finite floats become ``None``)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.generic,)):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(_jsonable(obj), allow_nan=False))
+
+
+def _save_figure(path: str, draw: Callable[[Any], None], ncols: int, size: tuple[float, float],
+                 *, quiet: bool = False) -> bool:
+    """Draw into a new figure with ``ncols`` panels and save it; False without matplotlib.
+
+    The figure is built without pyplot, so no GUI backend is involved. Messages go
+    to stdout, or to stderr when ``quiet`` (stdout then carries JSON only).
+    """
+    stream = sys.stderr if quiet else sys.stdout
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed: no figure written (pip install 'capalloc[plot]')",
+              file=stream)
+        return False
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    draw(axes)
+    fig.savefig(path, dpi=90)
+    print(f"figure written to {path}", file=stream)
+    return True
+
+
+# ----------------------------------------------------------------------------- solve / demo
+
+def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, method: str,
+                      as_json: bool, max_rows: int, figure: str | None) -> int:
+    import capalloc
+
+    if importance.ndim != 1:
+        raise CliError(f"importance must be a vector, got shape {importance.shape}")
+    problem = capalloc.QuadraticProblem(importance, d=d, kurtosis=K)
+    result = capalloc.solve(problem, method=method)
+    kurt = problem.kurtosis
+    K_out = float(kurt[0]) if kurt.size and np.all(kurt == kurt[0]) else kurt
+    counts = _counts(result.labels)
+    _report_solution(problem, result, K_out, counts, source, as_json, max_rows)
+    if figure:
+        from . import plots
+
+        def draw(axes: Any) -> None:
+            plots.plot_capacities(result, ax=axes[0])
+            plots.plot_marginal_benefit(problem, result, ax=axes[1])
+
+        _save_figure(figure, draw, 2, (11.0, 4.0), quiet=as_json)
+    return 0
+
+
+def _report_solution(problem: Any, result: Any, K_out: Any, counts: dict[str, int], source: str,
+                     as_json: bool, max_rows: int) -> None:
+    if as_json:
+        _print_json({
+            "method": result.method, "status": result.status, "message": result.message,
+            "success": result.success, "n": problem.n, "d": problem.d, "kurtosis": K_out,
+            "loss": result.loss, "threshold": result.threshold,
+            "kkt_residual": result.kkt_residual, "nit": result.nit,
+            "sum_capacity": float(np.sum(result.capacity)), "counts": counts,
+            "importance": problem.importance, "capacity": result.capacity,
+            "norms": result.norms, "labels": result.labels,
+        })
+        return
+    kurt = problem.kurtosis
+    K_text = f"K = {K_out:.6g}" if np.ndim(K_out) == 0 else (
+        f"K in [{kurt.min():.4g}, {kurt.max():.4g}]")
+    print(f"n = {problem.n} features, d = {problem.d}, {K_text} ({source})")
+    rows = [[str(i), f"{v:.6g}", f"{c:.4f}", str(lab)]
+            for i, (v, c, lab) in enumerate(zip(problem.importance, result.capacity,
+                                                result.labels, strict=True))]
+    print(_table(["feature", "importance", "capacity", "label"], rows, max_rows))
+    total = float(np.sum(result.capacity))
+    print(f"loss {result.loss:.6g} | threshold T = {result.threshold:.6g} | "
+          f"ΣC = {total:.6g} of d = {problem.d} | {_counts_text(counts)} | "
+          f"{result.method}: {result.message} (KKT residual {result.kkt_residual:.1e})")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import distributions
+
+    n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], _DEMO["d"], _DEMO["p"]
+    K = distributions.Sparse(distributions.Gaussian(), p=p).kurtosis
+    print(f"capalloc demo: {n} features with importance v_i = {ratio}^i share d = {d} "
+          f"dimensions;\nsparse Gaussian inputs active with probability p = {p} have "
+          f"kurtosis K = 3/p = {K:g} > 3,\nso the optimum mixes monosemantic, polysemantic and "
+          "ignored features.\n")
+    figure = None if args.no_figure else args.output
+    return _solve_and_report(ratio ** np.arange(n), d, K, f"sparsity S = {1 - p:g}", "auto",
+                             False, 0, figure)
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    importance = parse_vector(args.importance)
+    K, source = _kurtosis(args)
+    return _solve_and_report(importance, args.d, K, source, args.method, args.json,
+                             args.max_rows, args.plot)
+
+
+# ----------------------------------------------------------------------------- capacity report
+
+def _numerical_rank(W: np.ndarray) -> int:
+    """Rank of ``W`` from the eigenvalues of the smaller of ``W W^T`` and ``W^T W`` (float64)."""
+    d, n = W.shape
+    if W.size == 0:
+        return 0
+    top = float(np.max(np.abs(W)))
+    if top == 0:
+        return 0
+    A = np.asarray(W, dtype=np.float64) / top
+    lam = np.linalg.eigvalsh(A @ A.T if d <= n else A.T @ A)
+    return int(np.sum(lam > lam.max() * max(d, n) * np.finfo(np.float64).eps))
+
+
+def _find_blocks(W: np.ndarray, tol: float | None) -> list[Any]:
+    try:
+        from .geometry import find_blocks
+    except ImportError:
+        raise CliError("--blocks needs capalloc.geometry, which this installation lacks") from None
+    return list(find_blocks(W) if tol is None else find_blocks(W, tol))
+
+
+def _plural(k: int, word: str) -> str:
+    return f"{k} {word}" if k == 1 else f"{k} {word}s"
+
+
+def _blocks_report(blocks: list[Any], max_rows: int) -> tuple[str, list[dict[str, Any]]]:
+    records = []
+    for b in blocks:
+        features = [int(i) for i in b.features]
+        records.append({
+            "features": features, "size": len(features), "dim": int(b.dim),
+            "scale": float(b.scale), "capacity_sum": float(b.capacity_sum),
+            "residual": float(b.residual),
+        })
+    shapes: dict[tuple[int, int], int] = {}
+    for r in records:
+        shapes[(r["dim"], r["size"])] = shapes.get((r["dim"], r["size"]), 0) + 1
+    kinds = ", ".join(f"{count} × [{_plural(size, 'feature')} in {_plural(dim, 'dimension')}]"
+                      for (dim, size), count in sorted(shapes.items()))
+    rows = []
+    for k, r in enumerate(sorted(records, key=lambda r: (-r["size"], r["features"]))):
+        feats = r["features"]
+        shown = ",".join(map(str, feats[:8])) + (",..." if len(feats) > 8 else "")
+        rows.append([str(k), str(r["dim"]), str(r["size"]), f"{r['capacity_sum']:.4f}",
+                     f"{r['scale']:.4g}", f"{r['residual']:.2e}", shown])
+    text = f"blocks: {len(records)} ({kinds or 'none'})"
+    if rows:
+        text += "\n" + _table(["block", "dim", "size", "ΣC", "scale", "residual", "features"],
+                              rows, max_rows)
+    return text, records
+
+
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from ._capacity import capacity, classify
+    from ._io import load_matrix
+
+    if args.blocks:  # fail before the long computation, not after it
+        _find_blocks(np.eye(1), args.tol)
+    A = load_matrix(args.file, args.key)
+    rows_, cols_ = A.shape
+    axis = args.features_axis
+    if axis is None:
+        axis = 0 if rows_ > cols_ else 1
+    W = A if axis == 1 else A.T
+    d, n = W.shape
+    work = float(n) * d * min(n, d)
+    dtype_name = args.dtype
+    if dtype_name == "auto":
+        dtype_name = "float32" if work > _FLOAT32_WORK else "float64"
+    t0 = time.perf_counter()
+    C = np.asarray(capacity(W, dtype=np.dtype(dtype_name)))
+    seconds = time.perf_counter() - t0
+    labels = classify(C, atol=args.atol)
+    counts = _counts(labels)
+    small = min(d, n) <= _RANK_MAX_D and work <= _FLOAT32_WORK
+    rank = _numerical_rank(W) if args.rank or small else None
+    bound = min(d, n)
+    total = float(C.sum())
+    stats = {name: (float(f(C)) if C.size else float("nan"))
+             for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
+                             ("max", np.max))}
+    blocks_text, blocks = (None, None)
+    if args.blocks:
+        blocks_text, blocks = _blocks_report(_find_blocks(W, args.tol), args.max_rows)
+    if args.json:
+        _print_json({
+            "file": os.fspath(args.file), "key": args.key, "shape": list(A.shape),
+            "stored_dtype": str(A.dtype), "features_axis": axis, "d": d, "n": n,
+            "sum_capacity": total, "rank": rank, "rank_bound": bound, **stats,
+            "counts": counts, "atol": args.atol, "arithmetic": dtype_name,
+            "seconds": seconds, "capacity": C, "blocks": blocks,
+        })
+    else:
+        _print_capacity_report(args, A, axis, d, n, total, rank, stats, counts, dtype_name,
+                               seconds, blocks_text)
+    if args.hist:
+        from . import plots
+
+        _save_figure(args.hist, lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
+                     1, (6.0, 4.0), quiet=args.json)
+    return 0
+
+
+def _print_capacity_report(args: argparse.Namespace, A: np.ndarray, axis: int, d: int, n: int,
+                           total: float, rank: int | None, stats: dict[str, float],
+                           counts: dict[str, int], dtype_name: str, seconds: float,
+                           blocks_text: str | None) -> None:
+    bound = min(d, n)
+    where = f"{args.key} in {args.file}" if args.key else os.fspath(args.file)
+    print(f"capacity report: {where}")
+    print(f"  stored shape {A.shape} {A.dtype}; features along axis {axis} -> "
+          f"d = {d} dimensions, n = {n} features")
+    rank_text = (f"rank W = {rank} <= " if rank is not None else "rank W <= ")
+    print(f"  ΣC = {total:.6g} <= {rank_text}min(d, n) = {bound}   (ΣC/d = "
+          f"{total / d if d else float('nan'):.4f})")
+    if rank is None:
+        print(f"  (numerical rank skipped for min(d, n) > {_RANK_MAX_D} or large n·d²: "
+              "pass --rank)")
+    print("  capacity  " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+    print(f"  labels (atol {args.atol:g}): {_counts_text(counts)}")
+    print(f"  arithmetic {dtype_name}, {seconds:.2f} s")
+    if blocks_text:
+        print(blocks_text)
+
+
+# ----------------------------------------------------------------------------- bench
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        _bench = importlib.import_module("capalloc._bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "capalloc._bench":
+            raise
+        raise CliError("capalloc bench needs capalloc._bench, which this installation lacks") \
+            from None
+    run = _bench.run_solver_benchmark
+    kwargs = {"progress": True} if "progress" in inspect.signature(run).parameters else {}
+    rows = run(args.quick, **kwargs)
+    print(_bench.format_table(rows))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``capalloc`` command (subcommands included)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="capalloc",
+        description="Optimal allocation of feature capacity in neural networks "
+                    "(Scherlis et al., arXiv:2210.01892).",
+        epilog="Run 'capalloc COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"capalloc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="solve and draw a representative allocation problem",
+                          description="Solve 12 features with importance 0.8^i in d = 5 "
+                                      "dimensions for sparse Gaussian inputs (K = 15).")
+    demo.add_argument("-o", "--output", default="capalloc_demo.png", metavar="FILE",
+                      help="figure file (default: capalloc_demo.png)")
+    demo.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    demo.set_defaults(func=_cmd_demo)
+
+    solve = sub.add_parser(
+        "solve", help="optimal capacities of the quadratic model",
+        description="Minimise the quadratic model's loss over capacities 0 <= C_i <= 1 with "
+                    "sum C_i <= d. SPEC is a comma-separated list (1,0.5,0.2), a .npy/.npz/"
+                    ".txt/.csv file, or a generator geometric:RATIO:N, powerlaw:EXPONENT:N "
+                    "(v_i = i^-EXPONENT), uniform:N[:SEED] or constant:N[:VALUE].")
+    solve.add_argument("-v", "--importance", required=True, metavar="SPEC",
+                       help="feature importances v_i >= 0")
+    solve.add_argument("-d", "--d", required=True, type=int, metavar="D",
+                       help="embedding dimension (capacity budget), D >= 0")
+    law = solve.add_mutually_exclusive_group(required=True)
+    law.add_argument("-K", "--kurtosis", metavar="K",
+                     help="fourth moment E[x^4] >= 1 of every feature (3 = Gaussian), "
+                          "or a per-feature SPEC")
+    law.add_argument("-S", "--sparsity", type=float, metavar="S",
+                     help="fraction of zeros, as in Elhage et al.: a feature is active with "
+                          "probability p = 1 - S, so K = K0 / (1 - S)")
+    solve.add_argument("--base", choices=sorted(_BASES), default=None,
+                       help="law of an active feature with --sparsity (default gaussian, K0 = 3; "
+                            "uniform K0 = 1.8; rademacher K0 = 1)")
+    solve.add_argument("-m", "--method", default="auto",
+                       help="solver method (default auto; see capalloc.methods())")
+    solve.add_argument("--json", action="store_true", help="print one JSON object")
+    solve.add_argument("--max-rows", type=int, default=40, metavar="N",
+                       help="rows of the table before truncation (0: all; default 40)")
+    solve.add_argument("--plot", metavar="FILE", help="also draw the allocation to FILE")
+    solve.set_defaults(func=_cmd_solve)
+
+    cap = sub.add_parser(
+        "capacity", help="capacity report of a weight matrix",
+        description="Capacities C_i = (W_i.W_i)^2 / sum_j (W_i.W_j)^2 of the features of a weight "
+                    "matrix in .npy, .npz, .pt/.pth (torch state dict), .safetensors, .txt or "
+                    ".csv. Cost O(n d^2).")
+    cap.add_argument("file", help="weight file")
+    cap.add_argument("--key", help="array name inside .npz, state dict or .safetensors")
+    cap.add_argument("--features-axis", type=int, choices=(0, 1), default=None,
+                     help="axis that indexes features: 1 = columns (W is d x n), 0 = rows "
+                          "(e.g. an SAE decoder stored n x d); default: the longer axis")
+    cap.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
+                     help="arithmetic (auto: float32 when n*d*min(n, d) > 1e10, else float64)")
+    cap.add_argument("--atol", type=float, default=1e-6,
+                     help="C >= 1 - atol is monosemantic, C <= atol ignored (default 1e-6)")
+    cap.add_argument("--rank", action="store_true",
+                     help=f"compute the numerical rank even when min(d, n) > {_RANK_MAX_D} "
+                          "(O(min(d, n)^3))")
+    cap.add_argument("--blocks", action="store_true",
+                     help="find block-semi-orthogonal blocks (capalloc.geometry.find_blocks)")
+    cap.add_argument("--tol", type=float, default=None,
+                     help="--blocks: join features whose |cos| exceeds TOL, drop columns with "
+                          "N_i <= TOL max N (default: find_blocks' own, 1e-6)")
+    cap.add_argument("--hist", metavar="FILE.png", help="write a capacity histogram")
+    cap.add_argument("--json", action="store_true", help="print one JSON object")
+    cap.add_argument("--max-rows", type=int, default=30, metavar="N",
+                     help="rows of the block table before truncation (0: all)")
+    cap.set_defaults(func=_cmd_capacity)
+
+    bench = sub.add_parser("bench", help="time the solver methods and print a table")
+    bench.add_argument("--quick", action="store_true", help="small sizes only")
+    bench.set_defaults(func=_cmd_bench)
+
+    try:
+        _cli_experiment = importlib.import_module("capalloc._cli_experiment")
+    except ModuleNotFoundError as exc:
+        if exc.name != "capalloc._cli_experiment":
+            raise
+    else:
+        _cli_experiment.add_experiment_parser(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0]
+        if " " not in text:
+            text = f"key {text!r} not found"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``capalloc`` command with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on bad input (a one-line ``capalloc: error: ...`` on
+        stderr; argparse reports its own usage errors the same way).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    handler = getattr(args, "func", None)
+    if handler is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    try:
+        status = handler(args)
+    except BrokenPipeError:  # e.g. `capalloc solve ... | head`: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except (ValueError, TypeError, OSError, KeyError, ImportError) as exc:
+        if os.environ.get("CAPALLOC_TRACEBACK"):
+            raise
+        print(f"capalloc: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("capalloc: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+# ----------------------------------------------------------------------------- API reference
+
+_API_GROUPS = (
+    ("Problems and results", ("QuadraticProblem", "SeparableProblem", "AllocationResult",
+                              "AllocationWarning", "kkt_residual")),
+    ("Solving", ("solve", "methods", "get_method", "register_method", "waterfill")),
+    ("Capacity", ("capacity", "leverage", "classify")),
+    ("Quadratic model", ("quadratic_loss", "quadratic_loss_grad", "optimal_bias",
+                         "capacity_form_loss")),
+    ("Modules", ("distributions", "theory", "testing", "plots", "experiments", "geometry",
+                 "train")),
+)
+_API_CONSTANTS = {
+    "MONOSEMANTIC": "label of a feature with capacity 1 (orthogonal to all others)",
+    "POLYSEMANTIC": "label of a feature with capacity strictly between 0 and 1",
+    "IGNORED": "label of a feature with capacity 0 (zero column)",
+    "LABELS": "the three labels in order of decreasing capacity",
+    "__version__": "the package version",
+}
+_API_SUBMODULES = ("distributions", "plots", "theory", "geometry", "train", "testing",
+                   "experiments")
+
+
+def _summary(obj: Any) -> str:
+    """First line of the docstring of ``obj`` ('' without one)."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _markdown_inline(text: str) -> str:
+    """reST inline markup as Markdown: ``:func:`~a.b``` and ````x```` become ```b``` and ```x```."""
+    def role(match: re.Match[str]) -> str:
+        short, target = match.groups()
+        return f"`{target.rsplit('.', 1)[-1] if short else target}`"
+
+    text = re.sub(r":[a-z]+:`(~?)([^`]+)`", role, text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
+def _api_markdown() -> str:
+    """Markdown text of ``docs/api.md``, generated from the docstrings (``docs/make_api.py``)."""
+    import capalloc
+
+    out = ["# API reference", "",
+           "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand "
+           "(`tests/test_docs.py` checks that every summary matches its docstring). "
+           "Full documentation: `help(capalloc.NAME)`.", ""]
+
+    def entry(qualname: str, obj: Any) -> str:
+        return f"- **`{qualname}`** — {_markdown_inline(_summary(obj))}"
+
+    names = list(capalloc.__all__)
+    placed = {n for _, group in _API_GROUPS for n in group} | set(_API_CONSTANTS)
+    groups = [*_API_GROUPS, ("Other", tuple(n for n in names if n not in placed))]
+    out += ["## `import capalloc`", ""]
+    for title, group in groups:
+        present = [n for n in group if n in names]
+        if not present:
+            continue
+        out += [f"### {title}", ""]
+        for name in present:
+            try:
+                obj = getattr(capalloc, name)
+            except (ImportError, AttributeError):
+                out.append(f"- **`capalloc.{name}`** — *(not available in this installation)*")
+                continue
+            out.append(entry(f"capalloc.{name}", obj))
+        out.append("")
+    out += ["### Constants", ""]
+    for name, text in _API_CONSTANTS.items():
+        if name in names:
+            out.append(f"- **`capalloc.{name}`** = `{getattr(capalloc, name)!r}` — {text}")
+    out.append("")
+
+    out += ["## Solver methods", "",
+            "Names accepted by `capalloc.solve(problem, method=...)` (`capalloc.methods()`); "
+            '`"auto"` picks `waterfill` for quadratic problems and `scipy` for separable ones.', ""]
+    for name in capalloc.methods():
+        info = capalloc.get_method(name)
+        traits = ", ".join(t for t, on in (("exact", info.exact), ("batched", info.batched)) if on)
+        kinds = "/".join(p.__name__ for p in info.problems)
+        out.append(f'- **`"{name}"`** — {_markdown_inline(info.summary)} '
+                   f'*({kinds}; {traits or "approximate"})*')
+    out.append("")
+
+    for mod_name in _API_SUBMODULES:
+        try:
+            module = importlib.import_module(f"capalloc.{mod_name}")
+        except ImportError:
+            continue
+        public = list(getattr(module, "__all__", []))
+        if not public:
+            continue
+        out += [f"## `capalloc.{mod_name}`", "", _markdown_inline(_summary(module)), ""]
+        for name in public:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or callable(obj):
+                out.append(entry(f"capalloc.{mod_name}.{name}", obj))
+            else:
+                out.append(f"- **`capalloc.{mod_name}.{name}`** — data ({type(obj).__name__})")
+        out.append("")
+
+    parser = build_parser()
+    out += ["## Command line", "", "```text", parser.format_usage().strip()]
+    for action in parser._subparsers._group_actions:  # noqa: SLF001
+        for sub in action.choices.values():
+            out += ["", " ".join(sub.format_usage().split())]
+    out += ["```", "", "See `capalloc COMMAND --help` for details.", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

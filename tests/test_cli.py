@@ -1,0 +1,508 @@
+"""The ``capalloc`` command line: demo, solve, capacity, bench, experiment, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import capalloc
+from capalloc.cli import build_parser, main, parse_vector, sparse_kurtosis
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _run_json(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)
+
+
+def _error(capsys, argv) -> str:
+    capsys.readouterr()
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("capalloc: error: ")
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- demo
+
+def _console_command() -> list[str]:
+    exe = shutil.which("capalloc")
+    return [exe] if exe else [sys.executable, "-m", "capalloc.cli"]
+
+
+def test_console_script_demo(tmp_path):
+    proc = subprocess.run([*_console_command(), "demo"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "feature" in proc.stdout and "importance" in proc.stdout
+    assert "monosemantic" in proc.stdout and "polysemantic" in proc.stdout
+    if _has("matplotlib"):
+        figure = tmp_path / "capalloc_demo.png"
+        assert figure.read_bytes()[:8] == PNG_MAGIC
+        assert figure.stat().st_size < 400_000
+
+
+def test_demo_table_and_summary(tmp_path, capsys):
+    out_file = tmp_path / "fig.png"
+    assert main(["demo", "-o", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit() and
+            ln.split()[-1] in capalloc.LABELS]
+    assert len(rows) == 12
+    expected = capalloc.solve(capalloc.QuadraticProblem(0.8 ** np.arange(12), d=5, kurtosis=15.0))
+    np.testing.assert_allclose([float(r[2]) for r in rows], expected.capacity, atol=1e-4)
+    assert [r[3] for r in rows] == expected.labels.tolist()
+    assert "ΣC = 5 of d = 5" in out
+    assert "2 monosemantic, 9 polysemantic, 1 ignored" in out
+    assert f"threshold T = {expected.threshold:.6g}" in out
+    if _has("matplotlib"):
+        assert out_file.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
+    target = tmp_path / "none.png"
+    assert main(["demo", "-o", str(target)]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not target.exists()
+
+
+def test_demo_no_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--no-figure"]) == 0
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- solve
+
+@pytest.mark.parametrize("spec, d, K", [
+    ("1,0.8,0.64,0.5,0.3,0.1", 3, 15.0),
+    ("geometric:0.9:30", 7, 5.0),
+    ("powerlaw:1.1:50", 10, 2.0),
+    ("uniform:20:3", 4, 3.0),
+])
+def test_solve_json_matches_library(capsys, spec, d, K):
+    data = _run_json(capsys, ["solve", "--importance", spec, "--d", str(d),
+                              "--kurtosis", str(K), "--json"])
+    v = parse_vector(spec)
+    res = capalloc.solve(capalloc.QuadraticProblem(v, d=d, kurtosis=K))
+    np.testing.assert_allclose(data["importance"], v)
+    np.testing.assert_allclose(data["capacity"], res.capacity, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(data["norms"], res.norms, rtol=1e-12, atol=1e-12)
+    assert data["labels"] == res.labels.tolist()
+    assert data["loss"] == pytest.approx(res.loss, rel=1e-12)
+    assert data["threshold"] == pytest.approx(res.threshold, rel=1e-12)
+    assert data["method"] == res.method and data["status"] == res.status == 0
+    assert (data["d"], data["n"], data["kurtosis"]) == (d, v.size, K)
+    assert data["kkt_residual"] == pytest.approx(res.kkt_residual, abs=1e-12)
+    assert data["sum_capacity"] == pytest.approx(min(d, v.size))
+
+
+def test_solve_method_option(capsys):
+    method = "scipy" if "scipy" in capalloc.methods() else "waterfill"
+    data = _run_json(capsys, ["solve", "-v", "geometric:0.7:10", "-d", "3", "-K", "8",
+                              "-m", method, "--json"])
+    assert data["method"] == method
+    ref = capalloc.solve(capalloc.QuadraticProblem(0.7 ** np.arange(10), d=3, kurtosis=8.0))
+    np.testing.assert_allclose(data["capacity"], ref.capacity, atol=1e-7)
+
+
+def test_solve_text_table_truncates(capsys):
+    assert main(["solve", "-v", "powerlaw:1:100", "-d", "10", "-S", "0.9",
+                 "--max-rows", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "90 rows omitted" in out
+    assert "K = 30" in out and "S = 0.9" in out
+    assert "ΣC = 10 of d = 10" in out
+
+
+def test_solve_plot_option(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "solve.png"
+    assert main(["solve", "-v", "1,0.5,0.2", "-d", "1", "-K", "9", "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_spec_list_and_generators():
+    np.testing.assert_array_equal(parse_vector("3, 2,1"), [3.0, 2.0, 1.0])
+    np.testing.assert_array_equal(parse_vector("2.5"), [2.5])
+    np.testing.assert_allclose(parse_vector("geometric:0.8:5"), 0.8 ** np.arange(5))
+    np.testing.assert_allclose(parse_vector("powerlaw:2:4"), [1, 1 / 4, 1 / 9, 1 / 16])
+    np.testing.assert_allclose(parse_vector("constant:3:0.5"), [0.5, 0.5, 0.5])
+    u = parse_vector("uniform:50:7")
+    assert u.shape == (50,) and np.all((u >= 0) & (u < 1))
+    np.testing.assert_array_equal(u, parse_vector("uniform:50:7"))
+    assert not np.array_equal(u, parse_vector("uniform:50:8"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".txt", ".csv", ".npz"])
+def test_spec_files(tmp_path, capsys, suffix):
+    v = np.array([1.0, 0.7, 0.4, 0.2, 0.05])
+    path = tmp_path / f"v{suffix}"
+    if suffix == ".npy":
+        np.save(path, v)
+    elif suffix == ".npz":
+        np.savez(path, importance=v)
+    elif suffix == ".csv":
+        path.write_text(",".join(str(float(x)) for x in v) + "\n")
+    else:
+        path.write_text("\n".join(str(float(x)) for x in v) + "\n")
+    np.testing.assert_array_equal(parse_vector(str(path)), v)
+    data = _run_json(capsys, ["solve", "-v", str(path), "-d", "2", "-K", "6", "--json"])
+    np.testing.assert_array_equal(data["importance"], v)
+
+
+@pytest.mark.parametrize("S", [0.0, 0.5, 0.9, 0.99])
+def test_sparsity_gives_kurtosis(capsys, S):
+    data = _run_json(capsys, ["solve", "-v", "1,0.5,0.25", "-d", "1", "--sparsity", str(S),
+                              "--json"])
+    assert data["kurtosis"] == pytest.approx(3.0 / (1.0 - S), rel=1e-12)
+    assert sparse_kurtosis(S, "uniform") == pytest.approx(1.8 / (1.0 - S), rel=1e-12)
+    assert sparse_kurtosis(S, "rademacher") == pytest.approx(1.0 / (1.0 - S), rel=1e-12)
+
+
+def test_sparsity_base_option(capsys):
+    data = _run_json(capsys, ["solve", "-v", "1,0.5", "-d", "1", "-S", "0.5", "--base",
+                              "uniform", "--json"])
+    assert data["kurtosis"] == pytest.approx(3.6)
+
+
+def test_per_feature_kurtosis(capsys):
+    data = _run_json(capsys, ["solve", "-v", "1,1,1", "-d", "1", "-K", "2,5,9", "--json"])
+    assert data["kurtosis"] == [2.0, 5.0, 9.0]
+    ref = capalloc.solve(capalloc.QuadraticProblem([1, 1, 1], d=1, kurtosis=[2.0, 5.0, 9.0]))
+    np.testing.assert_allclose(data["capacity"], ref.capacity, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- capacity
+
+def _weights(rng, d=6, n=40):
+    W = rng.standard_normal((d, n))
+    W[:, 3] = 0.0  # one ignored feature
+    return W
+
+
+def _write(tmp_path, fmt, W):
+    """Write W (d, n) in format ``fmt``; return (path, key)."""
+    if fmt == "npy":
+        path = tmp_path / "w.npy"
+        np.save(path, W)
+        return path, None
+    if fmt == "npz":
+        path = tmp_path / "w.npz"
+        np.savez(path, decoder=W, bias=np.zeros(W.shape[0]), other=W[:, :3])
+        return path, "decoder"
+    if fmt == "pt":
+        torch = pytest.importorskip("torch")
+        path = tmp_path / "w.pt"
+        torch.save({"model": {"embed.weight": torch.tensor(W), "embed.bias": torch.zeros(3)},
+                    "step": 7}, path)
+        return path, "model.embed.weight"
+    if fmt == "safetensors":
+        st = pytest.importorskip("safetensors.numpy")
+        path = tmp_path / "w.safetensors"
+        st.save_file({"W_dec": np.ascontiguousarray(W.T), "b_dec": np.zeros(W.shape[0])}, path)
+        return path, "W_dec"  # stored (n, d): features along rows
+    raise AssertionError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "pt", "safetensors"])
+def test_capacity_formats(tmp_path, capsys, rng, fmt):
+    W = _weights(rng)
+    path, key = _write(tmp_path, fmt, W)
+    argv = ["capacity", str(path), "--json"] + (["--key", key] if key else [])
+    data = _run_json(capsys, argv)
+    C = capalloc.capacity(W)
+    assert (data["d"], data["n"]) == W.shape
+    assert data["sum_capacity"] == pytest.approx(C.sum(), rel=1e-12)
+    np.testing.assert_allclose(data["capacity"], C, atol=1e-12)
+    assert data["counts"]["ignored"] == 1
+    assert data["rank"] == 6 and data["rank_bound"] == 6
+    for stat, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max)):
+        assert data[stat] == pytest.approx(f(C))
+
+
+def test_capacity_torch_single_matrix_without_key(tmp_path, capsys, rng):
+    torch = pytest.importorskip("torch")
+    W = _weights(rng)
+    path = tmp_path / "w.pth"
+    torch.save({"weight": torch.tensor(W, dtype=torch.bfloat16), "bias": torch.zeros(6)}, path)
+    data = _run_json(capsys, ["capacity", str(path), "--json"])
+    W16 = torch.tensor(W, dtype=torch.bfloat16).float().numpy()
+    assert data["sum_capacity"] == pytest.approx(capalloc.capacity(W16).sum(), rel=1e-9)
+
+
+def test_capacity_safetensors_bf16(tmp_path, capsys, rng):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    W = torch.tensor(_weights(rng)).to(torch.bfloat16)
+    path = tmp_path / "bf.safetensors"
+    st.save_file({"w": W}, path)
+    data = _run_json(capsys, ["capacity", str(path), "--json"])
+    assert data["sum_capacity"] == pytest.approx(capalloc.capacity(W.float().numpy()).sum(),
+                                                 rel=1e-9)
+
+
+def test_capacity_features_axis(tmp_path, capsys, rng):
+    A = rng.standard_normal((30, 4))  # 30 features stored as rows
+    path = tmp_path / "rows.npy"
+    np.save(path, A)
+    auto = _run_json(capsys, ["capacity", str(path), "--json"])
+    assert (auto["d"], auto["n"], auto["features_axis"]) == (4, 30, 0)
+    assert auto["sum_capacity"] == pytest.approx(capalloc.capacity(A.T).sum())
+    cols = _run_json(capsys, ["capacity", str(path), "--features-axis", "1", "--json"])
+    assert (cols["d"], cols["n"]) == (30, 4)
+    assert cols["sum_capacity"] == pytest.approx(capalloc.capacity(A).sum())
+
+
+def test_capacity_text_report_and_histogram(tmp_path, capsys, rng):
+    W = _weights(rng)
+    path = tmp_path / "w.npy"
+    np.save(path, W)
+    hist = tmp_path / "hist.png"
+    assert main(["capacity", str(path), "--hist", str(hist)]) == 0
+    out = capsys.readouterr().out
+    assert f"ΣC = {capalloc.capacity(W).sum():.6g}" in out
+    assert "d = 6 dimensions, n = 40 features" in out
+    assert "rank W = 6" in out and "1 ignored" in out
+    if _has("matplotlib"):
+        assert hist.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_json_stays_pure_with_figures(tmp_path, capsys, rng):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "w.npy"
+    np.save(path, _weights(rng))
+    assert main(["capacity", str(path), "--json", "--hist", str(tmp_path / "h.png")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 40
+    assert "figure written" in captured.err
+    assert main(["solve", "-v", "3,2,1", "-d", "1", "-K", "5", "--json", "--plot",
+                 str(tmp_path / "s.png")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 3
+    assert (tmp_path / "s.png").exists() and (tmp_path / "h.png").exists()
+
+
+def test_capacity_exact_shapes(tmp_path, capsys):
+    angles = 2 * np.pi * np.arange(5) / 5
+    pentagon = np.stack([np.cos(angles), np.sin(angles)])
+    path = tmp_path / "pentagon.csv"
+    np.savetxt(path, pentagon, delimiter=",")
+    data = _run_json(capsys, ["capacity", str(path), "--json"])
+    np.testing.assert_allclose(data["capacity"], 0.4, atol=1e-12)
+    assert data["sum_capacity"] == pytest.approx(2.0)
+
+
+def test_float32_path_matches_capacity(tmp_path, capsys, rng):
+    W = rng.standard_normal((24, 5000)) * np.exp(rng.uniform(-3, 3, 5000))  # spans 2 chunks+
+    W[:, 17] = 0.0
+    C32 = capalloc.capacity(W, dtype=np.float32)
+    np.testing.assert_allclose(C32, capalloc.capacity(W), atol=2e-5)
+    assert C32[17] == 0.0
+    path = tmp_path / "w.npy"
+    np.save(path, W.astype(np.float32))
+    data = _run_json(capsys, ["capacity", str(path), "--dtype", "float32", "--json"])
+    assert data["arithmetic"] == "float32"
+    assert data["sum_capacity"] == pytest.approx(capalloc.capacity(W).sum(), rel=1e-5)
+
+
+def test_float32_path_with_more_dimensions_than_features(rng):
+    W = rng.standard_normal((300, 40)) * np.exp(rng.uniform(-2, 2, 40))
+    W[:, 5] = 0.0
+    np.testing.assert_allclose(capalloc.capacity(W, dtype=np.float32), capalloc.capacity(W),
+                               atol=2e-5)
+
+
+def test_capacity_blocks(tmp_path, capsys):
+    if not _has("capalloc.geometry"):
+        line = _error(capsys, ["capacity", os.devnull + ".npy", "--blocks"])
+        assert "geometry" in line
+        pytest.skip("capalloc.geometry not available yet")
+    angles = 2 * np.pi * np.arange(3) / 3
+    W = np.zeros((3, 5))
+    W[:2, :3] = np.stack([np.cos(angles), np.sin(angles)])  # a triangle block
+    W[2, 3] = 1.0  # a monosemantic feature
+    path = tmp_path / "blocks.npy"
+    np.save(path, W)
+    data = _run_json(capsys, ["capacity", str(path), "--blocks", "--json"])
+    sizes = sorted((b["dim"], b["size"]) for b in data["blocks"])
+    assert sizes == [(1, 1), (2, 3)]
+    assert main(["capacity", str(path), "--blocks"]) == 0
+    assert "blocks: 2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_capacity_sae_decoder_size(tmp_path, capsys):
+    """A 16384 x 4096 decoder (features along rows, as SAEs store W_dec) runs in seconds."""
+    import time
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "W_dec.npy"
+    np.save(path, rng.standard_normal((16384, 4096), dtype=np.float32))
+    start = time.perf_counter()
+    data = _run_json(capsys, ["capacity", str(path), "--json"])
+    elapsed = time.perf_counter() - start
+    assert (data["d"], data["n"]) == (4096, 16384)
+    assert data["arithmetic"] == "float32"
+    # Random Gaussian columns: C_i is close to 1 / (1 + (n - 1)/d).
+    assert data["mean"] == pytest.approx(1 / (1 + 16383 / 4096), rel=0.02)
+    assert elapsed < 300
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"not a numpy file")
+    cube = tmp_path / "cube.npy"
+    np.save(cube, np.zeros((2, 2, 2)))
+    bad_pt = tmp_path / "bad.pt"
+    bad_pt.write_bytes(b"\x80\x04not a pickle")
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
+    npz = tmp_path / "two.npz"
+    np.savez(npz, a=np.eye(2), b=np.eye(3))
+    cases = {
+        "no such file": ["capacity", str(tmp_path / "missing.npy")],
+        "garbage npy": ["capacity", str(garbage)],
+        "3-D array": ["capacity", str(cube)],
+        "not a pickle": ["capacity", str(bad_pt)],
+        "bad safetensors": ["capacity", str(bad_st)],
+        "missing key": ["capacity", str(npz), "--key", "nope"],
+        "ambiguous": ["capacity", str(npz)],
+        "suffix": ["capacity", str(tmp_path / "w.xyz")],
+        "bad list": ["solve", "-v", "1,x,3", "-d", "1", "-K", "4"],
+        "empty entry": ["solve", "-v", "1,,3", "-d", "1", "-K", "4"],
+        "bad generator": ["solve", "-v", "zipf:2:10", "-d", "1", "-K", "4"],
+        "bad N": ["solve", "-v", "geometric:0.5:-3", "-d", "1", "-K", "4"],
+        "negative importance": ["solve", "-v", "1,-2", "-d", "1", "-K", "4"],
+        "d < 0": ["solve", "-v", "1,2", "-d", "-1", "-K", "4"],
+        "kurtosis < 1": ["solve", "-v", "1,2", "-d", "1", "-K", "0.5"],
+        "kurtosis length": ["solve", "-v", "1,2", "-d", "1", "-K", "3,4,5"],
+        "sparsity": ["solve", "-v", "1,2", "-d", "1", "-S", "1"],
+        "base without sparsity": ["solve", "-v", "1,2", "-d", "1", "-K", "4", "--base",
+                                  "uniform"],
+        "unknown method": ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-m", "nope"],
+        "missing importance file": ["solve", "-v", str(tmp_path / "v.npy"), "-d", "1",
+                                    "-K", "4"],
+    }
+    for name, argv in cases.items():
+        line = _error(capsys, argv)
+        assert len(line) < 400, name
+
+
+def test_missing_key_lists_arrays(tmp_path, capsys):
+    path = tmp_path / "w.npz"
+    np.savez(path, W_enc=np.eye(2, 3), W_dec=np.eye(3, 2))
+    line = _error(capsys, ["capacity", str(path), "--key", "W"])
+    assert "W_enc (2, 3)" in line and "W_dec (3, 2)" in line
+
+
+def test_unknown_method_lists_methods(capsys):
+    line = _error(capsys, ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-m", "nope"])
+    assert "waterfill" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["solve", "-v", "1,2", "-d", "x", "-K", "4"],
+    ["solve", "-v", "1,2", "-d", "1"],
+    ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-S", "0.5"],
+    ["frobnicate"],
+    [],
+])
+def test_usage_errors_exit_2(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_bad_input_subprocess_has_no_traceback(tmp_path):
+    proc = subprocess.run([*_console_command(), "capacity", str(tmp_path / "nope.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("capalloc: error:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_traceback_on_request(monkeypatch):
+    monkeypatch.setenv("CAPALLOC_TRACEBACK", "1")
+    with pytest.raises(ValueError):
+        main(["solve", "-v", "1,x", "-d", "1", "-K", "4"])
+
+
+def test_version_and_help(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"capalloc {capalloc.__version__}"
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "solve", "capacity", "bench"):
+        assert command in out
+
+
+# ----------------------------------------------------------------------------- bench, experiment
+
+def test_bench_uses_bench_module(capsys, monkeypatch):
+    calls = []
+    fake = types.ModuleType("capalloc._bench")
+
+    def run_solver_benchmark(quick, progress=False):
+        calls.append((quick, progress))
+        return [{"method": "waterfill", "n": 10}]
+
+    fake.run_solver_benchmark = run_solver_benchmark
+    fake.format_table = lambda rows: f"TABLE {rows[0]['method']} {len(rows)}"
+    monkeypatch.setitem(sys.modules, "capalloc._bench", fake)
+    assert main(["bench", "--quick"]) == 0
+    assert capsys.readouterr().out.strip() == "TABLE waterfill 1"
+    assert calls == [(True, True)]
+
+
+def test_bench_missing_module_is_an_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "capalloc._bench", None)  # import raises ImportError
+    line = _error(capsys, ["bench"])
+    assert "bench" in line
+
+
+def test_experiment_subcommand_registration(capsys, monkeypatch):
+    def choices():
+        return build_parser()._subparsers._group_actions[0].choices
+
+    if not _has("capalloc._cli_experiment"):
+        assert "experiment" not in choices()
+    fake = types.ModuleType("capalloc._cli_experiment")
+
+    def add_experiment_parser(subparsers):
+        p = subparsers.add_parser("experiment", help="fake")
+        p.add_argument("name")
+        p.set_defaults(func=lambda args: print(f"ran {args.name}") or 0)
+
+    fake.add_experiment_parser = add_experiment_parser
+    monkeypatch.setitem(sys.modules, "capalloc._cli_experiment", fake)
+    assert "experiment" in choices()
+    assert main(["experiment", "toy"]) == 0
+    assert capsys.readouterr().out.strip() == "ran toy"
