@@ -73,6 +73,10 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     # compensations (cA, cB) so that no drift builds up over millions of events.
     cA = 0.0
     cB = 0.0
+    # Features polysemantic right now. When none is left, A and B are exactly the
+    # caller's aggregate again: resetting them drops the rounding residue of
+    # terms added and removed (which can be 1e300 times larger than later terms).
+    npoly = 0
     ne = 0
     for i in range(n):
         vi = v[i]
@@ -93,6 +97,7 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
                 if hi > mu_top:
                     A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
                     B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
+                    npoly += 1
                 else:
                     ev_mu[ne] = hi
                     ev_idx[ne] = i
@@ -128,7 +133,12 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
                 B, cB = _add(B, cB, sign * 2.0 / (K[j] - 3.0))
                 if kind == SATURATE:
                     m += 1.0
+                    npoly -= 1
+                else:
+                    npoly += 1
             k += 1
+        if npoly == 0:
+            A, cA, B, cB = A0, 0.0, B0, 0.0
         s_after = m + (A + cA) / mu_e - (B + cB)
         if s_after >= budget:
             share = (budget - (s_after - jumps)) / jumps if jumps > 0.0 else np.nan
@@ -352,25 +362,28 @@ def batch_certificate(V, KK, C, d):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, error_model="numpy")
 def polish(C, K, d):  # pragma: no cover - compiled
-    """Spread the rounding error of ``sum(C) - d`` over polysemantic features (in place).
+    r"""Spread the rounding error of ``sum(C) - d`` over polysemantic features (in place).
 
     Near ``K = 3`` the capacity formula divides a cancelled difference by
     ``K - 3``; restoring the exact budget keeps the allocation feasible and
-    exact ties equal.
+    exact ties equal. The error is removed by one step in ``1/mu``: feature
+    ``i`` moves in proportion to :math:`dC_i/d(1/\mu) \propto C_i + 2/(K_i-3)`,
+    so all features stay on one water level (steep features near ``K = 3``
+    absorb almost all of it) and the KKT residual stays at rounding level.
     """
     total = 0.0
     comp = 0.0
-    npoly = 0
+    weight = 0.0
     for i in range(C.size):
         total, comp = _add(total, comp, C[i])
         if 0.0 < C[i] < 1.0 and K[i] != 3.0:
-            npoly += 1
-    if npoly == 0:
+            weight += C[i] + 2.0 / (K[i] - 3.0)
+    if weight == 0.0:
         return C
-    shift = (total + comp - d) / npoly
+    shift = (total + comp - d) / weight
     for i in range(C.size):
         if 0.0 < C[i] < 1.0 and K[i] != 3.0:
-            C[i] = min(max(C[i] - shift, 0.0), 1.0)
+            C[i] = min(max(C[i] - shift * (C[i] + 2.0 / (K[i] - 3.0)), 0.0), 1.0)
     return C
 
 

@@ -1,0 +1,355 @@
+"""Numba kernels of :mod:`capalloc._kernels` against their plain-numpy twins.
+
+Every kernel is compared on hypothesis-generated inputs with its twin (or with
+the numpy form it fuses), the large-``n`` bracketed path is compared with one
+plain sweep, and one solve runs in a subprocess under ``NUMBA_DISABLE_JIT=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capalloc import QuadraticProblem, _kernels, kkt_residual, waterfill
+from capalloc._result import smallest_threshold
+from capalloc._waterfill import convex_mu
+
+# the plain-numpy twin divides by breakpoints at zero importance (harmless inf/nan)
+pytestmark = [pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")]
+
+# ---------------------------------------------------------------------------
+# Strategies: convex inputs (K >= 3), with exact K = 3, zeros and ties on demand
+# ---------------------------------------------------------------------------
+
+_V_POOL = [0.25, 0.5, 1.0, 2.0, 3.0]
+
+
+@st.composite
+def convex_inputs(draw, max_n: int = 25, near3: bool = False, decades: float = 3.0):
+    """``(v, K, budget)`` with ``0 < budget < #(v > 0)``.
+
+    ``K`` is exactly 3 or at least 3.001; ``near3=True`` draws ``K - 3`` down to
+    ``1e-15``, where running sums of :math:`1/(K-3)`-sized terms need compensation
+    (the kernel has it; the plain-numpy twin does not, so twins are compared on
+    the default inputs only).
+    """
+    n = draw(st.integers(1, max_n))
+    v = np.array(draw(st.lists(
+        st.one_of(st.floats(10.0 ** -decades, 10.0 ** decades), st.sampled_from(_V_POOL),
+                  st.just(0.0)),
+        min_size=n, max_size=n)))
+    gap = st.floats(1e-15, 1e-3).map(lambda x: 3.0 + x) if near3 else st.floats(3.001, 60.0)
+    K = np.array(draw(st.lists(
+        st.one_of(gap, st.just(3.0), st.sampled_from([4.0, 10.0])),
+        min_size=n, max_size=n)))
+    npos = int(np.count_nonzero(v))
+    if npos == 0:
+        v[0], npos = 1.0, 1
+    frac = draw(st.floats(0.01, 0.99))
+    integer = draw(st.booleans())
+    budget = float(max(1, round(frac * npos))) if integer and npos > 1 else frac * npos
+    if budget >= npos:
+        budget = npos - 0.5
+    return v, K, budget
+
+
+def direct_capacity(v, K, mu):
+    """``sum_i C_i(mu)`` feature by feature (``K = 3`` at ``v == mu`` counts 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.clip(((K - 1) * v / mu - 2) / (K - 3), 0.0, 1.0)
+    c = np.where(K == 3, (v > mu).astype(float), c)
+    return float(np.sum(np.where(v > 0, c, 0.0)))
+
+
+def same_share(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# sweep
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=80)
+@given(convex_inputs())
+def test_sweep_matches_numpy_twin(args):
+    """Same allocation; same level wherever the root is unique.
+
+    Where ``S`` is flat at the budget (no polysemantic feature at the root) every
+    level of the flat stretch is a root: the kernel returns its top, the twin,
+    whose running sums round differently, may return another point of it.
+    ``nseg`` is not compared: the kernel counts distinct breakpoints, the twin
+    counts events (they differ on ties).
+    """
+    v, K, budget = args
+    mu, share, _ = _kernels.sweep(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    mu2, share2, _ = _kernels.sweep_numpy(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    assert mu > 0 and mu2 > 0
+    C = _kernels.convex_capacities(v, K, mu, share)
+    C2 = _kernels.convex_capacities_numpy(v, K, mu2, share2)
+    np.testing.assert_allclose(C, C2, rtol=0, atol=1e-9)
+    poly = (C > 1e-9) & (C < 1 - 1e-9) & (K != 3)
+    if poly.any():
+        assert math.isclose(mu, mu2, rel_tol=1e-9)
+
+
+@settings(max_examples=60)
+@given(convex_inputs())
+def test_sweep_solves_the_budget(args):
+    """The level found gives ``S(mu) = budget`` (with the ``K = 3`` share)."""
+    v, K, budget = args
+    mu, share, _ = _kernels.sweep(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    C = _kernels.convex_capacities(v, K, mu, share)
+    assert abs(C.sum() - budget) <= 1e-9 * max(budget, 1.0)
+
+
+@settings(max_examples=60)
+@given(convex_inputs(near3=True))
+def test_sweep_near_kurtosis_3(args):
+    """``K - 3`` down to ``1e-15``: the level is still found; a feature with tiny
+    ``K - 3`` moves by ``1/(K-3)`` per unit of ``1/mu``, so the budget is met to
+    within that resolution, and the polish step restores it."""
+    v, K, budget = args
+    mu, share, _ = _kernels.sweep(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    assert 0 < mu < math.inf
+    C = _kernels.convex_capacities(v, K, mu, share)
+    with np.errstate(divide="ignore"):
+        steep = np.max(np.where((v > 0) & (K > 3), 1 / (K - 3), 0.0), initial=0.0)
+    assert abs(C.sum() - budget) <= 1e-9 * max(budget, 1.0) + 64 * np.finfo(float).eps * steep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sweep_across_300_decades(seed):
+    """Breakpoints 1e300 apart interleave: running sums must not carry the rounding
+    residue of the large features (added, then removed) into the small ones."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    v = 10.0 ** rng.uniform(-150, 150, n)
+    K = rng.uniform(3.5, 40.0, n)
+    for d in range(1, n, 7):
+        mu, share, _ = _kernels.sweep(v, K, float(d), 0.0, 0.0, 0.0, math.inf)
+        C = _kernels.convex_capacities(v, K, mu, share)
+        assert abs(C.sum() - d) <= 1e-9 * d, (d, C.sum())
+
+
+def test_polish_keeps_one_water_level():
+    """A feature with K - 3 = 1e-12 moves 1e12 times faster in 1/mu than its
+    neighbours: restoring the budget must put the correction on it."""
+    problem = QuadraticProblem([1.0, 0.9, 0.5, 0.3, 0.2], 2, [3 + 1e-12, 10, 10, 10, 10])
+    res = waterfill(problem)
+    assert abs(res.capacity.sum() - 2) <= 1e-12
+    assert res.kkt_residual <= 1e-12
+    assert kkt_residual(problem, res.capacity, res.threshold) <= 1e-12
+
+
+@settings(max_examples=40)
+@given(convex_inputs(), st.floats(0.05, 0.95))
+def test_sweep_with_aggregate_matches_full_sweep(args, where):
+    """Features whose state is fixed between the root and ``mu_top``, passed as the
+    aggregate ``(m0, A0, B0)``, give the same level (the contract used by the
+    bracketed path)."""
+    v, K, budget = args
+    mu, _, _ = _kernels.sweep(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    top = mu * (1 + where)
+    above = v > top
+    poly = ~above & (K != 3) & (v < mu) & ((K - 1) * v / 2 > top)
+    rest = ~above & ~poly
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A0 = float(np.sum(((K - 1) * v / (K - 3))[poly]))
+        B0 = float(np.sum((2 / (K - 3))[poly]))
+    args2 = (v[rest], K[rest], budget, float(np.count_nonzero(above)), A0, B0, top)
+    mu2, _, _ = _kernels.sweep(*args2)
+    mu3, _, _ = _kernels.sweep_numpy(*args2)
+    assert math.isclose(mu, mu2, rel_tol=1e-10)
+    assert math.isclose(mu2, mu3, rel_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# capacities, bracket pass, totals, certificate
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(convex_inputs(), st.floats(0.05, 20.0), st.one_of(st.just(math.nan), st.floats(0, 1)),
+       st.booleans())
+def test_convex_capacities_match_numpy_twin(args, mu, share, at_tie):
+    v, K, _ = args
+    if at_tie:
+        mu = float(v[np.argmax(v)])  # land exactly on a breakpoint
+    C = _kernels.convex_capacities(v, K, mu, share)
+    C2 = _kernels.convex_capacities_numpy(v, K, mu, share)
+    np.testing.assert_allclose(C, C2, rtol=1e-13, atol=1e-15)
+    assert np.all((C >= 0) & (C <= 1))
+
+
+@settings(max_examples=50)
+@given(convex_inputs(), st.floats(0.02, 0.98), st.floats(1.05, 4.0))
+def test_bracket_pass_matches_twin_and_direct_sums(args, f, ratio):
+    v, K, _ = args
+    vmax = float(v.max())
+    mu_lo = f * vmax
+    mu_hi = mu_lo * ratio
+    m0, A0, B0, live = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
+    m1, A1, B1, live1 = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
+    assert m0 == m1
+    assert math.isclose(A0, A1, rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(B0, B1, rel_tol=1e-12, abs_tol=1e-300)
+    np.testing.assert_array_equal(live, live1)
+    # S at both ends of the bracket from (aggregate + live features) equals the direct sum
+    for mu in (mu_lo, mu_hi):
+        total = _kernels.total_capacity(v[live], K[live], mu, m0, A0, B0)
+        assert math.isclose(total, direct_capacity(v, K, mu), rel_tol=1e-10, abs_tol=1e-10)
+
+
+@settings(max_examples=40)
+@given(convex_inputs(), st.floats(0.05, 20.0))
+def test_total_capacity_is_direct_sum(args, mu):
+    v, K, _ = args
+    total = _kernels.total_capacity(v, K, mu, 0.0, 0.0, 0.0)
+    assert math.isclose(total, direct_capacity(v, K, mu), rel_tol=1e-12, abs_tol=1e-12)
+
+
+@st.composite
+def any_allocation(draw):
+    """A quadratic problem of any curvature with arbitrary capacities in [0, 1]."""
+    n = draw(st.integers(1, 12))
+    v = np.array(draw(st.lists(st.one_of(st.floats(1e-3, 1e3), st.just(0.0)),
+                               min_size=n, max_size=n)))
+    K = np.array(draw(st.lists(st.one_of(st.floats(1.0, 40.0), st.just(3.0), st.just(1.0)),
+                               min_size=n, max_size=n)))
+    C = np.array(draw(st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0])),
+                               min_size=n, max_size=n)))
+    d = draw(st.integers(0, n + 1))
+    return QuadraticProblem(v, d, K), C
+
+
+@settings(max_examples=50)
+@given(any_allocation())
+def test_certificate_kernels_match_numpy_forms(args):
+    problem, C = args
+    v, K = problem.importance, np.ascontiguousarray(problem.kurtosis)
+    T = _kernels.smallest_threshold(v, K, C)
+    assert math.isclose(T, smallest_threshold(problem, C), rel_tol=1e-12, abs_tol=1e-300)
+    norms = np.empty_like(C)
+    loss, res = _kernels.quadratic_certificate(v, K, C, T, float(problem.d), norms)
+    np.testing.assert_allclose(norms, problem.optimal_norms(C), rtol=1e-12, atol=0)
+    expected = float(np.sum(problem.loss(C)))
+    assert math.isclose(loss, expected, rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(res, kkt_residual(problem, C, T), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@settings(max_examples=30)
+@given(any_allocation())
+def test_batch_certificate_is_row_by_row(args):
+    problem, C = args
+    V = np.stack([problem.importance, 2 * problem.importance])
+    KK = np.ascontiguousarray(np.stack([problem.kurtosis] * 2))
+    CC = np.stack([C, C[::-1]])
+    T, norms, loss, res = _kernels.batch_certificate(V, KK, CC, float(problem.d))
+    for r in range(2):
+        norms_r = np.empty(C.size)
+        T_r = _kernels.smallest_threshold(V[r], KK[r], CC[r])
+        loss_r, res_r = _kernels.quadratic_certificate(V[r], KK[r], CC[r], T_r,
+                                                       float(problem.d), norms_r)
+        assert T[r] == T_r and loss[r] == loss_r and res[r] == res_r
+        np.testing.assert_array_equal(norms[r], norms_r)
+
+
+@settings(max_examples=40)
+@given(convex_inputs())
+def test_polish_restores_integer_budget(args):
+    v, K, budget = args
+    d = float(max(1, math.floor(budget)))
+    mu, share, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
+    C = _kernels.convex_capacities(v, K, mu, share)
+    before = C.copy()
+    _kernels.polish(C, K, d)
+    assert abs(C.sum() - d) <= 1e-12 * d or np.allclose(C, before)
+    np.testing.assert_allclose(C, before, atol=1e-9)
+
+
+@settings(max_examples=20)
+@given(convex_inputs(max_n=10), st.integers(1, 4))
+def test_batch_waterfill_is_row_by_row(args, m):
+    v, K, budget = args
+    d = max(1, math.floor(budget))
+    rng = np.random.default_rng(len(v) + m)
+    V = np.stack([v * rng.uniform(0.5, 2.0, v.size) for _ in range(m)])
+    KK = np.stack([K] * m)
+    C, MU, _ = _kernels.batch_waterfill(V, KK, d)
+    for r in range(m):
+        row = waterfill(QuadraticProblem(V[r], d, KK[r]))
+        np.testing.assert_allclose(C[r], row.capacity, rtol=0, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------
+# Large n: the bracketed path equals one plain sweep
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["smooth", "ties_and_linear"])
+@pytest.mark.parametrize("frac", [0.001, 0.3, 0.97])
+def test_bracketed_path_equals_plain_sweep(kind, frac):
+    rng = np.random.default_rng(11)
+    n = 200_000
+    v = 10 ** rng.uniform(-2, 2, n)
+    K = 3 + 10 ** rng.uniform(-1, 1.5, n)
+    if kind == "ties_and_linear":
+        v = np.round(v, 1) + 0.1
+        K = np.where(rng.random(n) < 0.3, 3.0, np.round(K, 0))
+    d = float(int(frac * n))
+    mu, share, nseg = convex_mu(v, K, d)
+    mu0, share0, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
+    assert nseg >= 1
+    assert math.isclose(mu, mu0, rel_tol=1e-12)
+    assert same_share(share, share0)
+    C = _kernels.convex_capacities(v, K, mu, share)
+    C0 = _kernels.convex_capacities(v, K, mu0, share0)
+    np.testing.assert_allclose(C, C0, atol=1e-9)
+    assert abs(C.sum() - d) <= 1e-6
+
+
+# ---------------------------------------------------------------------------
+# Pure-python run of the kernels
+# ---------------------------------------------------------------------------
+
+_SCRIPT = """
+import json, numpy as np
+from capalloc import QuadraticProblem, waterfill
+out = {}
+for name, (v, d, K) in json.loads(SPEC).items():
+    res = waterfill(QuadraticProblem(np.array(v), d, np.array(K)))
+    out[name] = [res.capacity.tolist(), float(np.max(res.loss)), float(np.max(res.threshold))]
+print(json.dumps(out))
+"""
+
+_CASES = {
+    "convex": ([4.0, 2.0, 1.0, 0.2, 1.0], 2, [10.0, 10.0, 4.0, 3.0, 3.0]),
+    "linear_ties": ([1.0, 1.0, 1.0, 0.5], 2, [3.0, 3.0, 3.0, 3.0]),
+    "mixed": ([1.0, 0.6, 0.3, 2.0], 2, [2.5, 5.0, 12.0, 1.5]),
+    "batched": ([[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]], 1, [[5.0, 9.0, 3.0], [4.0, 4.0, 4.0]]),
+}
+
+
+def test_kernels_without_jit_match_jitted():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    code = _SCRIPT.replace("SPEC", repr(json.dumps(_CASES)))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (v, d, K) in _CASES.items():
+        res = waterfill(QuadraticProblem(np.array(v), d, np.array(K)))
+        C, loss, T = plain[name]
+        np.testing.assert_allclose(C, res.capacity, rtol=0, atol=1e-14)
+        assert math.isclose(loss, float(np.max(res.loss)), rel_tol=1e-13)
+        assert math.isclose(T, float(np.max(res.threshold)), rel_tol=1e-13)
