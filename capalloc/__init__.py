@@ -26,6 +26,20 @@ _LAZY = {
     "testing": None,
     "plots": None,
     "experiments": None,
+    "sweep": None,
+    "sensitivity": None,
+    "train": None,
+    "geometry": None,
+    "solve_scipy": "_scipy_methods",
+    "solve_slsqp": "_scipy_methods",
+    "solve_cvxpy": "_cvxpy_method",
+    "train_quadratic": "train",
+    "TrainResult": "train",
+    "find_blocks": "geometry",
+    "Block": "geometry",
+    "is_block_semi_orthogonal": "geometry",
+    "realize": "geometry",
+    "tight_frame": "geometry",
 }
 
 __all__ = [

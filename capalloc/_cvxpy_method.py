@@ -27,6 +27,7 @@ import numpy as np
 
 from ._problems import QuadraticProblem
 from ._result import NOT_CONVERGED, SUCCESS, AllocationResult, make_result, smallest_threshold
+from ._scipy_methods import CERTIFY_TOL
 from ._solve import register_method
 
 __all__ = ["solve_cvxpy"]
@@ -198,4 +199,5 @@ def solve_cvxpy(problem: QuadraticProblem, *, solver: str | None = None,
         message = where + failures[0][1]
     shape = problem.importance.shape
     return make_result(problem, C.reshape(shape), T if problem.batched else float(T[0]),
-                       method="cvxpy", nit=nit, status=status, message=message)
+                       method="cvxpy", nit=nit, status=status, message=message,
+                       certify=CERTIFY_TOL)

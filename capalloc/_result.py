@@ -134,9 +134,14 @@ class AllocationResult:
 def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
                 status: int = SUCCESS, message: str | None = None, nit: int = 0,
                 loss: Any = None, norms: Any = None, kkt: Any = None,
-                atol: float = 1e-9) -> AllocationResult:
+                atol: float = 1e-9, certify: float | None = None) -> AllocationResult:
     """Assemble an :class:`AllocationResult`; loss, norms and KKT residual are computed
-    from the problem unless given."""
+    from the problem unless given.
+
+    ``certify``: for approximate methods, a claimed success whose KKT residual
+    exceeds this becomes ``NOT_CONVERGED``, so no result is reported optimal
+    without a certificate.
+    """
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
     if loss is None:
@@ -146,6 +151,16 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
     if kkt is None:
         kkt = kkt_residual(problem, C, threshold)
     loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
+    worst = float(np.max(kkt, initial=0.0))
+    if certify is not None:  # an unused budget at T > 0 is a failure however small T is
+        npos = np.count_nonzero(np.asarray(problem.marginal_benefit(np.zeros(C.shape))) > 0,
+                                axis=-1)
+        unused = (np.minimum(problem.d, npos) - np.sum(C, axis=-1)) / max(problem.d, 1)
+        worst = max(worst, float(np.max(np.where(np.asarray(threshold) > 0, unused, 0.0),
+                                        initial=0.0)))
+    if certify is not None and status == SUCCESS and not worst <= certify:
+        status = NOT_CONVERGED
+        message = f"KKT residual {worst:.2g} exceeds {certify:.2g}: not certified optimal"
     return AllocationResult(
         capacity=_readonly(C),
         norms=_readonly(np.asarray(norms, dtype=float)),

@@ -512,6 +512,25 @@ def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> All
     return make_result(problem, C, T, loss=loss, norms=norms, kkt=kkt, **fields)
 
 
+#: Approximate methods (slsqp, cvxpy) report success only below this KKT residual.
+CERTIFY_TOL = 1e-4
+
+
+def _quad_row_safe(v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
+                   ) -> tuple[np.ndarray, int, bool]:
+    """:func:`_quad_row`, turning a failed root bracket into a non-converged row."""
+    try:
+        C, nit, ok = _quad_row(v, np.where(np.abs(K - 3) < 1e-12, 3.0, K), d, xtol, maxiter)
+    except ValueError as exc:  # brentq: no sign change (rounding on extreme magnitudes)
+        if "different signs" not in str(exc):
+            raise
+        return np.zeros_like(v), 0, False
+    if np.all(K >= 3) and 0 < d < np.count_nonzero(v):
+        # K within 1e-12 of 3 was solved as 3: one Newton step restores the true budget
+        C = _kernels.polish(np.array(C, dtype=float), K, float(d))
+    return C, nit, ok
+
+
 def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -592,10 +611,10 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
         failed = [] if ok else [0]
     else:
         v, K = problem.importance, problem.kurtosis
-        rows = [_quad_row(np.ascontiguousarray(v[r]), np.ascontiguousarray(K[r]), problem.d,
+        rows = [_quad_row_safe(np.ascontiguousarray(v[r]), np.ascontiguousarray(K[r]), problem.d,
                           xtol, maxiter) for r in range(v.shape[0])] if problem.batched else [
-            _quad_row(np.ascontiguousarray(v), np.ascontiguousarray(K), problem.d, xtol,
-                      maxiter)]
+            _quad_row_safe(np.ascontiguousarray(v), np.ascontiguousarray(K), problem.d, xtol,
+                           maxiter)]
         C = np.array([c for c, _, _ in rows]) if problem.batched else rows[0][0]
         nit = sum(n for _, n, _ in rows)
         failed = [r for r, (_, _, ok) in enumerate(rows) if not ok]
@@ -649,7 +668,7 @@ def _slsqp_row(loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray]
         val = f(C)
         key = (not res.success, val)
         if best is None or key < best[0]:
-            best = (key, C, int(res.nit), bool(res.success), str(res.message))
+            best = (key, C, int(getattr(res, "nit", 0)), bool(res.success), str(res.message))
     _, C, nit, ok, msg = best
     return C, nit, ok, msg
 
@@ -731,4 +750,5 @@ def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8
     # the threshold from the clearly interior features (SLSQP leaves ~1e-9 at the bounds)
     snapped = np.where(C > 1 - 1e-7, 1.0, C)
     return make_result(problem, C, smallest_threshold(problem, snapped), method="slsqp",
-                       nit=sum(row[1] for row in rows), status=status, message=message)
+                       nit=sum(row[1] for row in rows), status=status, message=message,
+                       certify=CERTIFY_TOL)

@@ -21,7 +21,6 @@ share the remaining capacity equally (the limit :math:`K \to 3^+`); with
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 

