@@ -80,10 +80,8 @@ def _narrow(v, K, budget, m0, A0, B0, top):
     expect = target - f * fixed  # rough live capacity in the sample near the root
     p = min(max(expect / vs.size, 0.0), 1.0)
     spread = 5.0 * math.sqrt(max(vs.size * p * (1 - p), 1.0)) + 2.0
-    npos_sample = np.count_nonzero(vs)
-    if target + spread < npos_sample:
-        mu_lo = _kernels.sweep(vs, Ks, target + spread, f * m0, f * A0, f * B0, top)[0]
-    else:  # below the smallest breakpoint every feature is monosemantic
+    mu_lo = _kernels.sweep(vs, Ks, target + spread, f * m0, f * A0, f * B0, top)[0]
+    if mu_lo <= 0:  # the sample never reaches that budget: use the smallest breakpoint
         positive = v[v > 0]
         mu_lo = float(positive.min()) if positive.size else 0.0
     if target - spread > 0:
