@@ -8,17 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_budget, check_importance, check_kurtosis, short
+from ._validation import check_budget, check_importance, check_kurtosis, readonly, short
 from .distributions import InputLaw
 
 __all__ = ["QuadraticProblem", "SeparableProblem", "Problem"]
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=float)  # own copy
-    a.setflags(write=False)
-    return a
-
 
 @dataclass(frozen=True, repr=False)
 class QuadraticProblem:
@@ -69,8 +62,8 @@ class QuadraticProblem:
                 f"kurtosis of shape {np.shape(K)} does not broadcast to importance shape {v.shape}"
             ) from None
         # a scalar kurtosis stays a read-only zero-stride view: no n-sized copy
-        object.__setattr__(self, "importance", _readonly(v))
-        object.__setattr__(self, "kurtosis", Kb if K.ndim == 0 else _readonly(Kb))
+        object.__setattr__(self, "importance", readonly(v, float))
+        object.__setattr__(self, "kurtosis", Kb if K.ndim == 0 else readonly(Kb, float))
         object.__setattr__(self, "d", d)
 
     @property

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._capacity import classify
+from ._validation import readonly
 
 __all__ = ["AllocationResult", "AllocationWarning", "kkt_residual", "SUCCESS", "NOT_CONVERGED"]
 
@@ -19,14 +20,6 @@ STATUS_MESSAGES = {SUCCESS: "optimal", NOT_CONVERGED: "did not converge"}
 
 class AllocationWarning(RuntimeWarning):
     """A solver stopped without certifying optimality (see ``result.status``)."""
-
-
-def _readonly(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        x = x.copy()
-        x.setflags(write=False)
-    return x
-
 
 def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     r"""Relative KKT residual of an allocation (0 at a KKT point).
@@ -112,7 +105,7 @@ class AllocationResult:
     @cached_property
     def labels(self) -> np.ndarray:
         """Per-feature labels (see the class docstring)."""
-        return _readonly(classify(self.capacity, atol=self.label_tol))
+        return readonly(classify(self.capacity, atol=self.label_tol))
 
     @property
     def success(self) -> bool:
@@ -162,15 +155,15 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
         status = NOT_CONVERGED
         message = f"KKT residual {worst:.2g} exceeds {certify:.2g}: not certified optimal"
     return AllocationResult(
-        capacity=_readonly(C),
-        norms=_readonly(np.asarray(norms, dtype=float)),
-        loss=_readonly(loss),
-        threshold=_readonly(threshold),
+        capacity=readonly(C),
+        norms=readonly(np.asarray(norms, dtype=float)),
+        loss=readonly(loss),
+        threshold=readonly(threshold),
         method=method,
         status=status,
         message=message or STATUS_MESSAGES[status],
         nit=int(nit),
-        kkt_residual=_readonly(kkt if np.ndim(kkt) else float(kkt)),
+        kkt_residual=readonly(kkt if np.ndim(kkt) else float(kkt)),
         label_tol=atol,
     )
 

@@ -81,17 +81,6 @@ def _quad_excess_numpy(log_mu: float, v: np.ndarray, K: np.ndarray, d: float) ->
     return float(_quad_caps(v, K, math.exp(log_mu)).sum() - d)
 
 
-@numba.njit(cache=True, inline="always")
-def _neumaier(s, c, x):  # pragma: no cover - compiled
-    """One step of compensated summation: ``(s, c)`` after adding ``x``."""
-    t = s + x
-    if abs(s) >= abs(x):
-        c += (s - t) + x
-    else:
-        c += (x - t) + s
-    return t, c
-
-
 @numba.njit(cache=True, error_model="numpy")
 def _quad_segment(v, K, mu):  # pragma: no cover - compiled
     """The segment holding ``mu``: ``(m, npoly, A, B)`` with ``S = m + A/mu - B`` on it.
@@ -113,8 +102,8 @@ def _quad_segment(v, K, mu):  # pragma: no cover - compiled
             m += 1
         elif (Ki - 1.0) * vi > 2.0 * mu:
             npoly += 1
-            A, cA = _neumaier(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-            B, cB = _neumaier(B, cB, 2.0 / (Ki - 3.0))
+            A, cA = _kernels._add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+            B, cB = _kernels._add(B, cB, 2.0 / (Ki - 3.0))
     return m, npoly, A + cA, B + cB
 
 

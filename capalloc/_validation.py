@@ -20,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_probability",
     "short",
+    "readonly",
 ]
 
 
@@ -100,3 +101,11 @@ def check_probability(value: Any, name: str = "p") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
         raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
     return float(value)
+
+
+def readonly(x: Any, dtype: Any = None) -> Any:
+    """A read-only copy of an array (of ``dtype`` when given); other values pass through."""
+    if isinstance(x, np.ndarray) or dtype is not None:
+        x = np.array(x, dtype=dtype)
+        x.setflags(write=False)
+    return x

@@ -39,7 +39,7 @@ import numpy as np
 from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC
 from ._problems import QuadraticProblem
 from ._solve import solve
-from ._validation import check_importance, check_kurtosis, short
+from ._validation import check_importance, check_kurtosis, readonly, short
 
 __all__ = [
     "MODELS",
@@ -76,13 +76,6 @@ def _label_colors() -> dict[str, str]:
     except ImportError:  # plots is optional
         return dict(_FALLBACK_COLORS)
     return dict(LABEL_COLORS)
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a)
-    a.setflags(write=False)
-    return a
-
 
 def _new_axes(ax: Any, **fig_kw: Any) -> Any:
     if ax is not None:
@@ -605,8 +598,8 @@ def phase_diagram(kurtosis_grid: Any = None, ratio_grid: Any = None, *,
     labels = np.asarray(result.labels)[:, feature].reshape(K.size, r.size)
     regime = np.select([labels == MONOSEMANTIC, labels == POLYSEMANTIC], [0, 1], 2).astype(np.int8)
     C = np.asarray(result.capacity)[:, feature].reshape(K.size, r.size)
-    return PhaseDiagram(kurtosis=_readonly(K), ratio=_readonly(r), regime=_readonly(regime),
-                        capacity=_readonly(C), importance=_readonly(v), feature=feature, d=int(d),
+    return PhaseDiagram(kurtosis=readonly(K), ratio=readonly(r), regime=readonly(regime),
+                        capacity=readonly(C), importance=readonly(v), feature=feature, d=int(d),
                         elapsed=elapsed)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._capacity import capacity
 from ._result import AllocationResult
-from ._validation import as_float_array, check_budget, short
+from ._validation import as_float_array, check_budget, readonly, short
 
 __all__ = ["Block", "find_blocks", "ignored_features", "is_block_semi_orthogonal", "realize",
            "tight_frame"]
@@ -44,13 +44,6 @@ _GRAM_ENTRIES = 1 << 22  # cosine entries formed at once (chunks of rows of the 
 _MONO_ATOL = 1e-12  # capacity within this of 1 is monosemantic in realize
 _GROUP_RTOL = 1e-9  # polysemantic features whose N/C agree to this share a block in realize
 _SUM_ATOL = 1e-9  # per feature: slack allowed when rounding a block's capacity sum
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, copy=True)
-    a.setflags(write=False)
-    return a
-
 
 def _check_tol(tol: Any, name: str = "tol") -> float:
     if (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol)
@@ -246,7 +239,7 @@ def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
     for members in np.split(order, bounds):
         features = keep[members]  # ascending: keep and the stable sort are ordered
         dim, lam, residual = _block_stats(W[:, features], tol)
-        blocks.append(Block(features=_readonly(features), dim=dim, scale=lam,
+        blocks.append(Block(features=readonly(features), dim=dim, scale=lam,
                             capacity_sum=float(C[features].sum()), residual=residual))
     blocks.sort(key=lambda b: int(b.features[0]))
     return blocks

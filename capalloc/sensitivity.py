@@ -32,23 +32,15 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC
 from ._problems import QuadraticProblem
 from ._result import AllocationResult
+from ._validation import readonly
 
 __all__ = ["Sensitivity", "sensitivity"]
-
-
-def _readonly(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        x = x.copy()
-        x.setflags(write=False)
-    return x
-
 
 @dataclass(frozen=True, repr=False, eq=False)
 class Sensitivity:
@@ -293,23 +285,23 @@ def _finish(C, labels, mu, dC_dv, dC_dK, dC_dd, dmu_dv, dmu_dK, dmu_dd, dloss_dv
             dloss_dd, loss, bounds, interval) -> Sensitivity:
     mu = float(mu)
     return Sensitivity(
-        capacity=_readonly(C),
-        labels=_readonly(labels),
+        capacity=readonly(C),
+        labels=readonly(labels),
         mu=mu,
         threshold=2 * mu * mu,
         loss=float(loss),
-        dC_dv=_readonly(dC_dv),
-        dC_dK=_readonly(dC_dK),
-        dC_dd=_readonly(dC_dd),
-        dmu_dv=_readonly(dmu_dv),
-        dmu_dK=_readonly(dmu_dK),
+        dC_dv=readonly(dC_dv),
+        dC_dK=readonly(dC_dK),
+        dC_dd=readonly(dC_dd),
+        dmu_dv=readonly(dmu_dv),
+        dmu_dK=readonly(dmu_dK),
         dmu_dd=float(dmu_dd),
-        dT_dv=_readonly(4 * mu * dmu_dv),
-        dT_dK=_readonly(4 * mu * dmu_dK),
+        dT_dv=readonly(4 * mu * dmu_dv),
+        dT_dK=readonly(4 * mu * dmu_dK),
         dT_dd=float(4 * mu * dmu_dd),
-        dloss_dv=_readonly(dloss_dv),
-        dloss_dK=_readonly(dloss_dK),
+        dloss_dv=readonly(dloss_dv),
+        dloss_dK=readonly(dloss_dK),
         dloss_dd=float(dloss_dd),
-        regime_boundaries=_readonly(bounds),
-        regime_interval=_readonly(interval),
+        regime_boundaries=readonly(bounds),
+        regime_interval=readonly(interval),
     )

@@ -43,7 +43,7 @@ import numpy as np
 
 from ._capacity import capacity
 from ._problems import QuadraticProblem
-from ._validation import check_budget, short
+from ._validation import check_budget, readonly, short
 from .distributions import Gaussian, InputLaw, PerFeature, ThreePoint, from_kurtosis
 from .models.quadratic import quadratic_loss, quadratic_loss_grad
 
@@ -55,14 +55,6 @@ _DEFAULT_STEPS = {"exact": 100_000, "sampled": 4000}
 _DEFAULT_LR = 0.01
 _DEFAULT_BATCH = 2048
 _DEFAULT_TOL = 1e-12
-
-
-def _readonly(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        x = np.array(x, copy=True)
-        x.setflags(write=False)
-    return x
-
 
 def _scalar_or_array(x: np.ndarray) -> Any:
     return float(x) if np.ndim(x) == 0 else x
@@ -439,9 +431,9 @@ def _train_exact(problem: QuadraticProblem, *, d: int, restarts: int, seed: int,
     loss = quadratic_loss(Ws, v, K)
     if not problem.batched:
         Ws, bias, loss, history, losses = Ws[0], bias[0], loss[0], history[0], losses[0]
-    return TrainResult(W=_readonly(Ws), bias=_readonly(_scalar_or_array(bias)),
-                       capacity=_readonly(capacity(Ws)), loss=_readonly(_scalar_or_array(loss)),
-                       history=_readonly(history), restart_losses=_readonly(losses),
+    return TrainResult(W=readonly(Ws), bias=readonly(_scalar_or_array(bias)),
+                       capacity=readonly(capacity(Ws)), loss=readonly(_scalar_or_array(loss)),
+                       history=readonly(history), restart_losses=readonly(losses),
                        method="exact", nit=max(nits), device="cpu", message=messages[0])
 
 
@@ -618,8 +610,8 @@ def _train_sampled(problem: QuadraticProblem, *, d: int, restarts: int, seed: in
     loss = losses[rows, pick]
     if not problem.batched:
         W_best, b_best, h_best, loss, losses = W_best[0], b_best[0], h_best[0], loss[0], losses[0]
-    return TrainResult(W=_readonly(W_best), bias=_readonly(_scalar_or_array(b_best)),
-                       capacity=_readonly(capacity(W_best)),
-                       loss=_readonly(_scalar_or_array(loss)), history=_readonly(h_best),
-                       restart_losses=_readonly(losses), method="sampled", nit=steps,
+    return TrainResult(W=readonly(W_best), bias=readonly(_scalar_or_array(b_best)),
+                       capacity=readonly(capacity(W_best)),
+                       loss=readonly(_scalar_or_array(loss)), history=readonly(h_best),
+                       restart_losses=readonly(losses), method="sampled", nit=steps,
                        device=str(dev), message=f"{steps} Adam steps")
