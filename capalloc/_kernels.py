@@ -24,23 +24,76 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 __all__ = [
     "sweep",
+    "sweep_sorted",
     "sweep_numpy",
     "convex_capacities",
     "convex_capacities_numpy",
     "bracket_pass",
     "bracket_pass_numpy",
     "total_capacity",
-    "quadratic_certificate",
-    "smallest_threshold",
+    "compact",
+    "certify",
+    "certificate",
+    "finish",
     "batch_certificate",
     "polish",
     "batch_waterfill",
 ]
 
 ENTER, SATURATE, JUMP = 0, 1, 2
+SNAP = 4.0 * np.finfo(np.float64).eps  # capacities this close to 0 or 1 are set to it
+
+# Passes over all features (capacities, certificate, bracket) may reassociate sums and use
+# reciprocals: they then vectorise, at a cost of an ulp per feature. Sweeps never do.
+_FAST = {"reassoc", "arcp"}
+
+
+def _at(K, i):
+    """``K[i]``; a scalar ``K`` is the kurtosis of every feature."""
+    return K if np.ndim(K) == 0 else K[i]
+
+
+@overload(_at, inline="always")
+def _at_compiled(K, i):  # pragma: no cover - compile time
+    """Compiled :func:`_at`: a scalar ``K`` becomes a loop invariant, so loops vectorise."""
+    if isinstance(K, types.Number):
+        return lambda K, i: K
+    return lambda K, i: K[i]
+
+
+def _row(KK, r):
+    """Row ``r`` of a batch's kurtosis: a scalar, one row shared by all, or one per row."""
+    return KK if np.ndim(KK) == 0 else KK[r % KK.shape[0]]
+
+
+@overload(_row, inline="always")
+def _row_compiled(KK, r):  # pragma: no cover - compile time
+    if isinstance(KK, types.Number):
+        return lambda KK, r: KK
+    return lambda KK, r: KK[r % KK.shape[0]]
+
+
+def compact(K):
+    """The kurtosis as the kernels take it: a float when every feature shares one value,
+    else the stored values, contiguous (a batch sharing one row keeps that row only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> compact(np.broadcast_to(5.0, (3, 4))), compact(np.broadcast_to([4.0, 5.0], (3, 2))).shape
+    (5.0, (1, 2))
+    """
+    K = np.asarray(K, dtype=float)
+    if K.size and not any(K.strides):
+        return float(K.flat[0])
+    if K.ndim == 2 and K.strides[0] == 0:
+        return np.ascontiguousarray(K[:1])
+    return np.ascontiguousarray(K)
 
 
 @numba.njit(cache=True, inline="always")
@@ -55,12 +108,10 @@ def _add(total, comp, x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
-    """Find ``mu`` with ``S(mu) = budget`` below ``mu_top``.
+def sweep_events(v, K, m0, A0, B0, mu_top):  # pragma: no cover - compiled
+    """Breakpoints below ``mu_top`` for :func:`sweep`, and the state just below ``mu_top``.
 
-    Returns ``(mu, share, nseg)``; ``share`` is the capacity of each ``K = 3``
-    feature with ``v == mu`` (NaN when ``mu`` is not a jump point), ``nseg`` the
-    number of breakpoints visited. ``mu = 0`` means the budget is never reached.
+    Returns ``(ev_mu, ev_idx, ev_kind, state)`` with ``state = (m, A, cA, B, cB, npoly)``.
     """
     n = v.size
     ev_mu = np.empty(2 * n)
@@ -73,41 +124,42 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     # compensations (cA, cB) so that no drift builds up over millions of events.
     cA = 0.0
     cB = 0.0
-    # Features polysemantic right now. When none is left, A and B are exactly the
-    # caller's aggregate again: resetting them drops the rounding residue of
-    # terms added and removed (which can be 1e300 times larger than later terms).
-    npoly = 0
+    npoly = 0  # features polysemantic right now (see sweep_scan)
     ne = 0
     for i in range(n):
         vi = v[i]
-        Ki = K[i]
-        if Ki == 3.0:
-            if vi > mu_top:
-                m += 1.0
-            else:
-                ev_mu[ne] = vi
-                ev_idx[ne] = i
-                ev_kind[ne] = JUMP
-                ne += 1
+        Ki = _at(K, i)
+        if vi > mu_top:
+            m += 1.0
+        elif Ki == 3.0:
+            ev_mu[ne] = vi
+            ev_idx[ne] = i
+            ev_kind[ne] = JUMP
+            ne += 1
         else:
-            hi = (Ki - 1.0) * vi / 2.0
-            if vi > mu_top:
-                m += 1.0
+            if (Ki - 1.0) * vi / 2.0 > mu_top:
+                A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+                B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
+                npoly += 1
             else:
-                if hi > mu_top:
-                    A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-                    B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
-                    npoly += 1
-                else:
-                    ev_mu[ne] = hi
-                    ev_idx[ne] = i
-                    ev_kind[ne] = ENTER
-                    ne += 1
-                ev_mu[ne] = vi
+                ev_mu[ne] = (Ki - 1.0) * vi / 2.0
                 ev_idx[ne] = i
-                ev_kind[ne] = SATURATE
+                ev_kind[ne] = ENTER
                 ne += 1
-    order = np.argsort(-ev_mu[:ne], kind="mergesort")
+            ev_mu[ne] = vi
+            ev_idx[ne] = i
+            ev_kind[ne] = SATURATE
+            ne += 1
+    return ev_mu[:ne], ev_idx[:ne], ev_kind[:ne], (m, A, cA, B, cB, npoly)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0,
+               mu_top):  # pragma: no cover - compiled
+    """Walk the breakpoints in decreasing order (``order`` sorts ``-ev_mu``) to the
+    segment holding ``S(mu) = budget``; see :func:`sweep` for the result."""
+    m, A, cA, B, cB, npoly = state
+    ne = ev_mu.size
     prev = mu_top
     k = 0
     nseg = 0
@@ -129,14 +181,18 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
                 jumps += 1.0
             else:
                 sign = 1.0 if kind == ENTER else -1.0
-                A, cA = _add(A, cA, sign * (K[j] - 1.0) * v[j] / (K[j] - 3.0))
-                B, cB = _add(B, cB, sign * 2.0 / (K[j] - 3.0))
+                Kj = _at(K, j)
+                A, cA = _add(A, cA, sign * (Kj - 1.0) * v[j] / (Kj - 3.0))
+                B, cB = _add(B, cB, sign * 2.0 / (Kj - 3.0))
                 if kind == SATURATE:
                     m += 1.0
                     npoly -= 1
                 else:
                     npoly += 1
             k += 1
+        # When no feature is polysemantic, A and B are exactly the caller's aggregate
+        # again: resetting them drops the rounding residue of terms added and removed
+        # (which can be 1e300 times larger than later terms).
         if npoly == 0:
             A, cA, B, cB = A0, 0.0, B0, 0.0
         s_after = m + (A + cA) / mu_e - (B + cB)
@@ -149,6 +205,29 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
         if denom > 0.0:
             return min((A + cA) / denom, prev), np.nan, nseg
     return 0.0, np.nan, nseg
+
+
+@numba.njit(cache=True, error_model="numpy")
+def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
+    """Find ``mu`` with ``S(mu) = budget`` below ``mu_top``.
+
+    Returns ``(mu, share, nseg)``; ``share`` is the capacity of each ``K = 3``
+    feature with ``v == mu`` (NaN when ``mu`` is not a jump point), ``nseg`` the
+    number of breakpoints visited. ``mu = 0`` means the budget is never reached.
+    Callers outside numba use :func:`sweep_sorted`, which sorts with numpy.
+    """
+    ev_mu, ev_idx, ev_kind, state = sweep_events(v, K, m0, A0, B0, mu_top)
+    order = np.argsort(-ev_mu, kind="mergesort")
+    return sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
+
+
+def sweep_sorted(v, K, budgets, m0, A0, B0, mu_top):
+    """:func:`sweep` for several budgets, sorting the breakpoints once with numpy's
+    (vectorised) argsort; returns one ``(mu, share, nseg)`` per budget."""
+    ev_mu, ev_idx, ev_kind, state = sweep_events(v, K, m0, A0, B0, mu_top)
+    order = np.argsort(-ev_mu)
+    return [sweep_scan(v, K, float(b), ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
+            for b in budgets]
 
 
 def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
@@ -203,24 +282,28 @@ def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
     return 0.0, np.nan, mus.size
 
 
+@numba.njit(cache=True, inline="always")
+def _capacity_at(vi, Ki, mu, share):  # pragma: no cover - compiled
+    """Capacity of one feature at level ``mu`` (``share`` at a ``K = 3`` jump).
+
+    Written with selects and no division by zero, so that loops over it vectorise.
+    Values within :data:`SNAP` of 0 or 1 are rounding noise of the formula and snap
+    to the bound (a feature saturating exactly at ``mu`` gets 1, not ``1 - ulp``).
+    """
+    linear = Ki == 3.0
+    c = ((Ki - 1.0) * vi / mu - 2.0) / (1.0 if linear else Ki - 3.0)
+    c = 0.0 if c < SNAP else (1.0 if c > 1.0 - SNAP else c)
+    tie = share if share == share else 0.0
+    step = 1.0 if vi > mu else (tie if vi == mu else 0.0)
+    return 0.0 if vi == 0.0 else (step if linear else c)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def convex_capacities(v, K, mu, share):  # pragma: no cover - compiled
     """Capacities at ``mu`` (``share`` for ``K = 3`` features with ``v == mu``)."""
-    n = v.size
-    C = np.empty(n)
-    for i in range(n):
-        if v[i] == 0.0:
-            C[i] = 0.0
-        elif K[i] == 3.0:
-            if v[i] > mu:
-                C[i] = 1.0
-            elif v[i] < mu:
-                C[i] = 0.0
-            else:
-                C[i] = share if share == share else 0.0
-        else:
-            c = ((K[i] - 1.0) * v[i] / mu - 2.0) / (K[i] - 3.0)
-            C[i] = min(max(c, 0.0), 1.0)
+    C = np.empty(v.size)
+    for i in range(v.size):
+        C[i] = _capacity_at(v[i], _at(K, i), mu, share)
     return C
 
 
@@ -229,43 +312,108 @@ def convex_capacities_numpy(v, K, mu, share):
     v = np.asarray(v, float)
     K = np.asarray(K, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.clip(((K - 1) * v / mu - 2) / (K - 3), 0.0, 1.0)
+        c = ((K - 1) * v / mu - 2) / (K - 3)
+    c = np.where(c < SNAP, 0.0, np.where(c > 1 - SNAP, 1.0, c))
     tie = 0.0 if np.isnan(share) else share
     step = np.where(v > mu, 1.0, np.where(v < mu, 0.0, tie))
     return np.where(v == 0, 0.0, np.where(K == 3, step, c))
 
 
-@numba.njit(cache=True, error_model="numpy")
-def bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
-    """One pass over the features for a bracket ``mu_lo < mu_hi``.
-
-    Returns ``(m0, A0, B0, live)``: the aggregate of features whose state is the
-    same on the whole bracket (monosemantic count ``m0``; polysemantic sums
-    ``A0 = sum a_i``, ``B0 = sum b_i``; ignored ones drop out) and the indices of
-    the others, those with a breakpoint inside ``[mu_lo, mu_hi]``.
-    """
-    n = v.size
-    live = np.empty(n, dtype=np.int64)
-    nl = 0
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _bracket_sums(v, K, mu_lo, mu_hi, lo, hi):  # pragma: no cover - compiled
+    """``(m0, A0, B0, npos)`` of :func:`bracket_pass` over ``[lo, hi)``: a loop of
+    selects and sums of positive terms, which vectorises."""
     m0 = 0.0
     A0 = 0.0
     B0 = 0.0
-    cA = 0.0  # Neumaier compensations
-    cB = 0.0
-    for i in range(n):
+    npos = 0.0
+    for i in range(lo, hi):
         vi = v[i]
-        Ki = K[i]
-        if vi > mu_hi:
-            m0 += 1.0
-        elif (Ki - 1.0) * vi < 2.0 * mu_lo or vi == 0.0:
-            pass  # ignored on the whole bracket (K = 3 included: then hi = v)
-        elif Ki != 3.0 and vi < mu_lo and (Ki - 1.0) * vi > 2.0 * mu_hi:
-            A0, cA = _add(A0, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-            B0, cB = _add(B0, cB, 2.0 / (Ki - 3.0))
-        else:
+        Ki = _at(K, i)
+        w = (Ki - 1.0) * vi
+        poly = (vi < mu_lo) & (w > 2.0 * mu_hi)  # never for K = 3, where w = 2 v
+        inv = 1.0 / (1.0 if Ki == 3.0 else Ki - 3.0)
+        m0 += 1.0 if vi > mu_hi else 0.0
+        A0 += w * inv if poly else 0.0
+        B0 += 2.0 * inv if poly else 0.0
+        npos += 1.0 if vi > 0.0 else 0.0
+    return m0, A0, B0, npos
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _bracket_live(v, K, mu_lo, mu_hi, live, vals, lo, hi, nl,
+                  ends):  # pragma: no cover - compiled
+    """Append to ``live[nl:]`` (and their importances to ``vals``) the features of ``[lo, hi)`` with a breakpoint, ``v`` or
+    ``(K - 1) v / 2``, inside ``[mu_lo, mu_hi]``, adding their capacities at both ends
+    to ``ends``; returns the new ``nl``. The test is one branch on integer arithmetic
+    (rarely taken, so well predicted)."""
+    for i in range(lo, hi):
+        vi = v[i]
+        Ki = _at(K, i)
+        w = (Ki - 1.0) * vi
+        if ((vi >= mu_lo) + (vi <= mu_hi) == 2) + ((w >= 2.0 * mu_lo) + (w <= 2.0 * mu_hi) == 2):
             live[nl] = i
+            vals[nl] = vi
             nl += 1
-    return m0, A0 + cA, B0 + cB, live[:nl]
+            ends[0] += _capacity_at(vi, Ki, mu_lo, np.nan)
+            ends[1] += _capacity_at(vi, Ki, mu_hi, np.nan)
+    return nl
+
+
+_SUB = 4096  # sub-block of the bracket pass: read once from memory, then from cache
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _bracket_block(v, K, mu_lo, mu_hi, live, vals, lo, hi,
+                   out):  # pragma: no cover - compiled
+    """:func:`bracket_pass` on ``[lo, hi)``: live indices and importances go to
+    ``live[lo:lo + count]`` and ``vals``, ``(m0, A0, B0, npos, S_lo, S_hi)`` to ``out``
+    (``S``: live capacity at each end); returns the count."""
+    nl = lo
+    sums = np.zeros(4)
+    ends = np.zeros(2)
+    for start in range(lo, hi, _SUB):
+        stop = min(start + _SUB, hi)
+        part = _bracket_sums(v, K, mu_lo, mu_hi, start, stop)
+        for k in range(4):
+            sums[k] += part[k]
+        nl = _bracket_live(v, K, mu_lo, mu_hi, live, vals, start, stop, nl, ends)
+    out[:4] = sums
+    out[4:] = ends
+    return nl - lo
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+    """One pass over the features for a bracket ``mu_lo < mu_hi`` (parallel over blocks).
+
+    Returns ``(m0, A0, B0, live, vlive, npos, s_lo, s_hi)``: the aggregate of features
+    whose state is the same on the whole bracket (monosemantic count ``m0``;
+    polysemantic sums ``A0 = sum a_i``, ``B0 = sum b_i``; ignored ones drop out), the
+    indices and importances of the others, those with a breakpoint inside
+    ``[mu_lo, mu_hi]``, the number of positive importances, and the capacity of the
+    live features at ``mu_lo`` and at ``mu_hi``.
+    """
+    n = v.size
+    nb = _blocks(n)
+    live = np.empty(n, dtype=np.int64)
+    vals = np.empty(n)
+    stats = np.empty((nb, 6))
+    counts = np.empty(nb, dtype=np.int64)
+    for b in numba.prange(nb):
+        counts[b] = _bracket_block(v, K, mu_lo, mu_hi, live, vals, b * n // nb,
+                                   (b + 1) * n // nb, stats[b])
+    nl = counts.sum()
+    idx = np.empty(nl, dtype=np.int64)
+    vl = np.empty(nl)
+    k = 0
+    for b in range(nb):
+        lo = b * n // nb
+        idx[k:k + counts[b]] = live[lo:lo + counts[b]]
+        vl[k:k + counts[b]] = vals[lo:lo + counts[b]]
+        k += counts[b]
+    tot = stats.sum(axis=0)
+    return tot[0], tot[1], tot[2], idx, vl, tot[3], tot[4], tot[5]
 
 
 def bracket_pass_numpy(v, K, mu_lo, mu_hi):
@@ -278,7 +426,10 @@ def bracket_pass_numpy(v, K, mu_lo, mu_hi):
     with np.errstate(divide="ignore", invalid="ignore"):
         A0 = np.sum(((K - 1) * v / (K - 3))[poly])
         B0 = np.sum((2 / (K - 3))[poly])
-    return float(mono.sum()), float(A0), float(B0), np.flatnonzero(~mono & ~ign & ~poly)
+    live = np.flatnonzero(~mono & ~ign & ~poly)
+    ends = [convex_capacities_numpy(v[live], K[live], mu, np.nan).sum() for mu in (mu_lo, mu_hi)]
+    return (float(mono.sum()), float(A0), float(B0), live, v[live], float(np.count_nonzero(v)),
+            *ends)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -286,78 +437,220 @@ def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
     """``S(mu)``: the aggregate ``m0 + A0/mu - B0`` plus the capacities of ``v``."""
     s = m0 + A0 / mu - B0
     for i in range(v.size):
-        if v[i] == 0.0:
-            continue
-        if K[i] == 3.0:
-            s += 1.0 if v[i] > mu else 0.0
-        else:
-            s += min(max(((K[i] - 1.0) * v[i] / mu - 2.0) / (K[i] - 3.0), 0.0), 1.0)
+        s += _capacity_at(v[i], _at(K, i), mu, np.nan)
     return s
 
 
 @numba.njit(cache=True, inline="always")
 def _h(v, K, C):  # pragma: no cover - compiled
     """``(K - 1) v / (2 + (K - 3) C)``; 0 for ``K = 1`` (where ``l`` vanishes identically)."""
-    if K == 1.0:
-        return 0.0
-    return (K - 1.0) * v / (2.0 + (K - 3.0) * C)
+    flat = K == 1.0
+    return 0.0 if flat else (K - 1.0) * v / (1.0 if flat else 2.0 + (K - 3.0) * C)
+
+
+@numba.njit(cache=True)
+def _blocks(n):  # pragma: no cover - compiled
+    """Number of blocks a parallel pass over ``n`` features is cut into (fixed, so the
+    result does not depend on the thread count, and blocks of at least 64Ki features)."""
+    return min(max(n >> 16, 1), 64)
+
+
+_CHUNK = 1024  # features per chunk of the certificate pass (its buffers stay in L1)
+# Statistics of a block, in the order _fill writes them: sum C, loss, T = max g over
+# C < 1, max g, min g over C = 1 and min g over 0 < C < 1.
+_TOTAL, _LOSS, _T, _GMAX, _GMIN1, _GMINP = range(6)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"arcp"})
+def _fill_chunk(v, K, mu, share, C, norms, lo, hi, from_mu, buf):  # pragma: no cover - compiled
+    """Capacities (at ``mu`` when ``from_mu``, else read from ``C``) and norms of
+    ``[lo, hi)``; per-feature losses and marginal benefits (masked for each extreme of
+    :data:`_T` ... :data:`_GMINP`) go to ``buf``. A loop without reductions: it vectorises
+    (numba vectorises neither float max/min reductions nor, without reassociation,
+    which could expand ``1 - C`` and cancel, sums)."""
+    for j in range(hi - lo):
+        i = lo + j
+        vi = v[i]
+        Ki = _at(K, i)
+        if from_mu:
+            c = _capacity_at(vi, Ki, mu, share)
+            C[i] = c
+        else:
+            c = C[i]
+        h = _h(vi, Ki, c)
+        norms[i] = h * c
+        g = 2.0 * h * h
+        buf[0, j] = g if c < 1.0 else 0.0
+        buf[1, j] = g
+        buf[2, j] = g if c == 1.0 else np.inf
+        buf[3, j] = g if (c > 0.0) & (c < 1.0) else np.inf
+        buf[4, j] = 2.0 * h * vi * (1.0 - c)
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def _sum(x):  # pragma: no cover - compiled
+    """Sum of an array, reassociated into vector lanes."""
+    s = 0.0
+    for j in range(x.size):
+        s += x[j]
+    return s
+
+
+@numba.njit(cache=True)
+def _fill(v, K, mu, share, C, norms, lo, hi, from_mu, out):  # pragma: no cover - compiled
+    """:func:`_fill_chunk` over ``[lo, hi)``; the block's statistics go to ``out``.
+
+    The marginal benefits are non-negative, so their extremes are taken on the bit
+    patterns as integers, which vectorises.
+    """
+    buf = np.empty((5, _CHUNK))
+    bits = buf.view(np.int64)
+    ext = np.empty(4, dtype=np.int64)
+    ext[0] = ext[1] = 0
+    ext[2] = ext[3] = np.int64(0x7FF0000000000000)  # +inf
+    total = 0.0
+    loss = 0.0
+    for start in range(lo, hi, _CHUNK):
+        stop = min(start + _CHUNK, hi)
+        _fill_chunk(v, K, mu, share, C, norms, start, stop, from_mu, buf)
+        m = stop - start
+        total += _sum(C[start:stop])
+        loss += _sum(buf[4, :m])
+        ext[0] = max(ext[0], bits[0, :m].max())
+        ext[1] = max(ext[1], bits[1, :m].max())
+        ext[2] = min(ext[2], bits[2, :m].min())
+        ext[3] = min(ext[3], bits[3, :m].min())
+    out[_TOTAL] = total
+    out[_LOSS] = loss
+    out[_T:] = ext.view(np.float64)
+
+
+@numba.njit(cache=True)
+def _combine(stats):  # pragma: no cover - compiled
+    """``(sum C, loss, T, scale, min g over C = 1, min g over 0 < C < 1)`` of the blocks."""
+    total = 0.0
+    comp = 0.0
+    for b in range(stats.shape[0]):
+        total, comp = _add(total, comp, stats[b, _TOTAL])
+    T = stats[:, _T].max()
+    scale = max(stats[:, _GMAX].max(), T)
+    return (total + comp, stats[:, _LOSS].sum(), T, scale if scale > 0.0 else 1.0,
+            stats[:, _GMIN1].min(), stats[:, _GMINP].min())
+
+
+@numba.njit(cache=True, inline="always")
+def _off_budget(total, d):  # pragma: no cover - compiled
+    """Whether ``sum C`` misses ``d`` by more than summation rounding."""
+    return abs(total - d) > 64.0 * np.finfo(np.float64).eps * max(d, 1.0)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def smallest_threshold(v, K, C):  # pragma: no cover - compiled
-    """``max`` of the marginal benefit over features with ``C < 1`` (twin:
-    :func:`capalloc._result.smallest_threshold`)."""
-    T = 0.0
+def _polish_weight(C, K, lo, hi):  # pragma: no cover - compiled
+    """``sum (C_i + 2/(K_i - 3))`` over the polysemantic features of ``[lo, hi)``."""
+    weight = 0.0
+    for i in range(lo, hi):
+        Ki = _at(K, i)
+        if 0.0 < C[i] < 1.0 and Ki != 3.0:
+            weight += C[i] + 2.0 / (Ki - 3.0)
+    return weight
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _shift(C, K, shift, lo, hi):  # pragma: no cover - compiled
+    """Move the polysemantic features of ``[lo, hi)`` by ``shift`` in ``1/mu`` (see :func:`polish`)."""
+    for i in range(lo, hi):
+        Ki = _at(K, i)
+        if 0.0 < C[i] < 1.0 and Ki != 3.0:
+            C[i] = min(max(C[i] - shift * (C[i] + 2.0 / (Ki - 3.0)), 0.0), 1.0)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _residual(v, K, C, T, scale):  # pragma: no cover - compiled
+    """Largest projected-gradient step ``|C - Pi(C + (g - T)/scale)|`` or bound violation."""
+    res = 0.0
     for i in range(v.size):
-        if C[i] < 1.0:
-            T = max(T, 2.0 * _h(v[i], K[i], C[i]) ** 2)
-    return T
+        c = C[i]
+        g = 2.0 * _h(v[i], _at(K, i), c) ** 2
+        step = min(max(c + (g - T) / scale, 0.0), 1.0)
+        res = max(res, abs(c - step), -c, c - 1.0)
+    return res
+
+
+@numba.njit(cache=True)
+def _kkt(res, total, d, n, T, scale, gmin1, gminp):  # pragma: no cover - compiled
+    """The relative KKT residual from the statistics (see :func:`finish`) and ``res``."""
+    res = max(res, max(total - d, 0.0) / max(d, 1.0))
+    res = max(res, min(max((T - gmin1) / scale, 0.0), 1.0))  # a monosemantic g below T
+    res = max(res, min(max((T - gminp) / scale, 0.0), 1.0))  # a polysemantic g below T
+    if total < min(d, n) - 1e-12:
+        res = max(res, abs(T / scale * (d - total)))
+    return res
 
 
 @numba.njit(cache=True, error_model="numpy")
-def quadratic_certificate(v, K, C, T, d, norms):  # pragma: no cover - compiled
-    """Fill ``norms`` with the optimal squared norms; return ``(loss, kkt_residual)``.
+def _finish_row(v, K, mu, share, d, C, norms):  # pragma: no cover - compiled
+    """Serial :func:`finish` of one row into ``C`` and ``norms``; returns ``(T, loss, kkt)``."""
+    n = v.size
+    stats = np.empty((1, 6))
+    _fill(v, K, mu, share, C, norms, 0, n, True, stats[0])
+    total, loss, T, scale, gmin1, gminp = _combine(stats)
+    if _off_budget(total, d):
+        weight = _polish_weight(C, K, 0, n)
+        if weight > 0.0:
+            _shift(C, K, (total - d) / weight, 0, n)
+            _fill(v, K, mu, share, C, norms, 0, n, False, stats[0])
+            total, loss, T, scale, gmin1, gminp = _combine(stats)
+    return T, loss, _kkt(0.0, total, d, n, T, scale, gmin1, gminp)
 
-    Fused one-pass-per-quantity version of ``problem.optimal_norms``,
+
+@numba.njit(cache=True, error_model="numpy")
+def certify(v, K, C, d, norms):  # pragma: no cover - compiled
+    """Certificate of any capacities ``C``, norms into ``norms``: ``(T, norms, loss, kkt)``.
+
+    ``T`` is the smallest valid threshold (``max g`` over ``C < 1``); the fused
+    form of :func:`capalloc._result.smallest_threshold`, ``problem.optimal_norms``,
     ``problem.loss`` and :func:`capalloc.kkt_residual` (their numpy forms are the twins).
     """
     n = v.size
-    loss = 0.0
-    total = 0.0
-    comp = 0.0
-    gmax = 0.0
-    for i in range(n):
-        h = _h(v[i], K[i], C[i])
-        norms[i] = h * C[i]
-        loss += 2.0 * h * v[i] * (1.0 - C[i])
-        total, comp = _add(total, comp, C[i])
-        gmax = max(gmax, 2.0 * h * h)
-    scale = max(gmax, T)
-    if scale <= 0.0:
-        scale = 1.0
-    total += comp
-    res = max(total - d, 0.0) / max(d, 1.0)
-    for i in range(n):
-        g = 2.0 * _h(v[i], K[i], C[i]) ** 2
-        step = min(max(C[i] + (g - T) / scale, 0.0), 1.0)
-        res = max(res, abs(C[i] - step), -C[i], C[i] - 1.0)
-    if total < min(d, n) - 1e-12:
-        res = max(res, abs(T / scale * (d - total)))
-    return loss, res
+    stats = np.empty((1, 6))
+    _fill(v, K, 0.0, np.nan, C, norms, 0, n, False, stats[0])
+    total, loss, T, scale, _, _ = _combine(stats)
+    return T, norms, loss, _kkt(_residual(v, K, C, T, scale), total, d, n, T, scale,
+                                np.inf, np.inf)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def batch_certificate(V, KK, C, d):  # pragma: no cover - compiled
-    """Row-wise :func:`smallest_threshold` and :func:`quadratic_certificate`."""
-    m, n = V.shape
-    T = np.empty(m)
-    loss = np.empty(m)
-    kkt = np.empty(m)
-    norms = np.empty((m, n))
-    for r in numba.prange(m):
-        T[r] = smallest_threshold(V[r], KK[r], C[r])
-        loss[r], kkt[r] = quadratic_certificate(V[r], KK[r], C[r], T[r], d, norms[r])
-    return T, norms, loss, kkt
+def finish(v, K, mu, share, d, C, norms):  # pragma: no cover - compiled
+    """Capacities at level ``mu``, polished to the budget ``d``, with their certificate.
+
+    Fills ``C`` and ``norms`` (allocated by the caller: numpy asks the kernel for huge
+    pages, which makes first touch several times cheaper than numba's allocator) and
+    returns ``(T, loss, kkt_residual)``, in one pass over the features
+    (parallel over blocks) and a second only where rounding missed the budget.
+    Every ``C_i`` lies in [0, 1] by construction and ``T`` is the largest ``g_i`` with
+    ``C_i < 1``, so the KKT residual of :func:`capalloc.kkt_residual` needs only the
+    smallest ``g_i`` of the monosemantic and of the polysemantic features: it is
+    exact for the former and, for the latter, an upper bound (``(T - g_i)/s`` in
+    place of ``min(C_i, (T - g_i)/s)``).
+    """
+    n = v.size
+    nb = _blocks(n)
+    stats = np.empty((nb, 6))
+    for b in numba.prange(nb):
+        _fill(v, K, mu, share, C, norms, b * n // nb, (b + 1) * n // nb, True, stats[b])
+    total, loss, T, scale, gmin1, gminp = _combine(stats)
+    if _off_budget(total, d):
+        weights = np.empty(nb)
+        for b in numba.prange(nb):
+            weights[b] = _polish_weight(C, K, b * n // nb, (b + 1) * n // nb)
+        weight = weights.sum()
+        if weight > 0.0:
+            for b in numba.prange(nb):
+                lo, hi = b * n // nb, (b + 1) * n // nb
+                _shift(C, K, (total - d) / weight, lo, hi)
+                _fill(v, K, mu, share, C, norms, lo, hi, False, stats[b])
+            total, loss, T, scale, gmin1, gminp = _combine(stats)
+    return T, loss, _kkt(0.0, total, d, n, T, scale, gmin1, gminp)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -373,49 +666,67 @@ def polish(C, K, d):  # pragma: no cover - compiled
     """
     total = 0.0
     comp = 0.0
-    weight = 0.0
     for i in range(C.size):
         total, comp = _add(total, comp, C[i])
-        if 0.0 < C[i] < 1.0 and K[i] != 3.0:
-            weight += C[i] + 2.0 / (K[i] - 3.0)
-    if weight == 0.0:
-        return C
-    shift = (total + comp - d) / weight
-    for i in range(C.size):
-        if 0.0 < C[i] < 1.0 and K[i] != 3.0:
-            C[i] = min(max(C[i] - shift * (C[i] + 2.0 / (K[i] - 3.0)), 0.0), 1.0)
+    weight = _polish_weight(C, K, 0, C.size)
+    if weight > 0.0:
+        _shift(C, K, (total + comp - d) / weight, 0, C.size)
     return C
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def batch_waterfill(V, KK, d):  # pragma: no cover - compiled
-    """Water-filling for a batch of convex problems (rows), in parallel.
+def batch_certificate(V, KK, C, d, norms):  # pragma: no cover - compiled
+    """Row-wise :func:`certify` into ``norms``: ``(T, norms, loss, kkt)``, batched."""
+    m, n = V.shape
+    T = np.empty(m)
+    loss = np.empty(m)
+    kkt = np.empty(m)
+    for r in numba.prange(m):
+        T[r], _, loss[r], kkt[r] = certify(V[r], _row(KK, r), C[r], d, norms[r])
+    return T, norms, loss, kkt
 
-    Returns ``(C, mu, nseg)`` with ``mu = -1`` for rows where the budget covers
-    every feature of positive importance.
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def batch_waterfill(V, KK, d, C, norms):  # pragma: no cover - compiled
+    """Water-filling and certificate for a batch of convex problems (rows), in parallel,
+    into ``C`` and ``norms`` (see :func:`finish` on why the caller allocates them).
+
+    Returns ``(T, loss, kkt, mu, nseg)`` with ``mu = -1`` for rows where the budget
+    covers every feature of positive importance.
     """
     m, n = V.shape
-    C = np.empty((m, n))
+    T = np.empty(m)
+    loss = np.empty(m)
+    kkt = np.empty(m)
     MU = np.empty(m)
     NSEG = np.zeros(m, dtype=np.int64)
     for r in numba.prange(m):
         v = V[r]
-        K = KK[r]
+        K = _row(KK, r)
         npos = 0
         for i in range(n):
             if v[i] > 0.0:
                 npos += 1
-        if d >= npos:
+        if d >= npos or d == 0:
             for i in range(n):
-                C[r, i] = 1.0 if v[i] > 0.0 else 0.0
-            MU[r] = -1.0
-        elif d == 0:
-            for i in range(n):
-                C[r, i] = 0.0
-            MU[r] = np.inf
+                C[r, i] = 1.0 if v[i] > 0.0 and d > 0 else 0.0
+            MU[r] = -1.0 if d > 0 else np.inf
+            T[r], _, loss[r], kkt[r] = certify(v, K, C[r], d, norms[r])
         else:
-            mu, share, nseg = sweep(v, K, float(d), 0.0, 0.0, 0.0, np.inf)
-            C[r] = polish(convex_capacities(v, K, mu, share), K, float(d))
+            mu, share, NSEG[r] = sweep(v, K, float(d), 0.0, 0.0, 0.0, np.inf)
             MU[r] = mu
-            NSEG[r] = nseg
-    return C, MU, NSEG
+            T[r], loss[r], kkt[r] = _finish_row(v, K, mu, share, d, C[r], norms[r])
+    return T, loss, kkt, MU, NSEG
+
+
+def certificate(v, K, C, d):
+    """:func:`certify` or :func:`batch_certificate` by shape: ``(T, norms, loss, kkt)``.
+
+    Takes the kurtosis in any broadcast form (see :func:`compact`).
+    """
+    v = np.ascontiguousarray(v, dtype=float)
+    C = np.ascontiguousarray(C, dtype=float)
+    norms = np.empty(C.shape)
+    if C.ndim == 2:
+        return batch_certificate(v, compact(K), C, float(d), norms)
+    return certify(v, compact(K), C, float(d), norms)

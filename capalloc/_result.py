@@ -127,13 +127,15 @@ class AllocationResult:
 def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
                 status: int = SUCCESS, message: str | None = None, nit: int = 0,
                 loss: Any = None, norms: Any = None, kkt: Any = None,
-                atol: float = 1e-9, certify: float | None = None) -> AllocationResult:
+                atol: float = 1e-9, certify: float | None = None,
+                copy: bool = True) -> AllocationResult:
     """Assemble an :class:`AllocationResult`; loss, norms and KKT residual are computed
     from the problem unless given.
 
     ``certify``: for approximate methods, a claimed success whose KKT residual
     exceeds this becomes ``NOT_CONVERGED``, so no result is reported optimal
-    without a certificate.
+    without a certificate. ``copy=False``: the caller hands over ``capacity`` and
+    ``norms`` (fresh arrays), which are frozen in place instead of copied.
     """
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
@@ -155,8 +157,8 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
         status = NOT_CONVERGED
         message = f"KKT residual {worst:.2g} exceeds {certify:.2g}: not certified optimal"
     return AllocationResult(
-        capacity=readonly(C),
-        norms=readonly(np.asarray(norms, dtype=float)),
+        capacity=readonly(C, copy=copy),
+        norms=readonly(np.asarray(norms, dtype=float), copy=copy),
         loss=readonly(loss),
         threshold=readonly(threshold),
         method=method,

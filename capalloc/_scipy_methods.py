@@ -489,15 +489,9 @@ def _separable(problem: SeparableProblem, xtol: float, maxiter: int
 
 def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> AllocationResult:
     """Result of a quadratic problem, its certificate from the fused kernels."""
-    v = np.ascontiguousarray(problem.importance)
-    K = np.ascontiguousarray(problem.kurtosis)
     C = np.ascontiguousarray(C, dtype=float)
-    if problem.batched:
-        T, norms, loss, kkt = _kernels.batch_certificate(v, K, C, float(problem.d))
-    else:
-        T = _kernels.smallest_threshold(v, K, C)
-        norms = np.empty_like(C)
-        loss, kkt = _kernels.quadratic_certificate(v, K, C, T, float(problem.d), norms)
+    T, norms, loss, kkt = _kernels.certificate(problem.importance, problem.kurtosis, C,
+                                               problem.d)
     return make_result(problem, C, T, loss=loss, norms=norms, kkt=kkt, **fields)
 
 

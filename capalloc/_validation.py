@@ -103,9 +103,13 @@ def check_probability(value: Any, name: str = "p") -> float:
     return float(value)
 
 
-def readonly(x: Any, dtype: Any = None) -> Any:
-    """A read-only copy of an array (of ``dtype`` when given); other values pass through."""
+def readonly(x: Any, dtype: Any = None, copy: bool = True) -> Any:
+    """A read-only copy of an array (of ``dtype`` when given); other values pass through.
+
+    ``copy=False`` freezes an array the caller owns in place (no copy where the
+    dtype already matches).
+    """
     if isinstance(x, np.ndarray) or dtype is not None:
-        x = np.array(x, dtype=dtype)
+        x = np.array(x, dtype=dtype, copy=copy or None)
         x.setflags(write=False)
     return x

@@ -46,14 +46,14 @@ def _top_d(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
     return C
 
 
-def convex_mu(v: np.ndarray, K: np.ndarray, budget: float) -> tuple[float, float, int]:
+def convex_mu(v: np.ndarray, K: np.ndarray | float, budget: float) -> tuple[float, float, int]:
     """``(mu, share, nseg)`` solving ``S(mu) = budget`` for features with ``K >= 3``.
 
-    ``budget`` must lie strictly between 0 and the number of features with
-    ``v > 0``. Large inputs are narrowed by sampled brackets first: each round
-    solves a strided sample for two budgets a few standard deviations apart,
-    verifies the bracket exactly, and keeps only the features with a
-    breakpoint inside it; a bracket that fails verification stops the
+    ``budget`` must be positive; ``mu = 0`` means it covers every feature with
+    ``v > 0`` (all of them saturate). Large inputs are narrowed by sampled brackets
+    first: each round solves a strided sample for two budgets a few standard
+    deviations apart, verifies the bracket exactly, and keeps only the features
+    with a breakpoint inside it; a bracket that fails verification stops the
     narrowing, so the final sweep is always exact.
     """
     m0 = A0 = B0 = 0.0
@@ -63,16 +63,25 @@ def convex_mu(v: np.ndarray, K: np.ndarray, budget: float) -> tuple[float, float
         narrowed = _narrow(v, K, budget, m0, A0, B0, top)
         if narrowed is None:
             break
+        if isinstance(narrowed, str):  # "saturated"
+            return 0.0, math.nan, rounds + 1
         v, K, m0, A0, B0, top = narrowed
         rounds += 1
-    mu, share, nseg = _kernels.sweep(v, K, float(budget), m0, A0, B0, top)
+    ((mu, share, nseg),) = _kernels.sweep_sorted(v, K, [budget], m0, A0, B0, top)
     return mu, share, nseg + rounds
 
 
+def _take(K, index):
+    """``K[index]``, where a scalar ``K`` (shared by every feature) stays as it is."""
+    return K if np.ndim(K) == 0 else K[index]
+
+
 def _narrow(v, K, budget, m0, A0, B0, top):
-    """One bracketing round (see :func:`convex_mu`); ``None`` when it cannot help."""
+    """One bracketing round (see :func:`convex_mu`): the live features and their
+    aggregate, ``"saturated"`` when the budget covers every positive feature, or
+    ``None`` when the round cannot help."""
     stride = max(v.size // _SAMPLE, 1)
-    vs, Ks = v[::stride], K[::stride]
+    vs, Ks = v[::stride], _take(K, slice(None, None, stride))
     f = vs.size / v.size
     target = f * budget
     # the sample stands for the live features: scale the fixed aggregate alike
@@ -80,41 +89,46 @@ def _narrow(v, K, budget, m0, A0, B0, top):
     expect = target - f * fixed  # rough live capacity in the sample near the root
     p = min(max(expect / vs.size, 0.0), 1.0)
     spread = 5.0 * math.sqrt(max(vs.size * p * (1 - p), 1.0)) + 2.0
-    mu_lo = _kernels.sweep(vs, Ks, target + spread, f * m0, f * A0, f * B0, top)[0]
-    if mu_lo <= 0:  # the sample never reaches that budget: use the smallest breakpoint
-        positive = v[v > 0]
-        mu_lo = float(positive.min()) if positive.size else 0.0
-    if target - spread > 0:
-        mu_hi = min(_kernels.sweep(vs, Ks, target - spread, f * m0, f * A0, f * B0, top)[0], top)
-    else:
-        mu_hi = top
-    if not (0.0 < mu_lo < mu_hi):
+    budgets = [target + spread, max(target - spread, 0.0)]
+    (mu_lo, _, _), (mu_hi, _, _) = _kernels.sweep_sorted(vs, Ks, budgets, f * m0, f * A0,
+                                                         f * B0, top)
+    mu_hi = min(mu_hi, top) if target - spread > 0 else top
+    # the sample never reaches the upper budget: bracket down to the smallest double
+    mu_lo = mu_lo if mu_lo > 0 else 5e-324
+    if not mu_lo < mu_hi:
         return None
-    dm, dA, dB, live = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
-    vl, Kl = v[live], K[live]
+    dm, dA, dB, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
+    if m0 == 0 and not math.isfinite(top) and npos <= budget:
+        return "saturated"
     m1, A1, B1 = m0 + dm, A0 + dA, B0 + dB
-    if not (_kernels.total_capacity(vl, Kl, mu_hi, m1, A1, B1) <= budget
-            <= _kernels.total_capacity(vl, Kl, mu_lo, m1, A1, B1)):
+    if not (m1 + A1 / mu_hi - B1 + s_hi <= budget <= m1 + A1 / mu_lo - B1 + s_lo):
         return None
-    return vl, Kl, m1, A1, B1, mu_hi
+    return vl, _take(K, live), m1, A1, B1, mu_hi
 
 
-def _solve_one(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, int]:
-    """Capacities of one (unbatched) problem, and the number of segments visited."""
-    npos = int(np.count_nonzero(v))
-    if d >= npos:
-        return (v > 0).astype(float), 0
+def _stored(K: np.ndarray) -> np.ndarray:
+    """The stored values of a possibly broadcast array (its zero-stride axes cut to length 1)."""
+    return K[tuple(slice(None) if s else slice(0, 1) for s in K.strides)]
+
+
+def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
+               ) -> tuple[np.ndarray, int, tuple | None]:
+    """Capacities of one (unbatched) problem, the number of segments visited, and
+    ``(norms, T, loss, kkt)`` where the convex path computed them on the way."""
     if d == 0:
-        return np.zeros_like(v), 0
-    if np.all(K >= 3):
+        return np.zeros_like(v), 0, None
+    if curvature == "convex" and d < v.size:  # d >= #(v > 0) gives mu = 0: all saturate
         mu, share, nseg = convex_mu(v, K, float(d))
-        C = _kernels.convex_capacities(v, K, mu, share)
-        return _kernels.polish(C, K, float(d)), nseg
-    if np.all(K <= 3):
-        return _top_d(v, K, d), 0
+        C, norms = np.empty(v.size), np.empty(v.size)
+        T, loss, kkt = _kernels.finish(v, K, mu, share, float(d), C, norms)
+        return C, nseg, (norms, T, loss, kkt)
+    if d >= np.count_nonzero(v):
+        return (v > 0).astype(float), 0, None
+    if curvature == "concave":
+        return _top_d(v, K, d), 0, None
     from ._mixed import mixed_capacities
 
-    return mixed_capacities(v, K, d)
+    return *mixed_capacities(v, K, d), None
 
 
 @register_method("waterfill", problems=(QuadraticProblem,), exact=True, batched=True)
@@ -152,22 +166,33 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     v, K, d = problem.importance, problem.kurtosis, problem.d
     # A band (v, (K-1)v/2) narrower than ~1e-12 relative is a few ulps of mu wide and
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
-    # the certificate below uses the true K (its residual is of order |K - 3|).
-    Ks = np.where(np.abs(K - 3) < 1e-12, 3.0, K) if np.any(np.abs(K - 3) < 1e-12) else K
+    # the certificate then uses the true K (its residual is of order |K - 3|).
+    stored = _stored(K)  # checks on the distinct values only: a scalar K stays O(1)
+    near3 = np.abs(stored - 3) < 1e-12
+    snapped = near3.any()
+    if snapped:
+        stored = np.where(near3, 3.0, stored)
+        Ks = np.broadcast_to(stored, K.shape)
+    else:
+        Ks = K
+    curvature = ("convex" if np.all(stored >= 3) else
+                 "concave" if np.all(stored <= 3) else "mixed")
+    cert = None
     if problem.batched:
-        if np.all(Ks >= 3):
-            C, _, nseg = _kernels.batch_waterfill(np.ascontiguousarray(v),
-                                                  np.ascontiguousarray(Ks), d)
-            nit = int(nseg.sum())
+        if curvature == "convex":
+            C, norms = np.empty(v.shape), np.empty(v.shape)
+            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, _kernels.compact(Ks), d, C,
+                                                             norms)
+            cert, nit = (norms, T, loss, kkt), int(nseg.sum())
         else:
-            rows = [_solve_one(v[r], Ks[r], d) for r in range(v.shape[0])]
+            rows = [_solve_one(v[r], Ks[r], d, curvature)[:2] for r in range(v.shape[0])]
             C = np.array([c for c, _ in rows]).reshape(v.shape)
             nit = sum(s for _, s in rows)
-        T, norms, loss, kkt = _kernels.batch_certificate(v, K, C, float(d))
     else:
-        C, nit = _solve_one(v, Ks, d)
-        T = _kernels.smallest_threshold(v, K, C)
-        norms = np.empty_like(C)
-        loss, kkt = _kernels.quadratic_certificate(v, K, C, T, float(d), norms)
+        C, nit, cert = _solve_one(v, _kernels.compact(Ks), d, curvature)
+    if cert is None or snapped:
+        T, norms, loss, kkt = _kernels.certificate(v, K, C, d)
+    else:
+        norms, T, loss, kkt = cert
     return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, norms=norms,
-                       kkt=kkt)
+                       kkt=kkt, copy=False)

@@ -198,16 +198,30 @@ def test_bracket_pass_matches_twin_and_direct_sums(args, f, ratio):
     vmax = float(v.max())
     mu_lo = f * vmax
     mu_hi = mu_lo * ratio
-    m0, A0, B0, live = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
-    m1, A1, B1, live1 = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
-    assert m0 == m1
-    assert math.isclose(A0, A1, rel_tol=1e-12, abs_tol=1e-300)
-    assert math.isclose(B0, B1, rel_tol=1e-12, abs_tol=1e-300)
-    np.testing.assert_array_equal(live, live1)
+    m0, A0, B0, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
+    twin = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
+    assert (m0, npos) == (twin[0], twin[5]) and npos == np.count_nonzero(v)
+    for ours, theirs in zip((A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7])):
+        assert math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-300)
+    np.testing.assert_array_equal(live, twin[3])
+    np.testing.assert_array_equal(vl, v[live])
     # S at both ends of the bracket from (aggregate + live features) equals the direct sum
-    for mu in (mu_lo, mu_hi):
+    for mu, s_live in ((mu_lo, s_lo), (mu_hi, s_hi)):
         total = _kernels.total_capacity(v[live], K[live], mu, m0, A0, B0)
         assert math.isclose(total, direct_capacity(v, K, mu), rel_tol=1e-10, abs_tol=1e-10)
+        assert math.isclose(m0 + A0 / mu - B0 + s_live, total, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@settings(max_examples=30)
+@given(convex_inputs(), st.floats(0.02, 0.98), st.floats(1.05, 4.0))
+def test_bracket_pass_with_scalar_kurtosis(args, f, ratio):
+    """A scalar ``K`` (compiled as a loop invariant) gives what the same ``K`` per feature gives."""
+    v, K, _ = args
+    mu_lo = f * float(v.max())
+    ours = _kernels.bracket_pass(v, 7.5, mu_lo, mu_lo * ratio)
+    full = _kernels.bracket_pass(v, np.full(v.size, 7.5), mu_lo, mu_lo * ratio)
+    for a, b in zip(ours, full):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
 
 
 @settings(max_examples=40)
@@ -237,10 +251,8 @@ def any_allocation(draw):
 def test_certificate_kernels_match_numpy_forms(args):
     problem, C = args
     v, K = problem.importance, np.ascontiguousarray(problem.kurtosis)
-    T = _kernels.smallest_threshold(v, K, C)
+    T, norms, loss, res = _kernels.certify(v, K, C, float(problem.d), np.empty_like(C))
     assert math.isclose(T, smallest_threshold(problem, C), rel_tol=1e-12, abs_tol=1e-300)
-    norms = np.empty_like(C)
-    loss, res = _kernels.quadratic_certificate(v, K, C, T, float(problem.d), norms)
     np.testing.assert_allclose(norms, problem.optimal_norms(C), rtol=1e-12, atol=0)
     expected = float(np.sum(problem.loss(C)))
     assert math.isclose(loss, expected, rel_tol=1e-12, abs_tol=1e-300)
@@ -254,12 +266,10 @@ def test_batch_certificate_is_row_by_row(args):
     V = np.stack([problem.importance, 2 * problem.importance])
     KK = np.ascontiguousarray(np.stack([problem.kurtosis] * 2))
     CC = np.stack([C, C[::-1]])
-    T, norms, loss, res = _kernels.batch_certificate(V, KK, CC, float(problem.d))
+    T, norms, loss, res = _kernels.certificate(V, KK, CC, problem.d)
     for r in range(2):
-        norms_r = np.empty(C.size)
-        T_r = _kernels.smallest_threshold(V[r], KK[r], CC[r])
-        loss_r, res_r = _kernels.quadratic_certificate(V[r], KK[r], CC[r], T_r,
-                                                       float(problem.d), norms_r)
+        T_r, norms_r, loss_r, res_r = _kernels.certify(V[r], KK[r], CC[r], float(problem.d),
+                                                       np.empty(C.size))
         assert T[r] == T_r and loss[r] == loss_r and res[r] == res_r
         np.testing.assert_array_equal(norms[r], norms_r)
 
@@ -285,7 +295,8 @@ def test_batch_waterfill_is_row_by_row(args, m):
     rng = np.random.default_rng(len(v) + m)
     V = np.stack([v * rng.uniform(0.5, 2.0, v.size) for _ in range(m)])
     KK = np.stack([K] * m)
-    C, MU, _ = _kernels.batch_waterfill(V, KK, d)
+    C, norms = np.empty(V.shape), np.empty(V.shape)
+    _kernels.batch_waterfill(V, KK, d, C, norms)
     for r in range(m):
         row = waterfill(QuadraticProblem(V[r], d, KK[r]))
         np.testing.assert_allclose(C[r], row.capacity, rtol=0, atol=1e-13)
@@ -353,3 +364,51 @@ def test_kernels_without_jit_match_jitted():
         np.testing.assert_allclose(C, res.capacity, rtol=0, atol=1e-14)
         assert math.isclose(loss, float(np.max(res.loss)), rel_tol=1e-13)
         assert math.isclose(T, float(np.max(res.threshold)), rel_tol=1e-13)
+
+
+# ---------------------------------------------------------------------------
+# finish: capacities at the level, polish and certificate in one pass
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(convex_inputs(), st.booleans())
+def test_finish_matches_separate_kernels_and_numpy_certificate(args, scalar):
+    """``finish`` equals capacities + polish, its threshold/norms/loss equal the numpy
+    forms, and its KKT residual bounds :func:`capalloc.kkt_residual` from above."""
+    v, K, budget = args
+    if scalar:
+        K = 8.0
+    d = float(max(1, math.floor(budget)))
+    mu, share, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
+    C, norms = np.empty(v.size), np.empty(v.size)
+    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C, norms)
+    Kf = np.broadcast_to(np.asarray(K, float), v.shape)
+    ref = _kernels.polish(_kernels.convex_capacities(v, Kf, mu, share), Kf, d)
+    np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12)
+    problem = QuadraticProblem(v, int(d), Kf)
+    assert math.isclose(T, smallest_threshold(problem, C), rel_tol=1e-12, abs_tol=1e-300)
+    np.testing.assert_allclose(norms, problem.optimal_norms(C), rtol=1e-12, atol=0)
+    assert math.isclose(loss, float(np.sum(problem.loss(C))), rel_tol=1e-11, abs_tol=1e-300)
+    exact = kkt_residual(problem, C, T)
+    assert exact <= kkt + 1e-15
+    assert kkt <= 1e-9
+
+
+def test_finish_in_parallel_blocks_matches_one_block():
+    """Above 64Ki features ``finish`` runs in blocks; the result is the serial one."""
+    rng = np.random.default_rng(3)
+    n = 300_000
+    v = rng.pareto(1.5, n)
+    K = rng.uniform(3.2, 20.0, n)
+    d = n / 7
+    mu, share, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
+    C, norms = np.empty(n), np.empty(n)
+    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C, norms)
+    C1, norms1 = np.empty(n), np.empty(n)
+    T1, loss1, kkt1 = _kernels._finish_row(v, K, mu, share, d, C1, norms1)
+    np.testing.assert_allclose(C, C1, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(norms, norms1, rtol=1e-15, atol=0)
+    assert T == T1 and math.isclose(loss, loss1, rel_tol=1e-12)
+    assert max(kkt, kkt1) <= 1e-12
+    assert abs(C.sum() - d) <= 1e-9
