@@ -201,7 +201,8 @@ def test_bracket_pass_matches_twin_and_direct_sums(args, f, ratio):
     m0, A0, B0, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
     twin = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
     assert (m0, npos) == (twin[0], twin[5]) and npos == np.count_nonzero(v)
-    for ours, theirs in zip((A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7])):
+    for ours, theirs in zip((A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7]),
+                            strict=True):
         assert math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-300)
     np.testing.assert_array_equal(live, twin[3])
     np.testing.assert_array_equal(vl, v[live])
@@ -220,7 +221,7 @@ def test_bracket_pass_with_scalar_kurtosis(args, f, ratio):
     mu_lo = f * float(v.max())
     ours = _kernels.bracket_pass(v, 7.5, mu_lo, mu_lo * ratio)
     full = _kernels.bracket_pass(v, np.full(v.size, 7.5), mu_lo, mu_lo * ratio)
-    for a, b in zip(ours, full):
+    for a, b in zip(ours, full, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
 
 
