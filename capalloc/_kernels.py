@@ -320,9 +320,10 @@ def convex_capacities_numpy(v, K, mu, share):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _bracket_sums(v, K, mu_lo, mu_hi, lo, hi):  # pragma: no cover - compiled
-    """``(m0, A0, B0, npos)`` of :func:`bracket_pass` over ``[lo, hi)``: a loop of
-    selects and sums of positive terms, which vectorises."""
+def _bracket_sums(v, K, mu_lo, mu_hi, lo, hi, live):  # pragma: no cover - compiled
+    """``(m0, A0, B0, npos)`` of :func:`bracket_pass` over ``[lo, hi)``, and in ``live``
+    whether each feature has a breakpoint, ``v`` or ``(K - 1) v / 2``, inside
+    ``[mu_lo, mu_hi]``. Selects and sums of positive terms only: it vectorises."""
     m0 = 0.0
     A0 = 0.0
     B0 = 0.0
@@ -337,54 +338,80 @@ def _bracket_sums(v, K, mu_lo, mu_hi, lo, hi):  # pragma: no cover - compiled
         A0 += w * inv if poly else 0.0
         B0 += 2.0 * inv if poly else 0.0
         npos += 1.0 if vi > 0.0 else 0.0
+        live[i - lo] = ((vi >= mu_lo) & (vi <= mu_hi)) | ((w >= 2.0 * mu_lo) & (w <= 2.0 * mu_hi))
     return m0, A0, B0, npos
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _bracket_live(v, K, mu_lo, mu_hi, live, vals, lo, hi, nl,
-                  ends):  # pragma: no cover - compiled
-    """Append to ``live[nl:]`` (and their importances to ``vals``) the features of ``[lo, hi)`` with a breakpoint, ``v`` or
-    ``(K - 1) v / 2``, inside ``[mu_lo, mu_hi]``, adding their capacities at both ends
-    to ``ends``; returns the new ``nl``. The test is one branch on integer arithmetic
-    (rarely taken, so well predicted)."""
+def _bracket_mask(v, K, mu_lo, mu_hi, lo, hi, live):  # pragma: no cover - compiled
+    """The mask of :func:`_bracket_sums` alone (vectorises)."""
     for i in range(lo, hi):
         vi = v[i]
-        Ki = _at(K, i)
-        w = (Ki - 1.0) * vi
-        if ((vi >= mu_lo) + (vi <= mu_hi) == 2) + ((w >= 2.0 * mu_lo) + (w <= 2.0 * mu_hi) == 2):
-            live[nl] = i
-            vals[nl] = vi
-            nl += 1
-            ends[0] += _capacity_at(vi, Ki, mu_lo, np.nan)
-            ends[1] += _capacity_at(vi, Ki, mu_hi, np.nan)
-    return nl
+        w = (_at(K, i) - 1.0) * vi
+        live[i - lo] = ((vi >= mu_lo) & (vi <= mu_hi)) | ((w >= 2.0 * mu_lo) & (w <= 2.0 * mu_hi))
 
 
-_SUB = 4096  # sub-block of the bracket pass: read once from memory, then from cache
+_SUB = 4096  # sub-block of the bracket pass: its mask stays in cache
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _bracket_block(v, K, mu_lo, mu_hi, live, vals, lo, hi,
-                   out):  # pragma: no cover - compiled
-    """:func:`bracket_pass` on ``[lo, hi)``: live indices and importances go to
-    ``live[lo:lo + count]`` and ``vals``, ``(m0, A0, B0, npos, S_lo, S_hi)`` to ``out``
-    (``S``: live capacity at each end); returns the count."""
-    nl = lo
-    sums = np.zeros(4)
-    ends = np.zeros(2)
+def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live, vals,
+                   at):  # pragma: no cover - compiled
+    """:func:`bracket_pass` on ``[lo, hi)``. With ``at < 0``: ``(m0, A0, B0, npos)`` go
+    to ``out`` and the number of live features is returned. Otherwise the live
+    indices and importances are written to ``live[at:]`` and ``vals[at:]`` (a branch
+    on the mask: rarely taken, so well predicted)."""
+    mask = np.empty(_SUB, dtype=np.bool_)
+    out[:] = 0.0
+    count = 0
     for start in range(lo, hi, _SUB):
         stop = min(start + _SUB, hi)
-        part = _bracket_sums(v, K, mu_lo, mu_hi, start, stop)
-        for k in range(4):
-            sums[k] += part[k]
-        nl = _bracket_live(v, K, mu_lo, mu_hi, live, vals, start, stop, nl, ends)
-    out[:4] = sums
-    out[4:] = ends
-    return nl - lo
+        if at < 0:
+            part = _bracket_sums(v, K, mu_lo, mu_hi, start, stop, mask)
+            for k in range(4):
+                out[k] += part[k]
+            for j in range(stop - start):
+                count += mask[j]
+        else:
+            _bracket_mask(v, K, mu_lo, mu_hi, start, stop, mask)
+            for i in range(start, stop):
+                if mask[i - start]:
+                    live[at + count] = i
+                    vals[at + count] = v[i]
+                    count += 1
+    return count
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+    """:func:`bracket_pass` without the end capacities: ``(m0, A0, B0, npos, live, vals)``.
+
+    Two passes: the first sums and counts, the second writes the live features
+    straight to arrays of their exact size (no scratch of size ``n``, whose first
+    touch would cost more than reading ``v`` again).
+    """
+    n = v.size
+    nb = _blocks(n)
+    stats = np.empty((nb, 4))
+    counts = np.empty(nb, dtype=np.int64)
+    live = np.empty(0, dtype=np.int64)
+    vals = np.empty(0)
+    for b in numba.prange(nb):
+        counts[b] = _bracket_block(v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb,
+                                   stats[b], live, vals, -1)
+    offsets = np.zeros(nb + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    live = np.empty(offsets[nb], dtype=np.int64)
+    vals = np.empty(offsets[nb])
+    scratch = np.empty((nb, 4))
+    for b in numba.prange(nb):
+        _bracket_block(v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb, scratch[b], live,
+                       vals, offsets[b])
+    tot = stats.sum(axis=0)
+    return tot[0], tot[1], tot[2], tot[3], live, vals
+
+
+def bracket_pass(v, K, mu_lo, mu_hi):
     """One pass over the features for a bracket ``mu_lo < mu_hi`` (parallel over blocks).
 
     Returns ``(m0, A0, B0, live, vlive, npos, s_lo, s_hi)``: the aggregate of features
@@ -394,26 +421,10 @@ def bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
     ``[mu_lo, mu_hi]``, the number of positive importances, and the capacity of the
     live features at ``mu_lo`` and at ``mu_hi``.
     """
-    n = v.size
-    nb = _blocks(n)
-    live = np.empty(n, dtype=np.int64)
-    vals = np.empty(n)
-    stats = np.empty((nb, 6))
-    counts = np.empty(nb, dtype=np.int64)
-    for b in numba.prange(nb):
-        counts[b] = _bracket_block(v, K, mu_lo, mu_hi, live, vals, b * n // nb,
-                                   (b + 1) * n // nb, stats[b])
-    nl = counts.sum()
-    idx = np.empty(nl, dtype=np.int64)
-    vl = np.empty(nl)
-    k = 0
-    for b in range(nb):
-        lo = b * n // nb
-        idx[k:k + counts[b]] = live[lo:lo + counts[b]]
-        vl[k:k + counts[b]] = vals[lo:lo + counts[b]]
-        k += counts[b]
-    tot = stats.sum(axis=0)
-    return tot[0], tot[1], tot[2], idx, vl, tot[3], tot[4], tot[5]
+    m0, A0, B0, npos, live, vals = _bracket_pass(v, K, mu_lo, mu_hi)
+    Kl = K if np.ndim(K) == 0 else K[live]
+    return (m0, A0, B0, live, vals, npos, total_capacity(vals, Kl, mu_lo, 0.0, 0.0, 0.0),
+            total_capacity(vals, Kl, mu_hi, 0.0, 0.0, 0.0))
 
 
 def bracket_pass_numpy(v, K, mu_lo, mu_hi):
@@ -432,9 +443,10 @@ def bracket_pass_numpy(v, K, mu_lo, mu_hi):
             *ends)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
 def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
-    """``S(mu)``: the aggregate ``m0 + A0/mu - B0`` plus the capacities of ``v``."""
+    """``S(mu)``: the aggregate ``m0 + A0/mu - B0`` plus the capacities of ``v``
+    (a sum of terms in [0, 1], reassociated so that it vectorises)."""
     s = m0 + A0 / mu - B0
     for i in range(v.size):
         s += _capacity_at(v[i], _at(K, i), mu, np.nan)
@@ -457,17 +469,17 @@ def _blocks(n):  # pragma: no cover - compiled
 
 _CHUNK = 1024  # features per chunk of the certificate pass (its buffers stay in L1)
 # Statistics of a block, in the order _fill writes them: sum C, loss, T = max g over
-# C < 1, max g, min g over C = 1 and min g over 0 < C < 1.
-_TOTAL, _LOSS, _T, _GMAX, _GMIN1, _GMINP = range(6)
+# C < 1, and min g over C > 0.
+_TOTAL, _LOSS, _T, _GMIN = range(4)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"arcp"})
-def _fill_chunk(v, K, mu, share, C, norms, lo, hi, from_mu, buf):  # pragma: no cover - compiled
-    """Capacities (at ``mu`` when ``from_mu``, else read from ``C``) and norms of
-    ``[lo, hi)``; per-feature losses and marginal benefits (masked for each extreme of
-    :data:`_T` ... :data:`_GMINP`) go to ``buf``. A loop without reductions: it vectorises
-    (numba vectorises neither float max/min reductions nor, without reassociation,
-    which could expand ``1 - C`` and cancel, sums)."""
+def _fill_chunk(v, K, mu, share, C, lo, hi, from_mu, buf):  # pragma: no cover - compiled
+    """Capacities of ``[lo, hi)`` (at ``mu`` when ``from_mu``, else read from ``C``);
+    per-feature losses and marginal benefits (masked for :data:`_T` and :data:`_GMIN`)
+    go to ``buf``. A loop without reductions: it vectorises (numba vectorises neither
+    float max/min reductions nor, without reassociation, which could expand ``1 - C``
+    and cancel, sums)."""
     for j in range(hi - lo):
         i = lo + j
         vi = v[i]
@@ -478,13 +490,10 @@ def _fill_chunk(v, K, mu, share, C, norms, lo, hi, from_mu, buf):  # pragma: no 
         else:
             c = C[i]
         h = _h(vi, Ki, c)
-        norms[i] = h * c
         g = 2.0 * h * h
         buf[0, j] = g if c < 1.0 else 0.0
-        buf[1, j] = g
-        buf[2, j] = g if c == 1.0 else np.inf
-        buf[3, j] = g if (c > 0.0) & (c < 1.0) else np.inf
-        buf[4, j] = 2.0 * h * vi * (1.0 - c)
+        buf[1, j] = g if c > 0.0 else np.inf
+        buf[2, j] = 2.0 * h * vi * (1.0 - c)
 
 
 @numba.njit(cache=True, fastmath={"reassoc"})
@@ -497,29 +506,27 @@ def _sum(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _fill(v, K, mu, share, C, norms, lo, hi, from_mu, out):  # pragma: no cover - compiled
+def _fill(v, K, mu, share, C, lo, hi, from_mu, out):  # pragma: no cover - compiled
     """:func:`_fill_chunk` over ``[lo, hi)``; the block's statistics go to ``out``.
 
     The marginal benefits are non-negative, so their extremes are taken on the bit
     patterns as integers, which vectorises.
     """
-    buf = np.empty((5, _CHUNK))
+    buf = np.empty((3, _CHUNK))
     bits = buf.view(np.int64)
-    ext = np.empty(4, dtype=np.int64)
-    ext[0] = ext[1] = 0
-    ext[2] = ext[3] = np.int64(0x7FF0000000000000)  # +inf
+    ext = np.empty(2, dtype=np.int64)
+    ext[0] = 0
+    ext[1] = np.int64(0x7FF0000000000000)  # +inf
     total = 0.0
     loss = 0.0
     for start in range(lo, hi, _CHUNK):
         stop = min(start + _CHUNK, hi)
-        _fill_chunk(v, K, mu, share, C, norms, start, stop, from_mu, buf)
+        _fill_chunk(v, K, mu, share, C, start, stop, from_mu, buf)
         m = stop - start
         total += _sum(C[start:stop])
-        loss += _sum(buf[4, :m])
+        loss += _sum(buf[2, :m])
         ext[0] = max(ext[0], bits[0, :m].max())
-        ext[1] = max(ext[1], bits[1, :m].max())
-        ext[2] = min(ext[2], bits[2, :m].min())
-        ext[3] = min(ext[3], bits[3, :m].min())
+        ext[1] = min(ext[1], bits[1, :m].min())
     out[_TOTAL] = total
     out[_LOSS] = loss
     out[_T:] = ext.view(np.float64)
@@ -527,15 +534,12 @@ def _fill(v, K, mu, share, C, norms, lo, hi, from_mu, out):  # pragma: no cover 
 
 @numba.njit(cache=True)
 def _combine(stats):  # pragma: no cover - compiled
-    """``(sum C, loss, T, scale, min g over C = 1, min g over 0 < C < 1)`` of the blocks."""
+    """``(sum C, loss, T, min g over C > 0)`` of the blocks."""
     total = 0.0
     comp = 0.0
     for b in range(stats.shape[0]):
         total, comp = _add(total, comp, stats[b, _TOTAL])
-    T = stats[:, _T].max()
-    scale = max(stats[:, _GMAX].max(), T)
-    return (total + comp, stats[:, _LOSS].sum(), T, scale if scale > 0.0 else 1.0,
-            stats[:, _GMIN1].min(), stats[:, _GMINP].min())
+    return total + comp, stats[:, _LOSS].sum(), stats[:, _T].max(), stats[:, _GMIN].min()
 
 
 @numba.njit(cache=True, inline="always")
@@ -576,69 +580,76 @@ def _residual(v, K, C, T, scale):  # pragma: no cover - compiled
     return res
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _scale(v, K, C, T):  # pragma: no cover - compiled
+    """The scale of :func:`capalloc.kkt_residual`: ``max(T, max g)``, or 1 where that is 0."""
+    s = T
+    for i in range(v.size):
+        s = max(s, 2.0 * _h(v[i], _at(K, i), C[i]) ** 2)
+    return s if s > 0.0 else 1.0
+
+
 @numba.njit(cache=True)
-def _kkt(res, total, d, n, T, scale, gmin1, gminp):  # pragma: no cover - compiled
-    """The relative KKT residual from the statistics (see :func:`finish`) and ``res``."""
+def _kkt(res, total, d, n, T, scale, gmin):  # pragma: no cover - compiled
+    """The relative KKT residual: ``res``, the budget terms and, from ``gmin`` (the
+    smallest ``g`` with ``C > 0``), a bound on the stationarity terms (see :func:`finish`)."""
     res = max(res, max(total - d, 0.0) / max(d, 1.0))
-    res = max(res, min(max((T - gmin1) / scale, 0.0), 1.0))  # a monosemantic g below T
-    res = max(res, min(max((T - gminp) / scale, 0.0), 1.0))  # a polysemantic g below T
+    res = max(res, min(max((T - gmin) / scale, 0.0), 1.0))
     if total < min(d, n) - 1e-12:
-        res = max(res, abs(T / scale * (d - total)))
+        res = max(res, abs(T / scale * (d - total)) / max(d, 1.0))
     return res
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _finish_row(v, K, mu, share, d, C, norms):  # pragma: no cover - compiled
-    """Serial :func:`finish` of one row into ``C`` and ``norms``; returns ``(T, loss, kkt)``."""
+def _finish_row(v, K, mu, share, d, C):  # pragma: no cover - compiled
+    """Serial :func:`finish` of one row into ``C``; returns ``(T, loss, kkt)``."""
     n = v.size
-    stats = np.empty((1, 6))
-    _fill(v, K, mu, share, C, norms, 0, n, True, stats[0])
-    total, loss, T, scale, gmin1, gminp = _combine(stats)
+    stats = np.empty((1, 4))
+    _fill(v, K, mu, share, C, 0, n, True, stats[0])
+    total, loss, T, gmin = _combine(stats)
     if _off_budget(total, d):
         weight = _polish_weight(C, K, 0, n)
         if weight > 0.0:
             _shift(C, K, (total - d) / weight, 0, n)
-            _fill(v, K, mu, share, C, norms, 0, n, False, stats[0])
-            total, loss, T, scale, gmin1, gminp = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, n, T, scale, gmin1, gminp)
+            _fill(v, K, mu, share, C, 0, n, False, stats[0])
+            total, loss, T, gmin = _combine(stats)
+    return T, loss, _kkt(0.0, total, d, n, T, T if T > 0.0 else 1.0, gmin)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def certify(v, K, C, d, norms):  # pragma: no cover - compiled
-    """Certificate of any capacities ``C``, norms into ``norms``: ``(T, norms, loss, kkt)``.
+def certify(v, K, C, d):  # pragma: no cover - compiled
+    """Certificate of any capacities ``C``: ``(T, loss, kkt_residual)``.
 
     ``T`` is the smallest valid threshold (``max g`` over ``C < 1``); the fused
-    form of :func:`capalloc._result.smallest_threshold`, ``problem.optimal_norms``,
-    ``problem.loss`` and :func:`capalloc.kkt_residual` (their numpy forms are the twins).
+    form of :func:`capalloc._result.smallest_threshold`, ``problem.loss`` and :func:`capalloc.kkt_residual` (their numpy forms are the twins).
     """
     n = v.size
-    stats = np.empty((1, 6))
-    _fill(v, K, 0.0, np.nan, C, norms, 0, n, False, stats[0])
-    total, loss, T, scale, _, _ = _combine(stats)
-    return T, norms, loss, _kkt(_residual(v, K, C, T, scale), total, d, n, T, scale,
-                                np.inf, np.inf)
+    stats = np.empty((1, 4))
+    _fill(v, K, 0.0, np.nan, C, 0, n, False, stats[0])
+    total, loss, T, _ = _combine(stats)
+    scale = _scale(v, K, C, T)
+    return T, loss, _kkt(_residual(v, K, C, T, scale), total, d, n, T, scale, np.inf)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def finish(v, K, mu, share, d, C, norms):  # pragma: no cover - compiled
+def finish(v, K, mu, share, d, C):  # pragma: no cover - compiled
     """Capacities at level ``mu``, polished to the budget ``d``, with their certificate.
 
-    Fills ``C`` and ``norms`` (allocated by the caller: numpy asks the kernel for huge
-    pages, which makes first touch several times cheaper than numba's allocator) and
-    returns ``(T, loss, kkt_residual)``, in one pass over the features
+    Fills ``C`` (allocated by the caller: numpy asks the kernel for huge pages, which
+    makes first touch several times cheaper than numba's allocator) and returns ``(T, loss, kkt_residual)``, in one pass over the features
     (parallel over blocks) and a second only where rounding missed the budget.
     Every ``C_i`` lies in [0, 1] by construction and ``T`` is the largest ``g_i`` with
-    ``C_i < 1``, so the KKT residual of :func:`capalloc.kkt_residual` needs only the
-    smallest ``g_i`` of the monosemantic and of the polysemantic features: it is
-    exact for the former and, for the latter, an upper bound (``(T - g_i)/s`` in
-    place of ``min(C_i, (T - g_i)/s)``).
+    ``C_i < 1``, so of the terms of :func:`capalloc.kkt_residual` only features with
+    ``C_i > 0`` and ``g_i < T`` can contribute, by at most ``(T - g_i)/s``: the
+    smallest such ``g_i`` bounds them all. With ``s = T`` in place of
+    ``max(T, max g)`` the value returned is an upper bound of that residual.
     """
     n = v.size
     nb = _blocks(n)
-    stats = np.empty((nb, 6))
+    stats = np.empty((nb, 4))
     for b in numba.prange(nb):
-        _fill(v, K, mu, share, C, norms, b * n // nb, (b + 1) * n // nb, True, stats[b])
-    total, loss, T, scale, gmin1, gminp = _combine(stats)
+        _fill(v, K, mu, share, C, b * n // nb, (b + 1) * n // nb, True, stats[b])
+    total, loss, T, gmin = _combine(stats)
     if _off_budget(total, d):
         weights = np.empty(nb)
         for b in numba.prange(nb):
@@ -648,9 +659,9 @@ def finish(v, K, mu, share, d, C, norms):  # pragma: no cover - compiled
             for b in numba.prange(nb):
                 lo, hi = b * n // nb, (b + 1) * n // nb
                 _shift(C, K, (total - d) / weight, lo, hi)
-                _fill(v, K, mu, share, C, norms, lo, hi, False, stats[b])
-            total, loss, T, scale, gmin1, gminp = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, n, T, scale, gmin1, gminp)
+                _fill(v, K, mu, share, C, lo, hi, False, stats[b])
+            total, loss, T, gmin = _combine(stats)
+    return T, loss, _kkt(0.0, total, d, n, T, T if T > 0.0 else 1.0, gmin)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -675,21 +686,21 @@ def polish(C, K, d):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def batch_certificate(V, KK, C, d, norms):  # pragma: no cover - compiled
-    """Row-wise :func:`certify` into ``norms``: ``(T, norms, loss, kkt)``, batched."""
+def batch_certificate(V, KK, C, d):  # pragma: no cover - compiled
+    """Row-wise :func:`certify`: ``(T, loss, kkt)``, batched."""
     m, n = V.shape
     T = np.empty(m)
     loss = np.empty(m)
     kkt = np.empty(m)
     for r in numba.prange(m):
-        T[r], _, loss[r], kkt[r] = certify(V[r], _row(KK, r), C[r], d, norms[r])
-    return T, norms, loss, kkt
+        T[r], loss[r], kkt[r] = certify(V[r], _row(KK, r), C[r], d)
+    return T, loss, kkt
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def batch_waterfill(V, KK, d, C, norms):  # pragma: no cover - compiled
+def batch_waterfill(V, KK, d, C):  # pragma: no cover - compiled
     """Water-filling and certificate for a batch of convex problems (rows), in parallel,
-    into ``C`` and ``norms`` (see :func:`finish` on why the caller allocates them).
+    into ``C`` (see :func:`finish` on why the caller allocates it).
 
     Returns ``(T, loss, kkt, mu, nseg)`` with ``mu = -1`` for rows where the budget
     covers every feature of positive importance.
@@ -711,22 +722,21 @@ def batch_waterfill(V, KK, d, C, norms):  # pragma: no cover - compiled
             for i in range(n):
                 C[r, i] = 1.0 if v[i] > 0.0 and d > 0 else 0.0
             MU[r] = -1.0 if d > 0 else np.inf
-            T[r], _, loss[r], kkt[r] = certify(v, K, C[r], d, norms[r])
+            T[r], loss[r], kkt[r] = certify(v, K, C[r], d)
         else:
             mu, share, NSEG[r] = sweep(v, K, float(d), 0.0, 0.0, 0.0, np.inf)
             MU[r] = mu
-            T[r], loss[r], kkt[r] = _finish_row(v, K, mu, share, d, C[r], norms[r])
+            T[r], loss[r], kkt[r] = _finish_row(v, K, mu, share, d, C[r])
     return T, loss, kkt, MU, NSEG
 
 
 def certificate(v, K, C, d):
-    """:func:`certify` or :func:`batch_certificate` by shape: ``(T, norms, loss, kkt)``.
+    """:func:`certify` or :func:`batch_certificate` by shape: ``(T, loss, kkt)``.
 
     Takes the kurtosis in any broadcast form (see :func:`compact`).
     """
     v = np.ascontiguousarray(v, dtype=float)
     C = np.ascontiguousarray(C, dtype=float)
-    norms = np.empty(C.shape)
     if C.ndim == 2:
-        return batch_certificate(v, compact(K), C, float(d), norms)
-    return certify(v, compact(K), C, float(d), norms)
+        return batch_certificate(v, compact(K), C, float(d))
+    return certify(v, compact(K), C, float(d))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,8 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     zero iff :math:`0<C_i<1 \Rightarrow g_i = T`, :math:`C_i = 1 \Rightarrow g_i \ge T`,
     :math:`C_i = 0 \Rightarrow g_i \le T`). ``s`` is the largest of ``T`` and the
     :math:`g_i`, so the residual is in units of capacity and scale free; the budget
-    excess :math:`\max(\sum C - d, 0)` is divided by ``max(d, 1)``.
+    excess :math:`\max(\sum C - d, 0)` and the unused budget
+    :math:`T (d - \sum C) / s` are divided by ``max(d, 1)``.
 
     Parameters
     ----------
@@ -52,7 +53,7 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     natural = np.abs(C - np.clip(C + gs - Ts, 0.0, 1.0))
     over = np.maximum(np.sum(C, axis=-1) - problem.d, 0.0) / max(problem.d, 1)
     bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
-    comp = np.abs(Ts[..., 0] * (problem.d - np.sum(C, axis=-1)))
+    comp = np.abs(Ts[..., 0] * (problem.d - np.sum(C, axis=-1))) / max(problem.d, 1)
     comp = np.where(np.sum(C, axis=-1) >= min(problem.d, C.shape[-1]) - 1e-12, 0.0, comp)
     res = np.maximum.reduce([np.max(natural, axis=-1, initial=0.0), over,
                              np.max(bounds, axis=-1, initial=0.0), comp,
@@ -69,7 +70,9 @@ class AllocationResult:
     capacity : (n,) or (m, n) ndarray
         Optimal capacities :math:`C_i` (read-only).
     norms : (n,) or (m, n) ndarray
-        Optimal squared column norms :math:`N_i = \\lVert W_i\\rVert^2` (quadratic model).
+        Optimal squared column norms :math:`N_i = \\lVert W_i\\rVert^2` (quadratic model;
+        NaN where the problem has no norm model). Computed from ``capacity`` on first
+        access unless the method produced them (read-only).
     loss : float or (m,) ndarray
         Optimal expected loss :math:`\\sum_i \\ell_i(C_i)`.
     threshold : float or (m,) ndarray
@@ -92,7 +95,6 @@ class AllocationResult:
     """
 
     capacity: np.ndarray
-    norms: np.ndarray
     loss: Any
     threshold: Any
     method: str
@@ -101,6 +103,14 @@ class AllocationResult:
     nit: int
     kkt_residual: Any
     label_tol: float = 1e-9
+    #: the norms, or a function of no arguments computing them (see ``norms``)
+    norms_source: Any = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        """Optimal squared column norms (see the class docstring)."""
+        source = self.norms_source() if callable(self.norms_source) else self.norms_source
+        return readonly(np.asarray(source, dtype=float), copy=not callable(self.norms_source))
 
     @cached_property
     def labels(self) -> np.ndarray:
@@ -134,15 +144,14 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
 
     ``certify``: for approximate methods, a claimed success whose KKT residual
     exceeds this becomes ``NOT_CONVERGED``, so no result is reported optimal
-    without a certificate. ``copy=False``: the caller hands over ``capacity`` and
-    ``norms`` (fresh arrays), which are frozen in place instead of copied.
+    without a certificate. ``copy=False``: the caller hands over ``capacity`` (a fresh
+    array), which is frozen in place instead of copied. Without ``norms`` they are
+    computed from the problem on first access.
     """
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
     if loss is None:
         loss = np.sum(problem.loss(C), axis=-1)
-    if norms is None:
-        norms = problem.optimal_norms(C)
     if kkt is None:
         kkt = kkt_residual(problem, C, threshold)
     loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
@@ -156,9 +165,9 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
     if certify is not None and status == SUCCESS and not worst <= certify:
         status = NOT_CONVERGED
         message = f"KKT residual {worst:.2g} exceeds {certify:.2g}: not certified optimal"
+    C = readonly(C, copy=copy)
     return AllocationResult(
-        capacity=readonly(C, copy=copy),
-        norms=readonly(np.asarray(norms, dtype=float), copy=copy),
+        capacity=C,
         loss=readonly(loss),
         threshold=readonly(threshold),
         method=method,
@@ -167,6 +176,7 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
         nit=int(nit),
         kkt_residual=readonly(kkt if np.ndim(kkt) else float(kkt)),
         label_tol=atol,
+        norms_source=partial(problem.optimal_norms, C) if norms is None else norms,
     )
 
 

@@ -490,9 +490,8 @@ def _separable(problem: SeparableProblem, xtol: float, maxiter: int
 def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> AllocationResult:
     """Result of a quadratic problem, its certificate from the fused kernels."""
     C = np.ascontiguousarray(C, dtype=float)
-    T, norms, loss, kkt = _kernels.certificate(problem.importance, problem.kurtosis, C,
-                                               problem.d)
-    return make_result(problem, C, T, loss=loss, norms=norms, kkt=kkt, **fields)
+    T, loss, kkt = _kernels.certificate(problem.importance, problem.kurtosis, C, problem.d)
+    return make_result(problem, C, T, loss=loss, kkt=kkt, **fields)
 
 
 #: Approximate methods (slsqp, cvxpy) report success only below this KKT residual.

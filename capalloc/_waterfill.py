@@ -114,14 +114,13 @@ def _stored(K: np.ndarray) -> np.ndarray:
 def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
                ) -> tuple[np.ndarray, int, tuple | None]:
     """Capacities of one (unbatched) problem, the number of segments visited, and
-    ``(norms, T, loss, kkt)`` where the convex path computed them on the way."""
+    ``(T, loss, kkt)`` where the convex path computed them on the way."""
     if d == 0:
         return np.zeros_like(v), 0, None
     if curvature == "convex" and d < v.size:  # d >= #(v > 0) gives mu = 0: all saturate
         mu, share, nseg = convex_mu(v, K, float(d))
-        C, norms = np.empty(v.size), np.empty(v.size)
-        T, loss, kkt = _kernels.finish(v, K, mu, share, float(d), C, norms)
-        return C, nseg, (norms, T, loss, kkt)
+        C = np.empty(v.size)
+        return C, nseg, _kernels.finish(v, K, mu, share, float(d), C)
     if d >= np.count_nonzero(v):
         return (v > 0).astype(float), 0, None
     if curvature == "concave":
@@ -180,19 +179,15 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     cert = None
     if problem.batched:
         if curvature == "convex":
-            C, norms = np.empty(v.shape), np.empty(v.shape)
-            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, _kernels.compact(Ks), d, C,
-                                                             norms)
-            cert, nit = (norms, T, loss, kkt), int(nseg.sum())
+            C = np.empty(v.shape)
+            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, _kernels.compact(Ks), d, C)
+            cert, nit = (T, loss, kkt), int(nseg.sum())
         else:
             rows = [_solve_one(v[r], Ks[r], d, curvature)[:2] for r in range(v.shape[0])]
             C = np.array([c for c, _ in rows]).reshape(v.shape)
             nit = sum(s for _, s in rows)
     else:
         C, nit, cert = _solve_one(v, _kernels.compact(Ks), d, curvature)
-    if cert is None or snapped:
-        T, norms, loss, kkt = _kernels.certificate(v, K, C, d)
-    else:
-        norms, T, loss, kkt = cert
-    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, norms=norms,
-                       kkt=kkt, copy=False)
+    T, loss, kkt = _kernels.certificate(v, K, C, d) if cert is None or snapped else cert
+    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt,
+                       copy=False)

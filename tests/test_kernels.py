@@ -252,9 +252,8 @@ def any_allocation(draw):
 def test_certificate_kernels_match_numpy_forms(args):
     problem, C = args
     v, K = problem.importance, np.ascontiguousarray(problem.kurtosis)
-    T, norms, loss, res = _kernels.certify(v, K, C, float(problem.d), np.empty_like(C))
+    T, loss, res = _kernels.certify(v, K, C, float(problem.d))
     assert math.isclose(T, smallest_threshold(problem, C), rel_tol=1e-12, abs_tol=1e-300)
-    np.testing.assert_allclose(norms, problem.optimal_norms(C), rtol=1e-12, atol=0)
     expected = float(np.sum(problem.loss(C)))
     assert math.isclose(loss, expected, rel_tol=1e-12, abs_tol=1e-300)
     assert math.isclose(res, kkt_residual(problem, C, T), rel_tol=1e-9, abs_tol=1e-12)
@@ -267,12 +266,10 @@ def test_batch_certificate_is_row_by_row(args):
     V = np.stack([problem.importance, 2 * problem.importance])
     KK = np.ascontiguousarray(np.stack([problem.kurtosis] * 2))
     CC = np.stack([C, C[::-1]])
-    T, norms, loss, res = _kernels.certificate(V, KK, CC, problem.d)
+    T, loss, res = _kernels.certificate(V, KK, CC, problem.d)
     for r in range(2):
-        T_r, norms_r, loss_r, res_r = _kernels.certify(V[r], KK[r], CC[r], float(problem.d),
-                                                       np.empty(C.size))
+        T_r, loss_r, res_r = _kernels.certify(V[r], KK[r], CC[r], float(problem.d))
         assert T[r] == T_r and loss[r] == loss_r and res[r] == res_r
-        np.testing.assert_array_equal(norms[r], norms_r)
 
 
 @settings(max_examples=40)
@@ -296,8 +293,8 @@ def test_batch_waterfill_is_row_by_row(args, m):
     rng = np.random.default_rng(len(v) + m)
     V = np.stack([v * rng.uniform(0.5, 2.0, v.size) for _ in range(m)])
     KK = np.stack([K] * m)
-    C, norms = np.empty(V.shape), np.empty(V.shape)
-    _kernels.batch_waterfill(V, KK, d, C, norms)
+    C = np.empty(V.shape)
+    _kernels.batch_waterfill(V, KK, d, C)
     for r in range(m):
         row = waterfill(QuadraticProblem(V[r], d, KK[r]))
         np.testing.assert_allclose(C[r], row.capacity, rtol=0, atol=1e-13)
@@ -375,21 +372,20 @@ def test_kernels_without_jit_match_jitted():
 @settings(max_examples=60)
 @given(convex_inputs(), st.booleans())
 def test_finish_matches_separate_kernels_and_numpy_certificate(args, scalar):
-    """``finish`` equals capacities + polish, its threshold/norms/loss equal the numpy
+    """``finish`` equals capacities + polish, its threshold and loss equal the numpy
     forms, and its KKT residual bounds :func:`capalloc.kkt_residual` from above."""
     v, K, budget = args
     if scalar:
         K = 8.0
     d = float(max(1, math.floor(budget)))
     mu, share, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
-    C, norms = np.empty(v.size), np.empty(v.size)
-    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C, norms)
+    C = np.empty(v.size)
+    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C)
     Kf = np.broadcast_to(np.asarray(K, float), v.shape)
     ref = _kernels.polish(_kernels.convex_capacities(v, Kf, mu, share), Kf, d)
     np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12)
     problem = QuadraticProblem(v, int(d), Kf)
     assert math.isclose(T, smallest_threshold(problem, C), rel_tol=1e-12, abs_tol=1e-300)
-    np.testing.assert_allclose(norms, problem.optimal_norms(C), rtol=1e-12, atol=0)
     assert math.isclose(loss, float(np.sum(problem.loss(C))), rel_tol=1e-11, abs_tol=1e-300)
     exact = kkt_residual(problem, C, T)
     assert exact <= kkt + 1e-15
@@ -404,12 +400,11 @@ def test_finish_in_parallel_blocks_matches_one_block():
     K = rng.uniform(3.2, 20.0, n)
     d = n / 7
     mu, share, _ = _kernels.sweep(v, K, d, 0.0, 0.0, 0.0, math.inf)
-    C, norms = np.empty(n), np.empty(n)
-    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C, norms)
-    C1, norms1 = np.empty(n), np.empty(n)
-    T1, loss1, kkt1 = _kernels._finish_row(v, K, mu, share, d, C1, norms1)
+    C = np.empty(n)
+    T, loss, kkt = _kernels.finish(v, K, mu, share, d, C)
+    C1 = np.empty(n)
+    T1, loss1, kkt1 = _kernels._finish_row(v, K, mu, share, d, C1)
     np.testing.assert_allclose(C, C1, rtol=0, atol=1e-15)
-    np.testing.assert_allclose(norms, norms1, rtol=1e-15, atol=0)
     assert T == T1 and math.isclose(loss, loss1, rel_tol=1e-12)
     assert max(kkt, kkt1) <= 1e-12
     assert abs(C.sum() - d) <= 1e-9
