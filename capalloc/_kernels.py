@@ -355,30 +355,24 @@ _SUB = 4096  # sub-block of the bracket pass: its mask stays in cache
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live, vals,
-                   at):  # pragma: no cover - compiled
-    """:func:`bracket_pass` on ``[lo, hi)``. With ``at < 0``: ``(m0, A0, B0, npos)`` go
-    to ``out`` and the number of live features is returned. Otherwise the live
-    indices and importances are written to ``live[at:]`` and ``vals[at:]`` (a branch
-    on the mask: rarely taken, so well predicted)."""
+def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live,
+                   vals):  # pragma: no cover - compiled
+    """:func:`bracket_pass` on ``[lo, hi)``: ``(m0, A0, B0, npos)`` go to ``out``, the
+    live indices, less ``lo``, and importances to ``live[lo:]`` and ``vals[lo:]`` (a
+    branch on the mask: rarely taken, so well predicted); returns their count."""
     mask = np.empty(_SUB, dtype=np.bool_)
     out[:] = 0.0
     count = 0
     for start in range(lo, hi, _SUB):
         stop = min(start + _SUB, hi)
-        if at < 0:
-            part = _bracket_sums(v, K, mu_lo, mu_hi, start, stop, mask)
-            for k in range(4):
-                out[k] += part[k]
-            for j in range(stop - start):
-                count += mask[j]
-        else:
-            _bracket_mask(v, K, mu_lo, mu_hi, start, stop, mask)
-            for i in range(start, stop):
-                if mask[i - start]:
-                    live[at + count] = i
-                    vals[at + count] = v[i]
-                    count += 1
+        part = _bracket_sums(v, K, mu_lo, mu_hi, start, stop, mask)
+        for k in range(4):
+            out[k] += part[k]
+        for i in range(start, stop):
+            if mask[i - start]:
+                live[lo + count] = i - lo
+                vals[lo + count] = v[i]
+                count += 1
     return count
 
 
@@ -386,27 +380,26 @@ def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live, vals,
 def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
     """:func:`bracket_pass` without the end capacities: ``(m0, A0, B0, npos, live, vals)``.
 
-    Two passes: the first sums and counts, the second writes the live features
-    straight to arrays of their exact size (no scratch of size ``n``, whose first
-    touch would cost more than reading ``v`` again).
+    The scratch (indices as int32, relative to their block, and importances, copied
+    while in cache) comes from numba's allocator, so only the pages written get mapped.
     """
     n = v.size
     nb = _blocks(n)
     stats = np.empty((nb, 4))
     counts = np.empty(nb, dtype=np.int64)
-    live = np.empty(0, dtype=np.int64)
-    vals = np.empty(0)
+    scratch = np.empty(n, dtype=np.int32)  # blocks hold fewer than 2**31 features
+    scratch_v = np.empty(n)
     for b in numba.prange(nb):
         counts[b] = _bracket_block(v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb,
-                                   stats[b], live, vals, -1)
-    offsets = np.zeros(nb + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(counts)
-    live = np.empty(offsets[nb], dtype=np.int64)
-    vals = np.empty(offsets[nb])
-    scratch = np.empty((nb, 4))
-    for b in numba.prange(nb):
-        _bracket_block(v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb, scratch[b], live,
-                       vals, offsets[b])
+                                   stats[b], scratch, scratch_v)
+    live = np.empty(counts.sum(), dtype=np.int64)
+    vals = np.empty(live.size)
+    k = 0
+    for b in range(nb):
+        lo = b * n // nb
+        live[k:k + counts[b]] = scratch[lo:lo + counts[b]] + lo
+        vals[k:k + counts[b]] = scratch_v[lo:lo + counts[b]]
+        k += counts[b]
     tot = stats.sum(axis=0)
     return tot[0], tot[1], tot[2], tot[3], live, vals
 

@@ -31,7 +31,10 @@ from ._solve import register_method
 
 __all__ = ["waterfill"]
 
-_SAMPLE = 1 << 14  # sample size used to bracket mu on large problems
+_SAMPLE = 1 << 13  # smallest sample used to bracket mu on large problems
+_SAMPLE_FRACTION = 64  # larger problems sample one feature in this many
+_SPREAD = 4.0  # standard deviations between the sampled bracket and the budget
+_WIDEN = 4.0  # a bracket that fails verification is retried this much wider, once
 _SMALL = 1 << 15  # live sets up to this size are swept directly
 
 
@@ -50,25 +53,37 @@ def convex_mu(v: np.ndarray, K: np.ndarray | float, budget: float) -> tuple[floa
     """``(mu, share, nseg)`` solving ``S(mu) = budget`` for features with ``K >= 3``.
 
     ``budget`` must be positive; ``mu = 0`` means it covers every feature with
-    ``v > 0`` (all of them saturate). Large inputs are narrowed by sampled brackets
-    first: each round solves a strided sample for two budgets a few standard
-    deviations apart, verifies the bracket exactly, and keeps only the features
-    with a breakpoint inside it; a bracket that fails verification stops the
-    narrowing, so the final sweep is always exact.
+    ``v > 0`` (all of them saturate). See :func:`convex_levels`.
     """
-    m0 = A0 = B0 = 0.0
-    top = math.inf
+    levels, rounds = convex_levels(v, K, [budget])
+    mu, share, nseg = levels[0]
+    return mu, share, nseg + rounds
+
+
+def convex_levels(v, K, budgets, m0=0.0, A0=0.0, B0=0.0, top=math.inf):
+    """``(mu, share, nseg)`` for each of ``budgets``, and the number of narrowing rounds.
+
+    Features above ``top`` are summarised by the aggregate ``(m0, A0, B0)`` (see
+    :mod:`capalloc._kernels`). Large inputs are narrowed first: each round solves a
+    strided sample (recursively, the same way) for two budgets a few standard
+    deviations beyond the requested ones, verifies that bracket exactly with one
+    pass over the features, and keeps only those with a breakpoint inside it. A
+    bracket that fails verification is retried wider once, then stops the
+    narrowing: the final sweep is always exact.
+    """
+    lo, hi = min(budgets), max(budgets)
     rounds = 0
     while v.size > _SMALL and rounds < 4:
-        narrowed = _narrow(v, K, budget, m0, A0, B0, top)
+        narrowed = _narrow(v, K, lo, hi, m0, A0, B0, top)
+        if narrowed is None:
+            narrowed = _narrow(v, K, lo, hi, m0, A0, B0, top, _WIDEN)
         if narrowed is None:
             break
-        if isinstance(narrowed, str):  # "saturated"
-            return 0.0, math.nan, rounds + 1
+        if isinstance(narrowed, str):  # "saturated": every budget covers all features
+            return [(0.0, math.nan, 0)] * len(budgets), rounds + 1
         v, K, m0, A0, B0, top = narrowed
         rounds += 1
-    ((mu, share, nseg),) = _kernels.sweep_sorted(v, K, [budget], m0, A0, B0, top)
-    return mu, share, nseg + rounds
+    return _kernels.sweep_sorted(v, K, budgets, m0, A0, B0, top), rounds
 
 
 def _take(K, index):
@@ -76,32 +91,33 @@ def _take(K, index):
     return K if np.ndim(K) == 0 else K[index]
 
 
-def _narrow(v, K, budget, m0, A0, B0, top):
-    """One bracketing round (see :func:`convex_mu`): the live features and their
-    aggregate, ``"saturated"`` when the budget covers every positive feature, or
-    ``None`` when the round cannot help."""
-    stride = max(v.size // _SAMPLE, 1)
+def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
+    """One bracketing round (see :func:`convex_levels`) for budgets in ``[lo, hi]``: the
+    live features and their aggregate, ``"saturated"`` when ``lo`` covers every
+    positive feature, or ``None`` when the round cannot help."""
+    stride = max(v.size // max(v.size // _SAMPLE_FRACTION, _SAMPLE), 1)
     vs, Ks = v[::stride], _take(K, slice(None, None, stride))
     f = vs.size / v.size
-    target = f * budget
     # the sample stands for the live features: scale the fixed aggregate alike
     fixed = m0 + (A0 / top - B0 if math.isfinite(top) else 0.0)
-    expect = target - f * fixed  # rough live capacity in the sample near the root
-    p = min(max(expect / vs.size, 0.0), 1.0)
-    spread = 5.0 * math.sqrt(max(vs.size * p * (1 - p), 1.0)) + 2.0
-    budgets = [target + spread, max(target - spread, 0.0)]
-    (mu_lo, _, _), (mu_hi, _, _) = _kernels.sweep_sorted(vs, Ks, budgets, f * m0, f * A0,
-                                                         f * B0, top)
-    mu_hi = min(mu_hi, top) if target - spread > 0 else top
-    # the sample never reaches the upper budget: bracket down to the smallest double
-    mu_lo = mu_lo if mu_lo > 0 else 5e-324
+    p = min(max(f * (hi - fixed) / vs.size, 0.0), 1.0)  # rough live share near the root
+    spread = widen * (_SPREAD * math.sqrt(max(vs.size * p * (1 - p), 1.0)) + 2.0)
+    t_hi, t_lo = f * hi + spread, f * lo - spread
+    # budgets the sample cannot reach bracket down to the smallest double (t_hi) or
+    # up to the top (t_lo); the others are solved, on the sample, the same way
+    reach = np.count_nonzero(vs) if m0 == 0 and not math.isfinite(top) else math.inf
+    want = [t for t in (t_hi, t_lo) if 0.0 < t < reach]
+    levels = convex_levels(vs, Ks, want, f * m0, f * A0, f * B0, top)[0] if want else []
+    mus = {t: mu for t, (mu, _, _) in zip(want, levels, strict=True)}
+    mu_lo = mus.get(t_hi, 5e-324) or 5e-324
+    mu_hi = min(mus.get(t_lo, top), top)
     if not mu_lo < mu_hi:
         return None
     dm, dA, dB, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
-    if m0 == 0 and not math.isfinite(top) and npos <= budget:
+    if m0 == 0 and not math.isfinite(top) and npos <= lo:
         return "saturated"
     m1, A1, B1 = m0 + dm, A0 + dA, B0 + dB
-    if not (m1 + A1 / mu_hi - B1 + s_hi <= budget <= m1 + A1 / mu_lo - B1 + s_lo):
+    if not (m1 + A1 / mu_hi - B1 + s_hi <= lo and hi <= m1 + A1 / mu_lo - B1 + s_lo):
         return None
     return vl, _take(K, live), m1, A1, B1, mu_hi
 
