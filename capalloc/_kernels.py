@@ -30,6 +30,7 @@ from numba.extending import overload
 __all__ = [
     "sweep",
     "sweep_sorted",
+    "sweep_scalar",
     "sweep_numpy",
     "convex_capacities",
     "convex_capacities_numpy",
@@ -40,6 +41,7 @@ __all__ = [
     "certify",
     "certificate",
     "finish",
+    "finish_serial",
     "batch_certificate",
     "polish",
     "batch_waterfill",
@@ -217,13 +219,91 @@ def sweep(v, K, budget, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     Callers outside numba use :func:`sweep_sorted`, which sorts with numpy.
     """
     ev_mu, ev_idx, ev_kind, state = sweep_events(v, K, m0, A0, B0, mu_top)
-    order = np.argsort(-ev_mu, kind="mergesort")
+    order = np.argsort(-ev_mu)  # equal breakpoints are taken as one group: any order
     return sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def sweep_scalar(v, K, budget):  # pragma: no cover - compiled
+    """:func:`sweep` (no aggregate) for one kurtosis ``K >= 3`` shared by every feature.
+
+    Sorting the importances alone orders both kinds of breakpoints, ``(K - 1) v / 2``
+    (enter) and ``v`` (saturate or, for ``K = 3``, jump): the scan merges the two
+    streams, so a row of ``n`` features costs a sort of ``n`` values instead of an
+    argsort of ``2n`` events. ``B`` is exact (a count times ``2/(K - 3)``) and ``A`` a
+    compensated sum of importances.
+    """
+    s = np.sort(v)[::-1]
+    n = s.size
+    linear = K == 3.0
+    c = 1.0 if linear else (K - 1.0) / 2.0
+    a = 0.0 if linear else (K - 1.0) / (K - 3.0)
+    b = 0.0 if linear else 2.0 / (K - 3.0)
+    m = 0.0
+    sv = 0.0  # sum of importances of the polysemantic features, and its compensation
+    cv = 0.0
+    npoly = 0
+    i = 0  # next saturation (or jump) s[i]
+    j = n if linear else 0  # next entry c s[j]
+    prev = np.inf
+    nseg = 0
+    while i < n:
+        mu_e = max(s[i], c * s[j]) if j < n else s[i]
+        nseg += 1
+        A = a * (sv + cv)
+        B = b * npoly
+        if m + A / mu_e - B >= budget:
+            denom = budget - m + B
+            mu = A / denom if (A > 0.0 and denom > 0.0) else mu_e
+            return min(max(mu, mu_e), prev), np.nan, nseg
+        jumps = 0.0
+        while j < n and c * s[j] == mu_e:
+            sv, cv = _add(sv, cv, s[j])
+            npoly += 1
+            j += 1
+        while i < n and s[i] == mu_e:
+            if linear:
+                jumps += 1.0
+            else:
+                sv, cv = _add(sv, cv, -s[i])
+                npoly -= 1
+            m += 1.0
+            i += 1
+        if npoly == 0:
+            sv, cv = 0.0, 0.0
+        A = a * (sv + cv)
+        B = b * npoly
+        s_after = m + A / mu_e - B
+        if s_after >= budget:
+            share = (budget - (s_after - jumps)) / jumps if jumps > 0.0 else np.nan
+            return mu_e, min(max(share, 0.0), 1.0), nseg
+        prev = mu_e
+    return 0.0, np.nan, nseg
+
+
+def _sweep_row(v, K, budget):
+    """:func:`sweep_scalar` for a scalar ``K``, else :func:`sweep` (rows of a batch)."""
+    if np.ndim(K) == 0:
+        return sweep_scalar(v, K, budget)
+    return sweep(v, K, budget, 0.0, 0.0, 0.0, np.inf)
+
+
+@overload(_sweep_row)
+def _sweep_row_compiled(v, K, budget):  # pragma: no cover - compile time
+    if isinstance(K, types.Number):
+        return lambda v, K, budget: sweep_scalar(v, K, budget)
+    return lambda v, K, budget: sweep(v, K, budget, 0.0, 0.0, 0.0, np.inf)
 
 
 def sweep_sorted(v, K, budgets, m0, A0, B0, mu_top):
     """:func:`sweep` for several budgets, sorting the breakpoints once with numpy's
-    (vectorised) argsort; returns one ``(mu, share, nseg)`` per budget."""
+    (vectorised) argsort; returns one ``(mu, share, nseg)`` per budget. One budget
+    with a shared kurtosis and no aggregate takes :func:`sweep_scalar`, and other
+    small inputs :func:`sweep`, all compiled: that costs less than the calls between."""
+    if len(budgets) == 1 and np.ndim(K) == 0 and m0 == A0 == B0 == 0 and mu_top == np.inf:
+        return [sweep_scalar(v, float(K), float(budgets[0]))]
+    if v.size <= 256 and len(budgets) == 1:
+        return [sweep(v, K, float(budgets[0]), m0, A0, B0, mu_top)]
     ev_mu, ev_idx, ev_kind, state = sweep_events(v, K, m0, A0, B0, mu_top)
     order = np.argsort(-ev_mu)
     return [sweep_scan(v, K, float(b), ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
@@ -594,8 +674,8 @@ def _kkt(res, total, d, n, T, scale, gmin):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _finish_row(v, K, mu, share, d, C):  # pragma: no cover - compiled
-    """Serial :func:`finish` of one row into ``C``; returns ``(T, loss, kkt)``."""
+def finish_serial(v, K, mu, share, d, C):  # pragma: no cover - compiled
+    """:func:`finish` in one thread (small problems, and rows of a batch)."""
     n = v.size
     stats = np.empty((1, 4))
     _fill(v, K, mu, share, C, 0, n, True, stats[0])
@@ -717,9 +797,9 @@ def batch_waterfill(V, KK, d, C):  # pragma: no cover - compiled
             MU[r] = -1.0 if d > 0 else np.inf
             T[r], loss[r], kkt[r] = certify(v, K, C[r], d)
         else:
-            mu, share, NSEG[r] = sweep(v, K, float(d), 0.0, 0.0, 0.0, np.inf)
+            mu, share, NSEG[r] = _sweep_row(v, K, float(d))
             MU[r] = mu
-            T[r], loss[r], kkt[r] = _finish_row(v, K, mu, share, d, C[r])
+            T[r], loss[r], kkt[r] = finish_serial(v, K, mu, share, d, C[r])
     return T, loss, kkt, MU, NSEG
 
 

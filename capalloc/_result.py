@@ -155,7 +155,7 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
     if kkt is None:
         kkt = kkt_residual(problem, C, threshold)
     loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
-    worst = float(np.max(kkt, initial=0.0))
+    worst = float(kkt) if np.ndim(kkt) == 0 else float(np.max(kkt, initial=0.0))
     if certify is not None:  # an unused budget at T > 0 is a failure however small T is
         npos = np.count_nonzero(np.asarray(problem.marginal_benefit(np.zeros(C.shape))) > 0,
                                 axis=-1)

@@ -55,7 +55,13 @@ def register_method(name: str, *, problems: tuple[type, ...] = (QuadraticProblem
     return wrap
 
 
+_LOADED = False
+
+
 def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
     import importlib
 
     for module in _METHOD_MODULES:
@@ -64,6 +70,7 @@ def _load_all() -> None:
         except ModuleNotFoundError as exc:  # a module not written yet, or a missing optional dep
             if not exc.name or not exc.name.startswith("capalloc"):
                 raise
+    _LOADED = True
 
 
 def methods() -> list[str]:

@@ -136,7 +136,8 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
     if curvature == "convex" and d < v.size:  # d >= #(v > 0) gives mu = 0: all saturate
         mu, share, nseg = convex_mu(v, K, float(d))
         C = np.empty(v.size)
-        return C, nseg, _kernels.finish(v, K, mu, share, float(d), C)
+        finish = _kernels.finish if v.size > _SMALL else _kernels.finish_serial
+        return C, nseg, finish(v, K, mu, share, float(d), C)
     if d >= np.count_nonzero(v):
         return (v > 0).astype(float), 0, None
     if curvature == "concave":

@@ -403,8 +403,25 @@ def test_finish_in_parallel_blocks_matches_one_block():
     C = np.empty(n)
     T, loss, kkt = _kernels.finish(v, K, mu, share, d, C)
     C1 = np.empty(n)
-    T1, loss1, kkt1 = _kernels._finish_row(v, K, mu, share, d, C1)
+    T1, loss1, kkt1 = _kernels.finish_serial(v, K, mu, share, d, C1)
     np.testing.assert_allclose(C, C1, rtol=0, atol=1e-15)
     assert T == T1 and math.isclose(loss, loss1, rel_tol=1e-12)
     assert max(kkt, kkt1) <= 1e-12
     assert abs(C.sum() - d) <= 1e-9
+
+
+@settings(max_examples=80)
+@given(convex_inputs(), st.one_of(st.just(3.0), st.floats(3.0 + 1e-9, 60.0),
+                                  st.sampled_from([4.0, 10.0])))
+def test_sweep_scalar_matches_sweep(args, K):
+    """One shared kurtosis: the merged scan of sorted importances gives the level,
+    share and capacities of the event sweep."""
+    v, _, budget = args
+    mu, share, _ = _kernels.sweep_scalar(v, K, budget)
+    mu0, share0, _ = _kernels.sweep(v, np.full(v.size, K), budget, 0.0, 0.0, 0.0, math.inf)
+    assert math.isclose(mu, mu0, rel_tol=1e-12)
+    assert same_share(share, share0)
+    C = _kernels.convex_capacities(v, K, mu, share)
+    C0 = _kernels.convex_capacities(v, K, mu0, share0)
+    steep = 1.0 if K == 3.0 else max(1.0, 1.0 / (K - 3.0))  # dC/d(1/mu) near K = 3
+    np.testing.assert_allclose(C, C0, rtol=0, atol=1e-12 * steep)
