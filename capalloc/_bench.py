@@ -97,7 +97,8 @@ def _warm_up(methods: Iterable[str]) -> None:
             if runs(method, 300) and method != "slsqp":
                 solve(power_law_problem(300, kurtosis=K), method=method)
     for method in ("waterfill", "scipy"):  # the large-n code paths compile too
-        solve(power_law_problem(70_000), method=method)
+        for K in (10.0, np.linspace(3.5, 30, 70_000)):
+            solve(power_law_problem(70_000, kurtosis=K), method=method)
     solve(power_law_problem(100, m=4), method="waterfill")
 
 

@@ -96,7 +96,9 @@ def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
     live features and their aggregate, ``"saturated"`` when ``lo`` covers every
     positive feature, or ``None`` when the round cannot help."""
     stride = max(v.size // max(v.size // _SAMPLE_FRACTION, _SAMPLE), 1)
-    vs, Ks = v[::stride], _take(K, slice(None, None, stride))
+    # contiguous copies: the kernels then see the array types of the live sets, and
+    # compile for fewer signatures
+    vs, Ks = v[::stride].copy(), (K if np.ndim(K) == 0 else K[::stride].copy())
     f = vs.size / v.size
     # the sample stands for the live features: scale the fixed aggregate alike
     fixed = m0 + (A0 / top - B0 if math.isfinite(top) else 0.0)
