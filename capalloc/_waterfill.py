@@ -38,7 +38,7 @@ _WIDEN = 4.0  # a bracket that fails verification is retried this much wider, on
 _SMALL = 1 << 15  # live sets up to this size are swept directly
 
 
-def _top_d(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
+def _top_d(v: np.ndarray, K: np.ndarray | float, d: int) -> np.ndarray:
     """Concave case: the ``d`` features of largest ``(K - 1) v^2`` get capacity 1."""
     gain = (K - 1) * v * v
     C = np.zeros_like(v)
@@ -146,7 +146,7 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
         return _top_d(v, K, d), 0, None
     from ._mixed import mixed_capacities
 
-    return *mixed_capacities(v, K, d), None
+    return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
 @register_method("waterfill", problems=(QuadraticProblem,), exact=True, batched=True)
