@@ -170,9 +170,10 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
                     bar.update()
                     continue
             reps = 1 if method in ("cvxpy", "slsqp") and n > 10**3 else repeats
-            times[method], results[method] = _best_time(
-                lambda p=problem, method=method: solve(p, method=method,
-                                                       **_OPTIONS.get(method, {})), reps)
+            def run(p: QuadraticProblem = problem, method: str = method) -> Any:
+                return solve(p, method=method, **_OPTIONS.get(method, {}))
+
+            times[method], results[method] = _best_time(run, reps)
             if method == "cvxpy":
                 cvxpy_time, cvxpy_n = times[method], n
         ref = results["waterfill"].capacity

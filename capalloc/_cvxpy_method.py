@@ -33,7 +33,7 @@ from ._solve import register_method
 __all__ = ["solve_cvxpy"]
 
 # Tolerances passed to a solver unless the caller gives its own.
-_DEFAULT_OPTIONS = {
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "CLARABEL": {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10,
                  "tol_ktratio": 1e-8},
     "SCS": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000},

@@ -78,6 +78,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -435,14 +436,17 @@ def mixed_capacities(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, 
     bound = np.min(np.where(np.isfinite(val), val + err, np.inf))
     best = best[: max(1, min(_RERANK, int(np.count_nonzero(val - err <= bound))))]
 
-    result, best_loss = None, np.inf
+    result: np.ndarray | None = None
+    best_loss = np.inf
     for c in best:
         C_try = _realise(v, K, d, P, Q, order, rank, conv, int(ck[c]), int(cj_all[c]),
                          float(cmu[c]))
         loss = _loss(v, K_true, C_try)
         if loss < best_loss:
             result, best_loss = C_try, loss
-    return result, nit
+    # None only when every re-evaluated loss is NaN or inf (e.g. overflowing importances);
+    # returned as before, the result's finiteness check then rejects it
+    return cast(np.ndarray, result), nit
 
 
 def _realise(v, K, d, P, Q, order, rank, conv, k, j, mu):

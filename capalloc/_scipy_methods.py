@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -340,7 +340,8 @@ class _MixedSearch:
         self.ok = True
 
     def solve(self) -> np.ndarray:
-        best_C, best = None, math.inf
+        best_C: np.ndarray | None = None
+        best = math.inf
         for k in range(min(self.d, self.V.size) + 1):
             C, _, nit, ok = _convex_dual(self.view, self.X, self.d - k, self.xtol, self.maxiter)
             self.nit += nit
@@ -354,7 +355,8 @@ class _MixedSearch:
                 val = float(self.view.loss(C).sum())
                 if val < best:
                     best_C, best = C, val
-        return best_C
+        # None only when every candidate loss is NaN or inf; passed on unchanged as before
+        return cast(np.ndarray, best_C)
 
     def _point(self, x: float) -> tuple[np.ndarray, float]:
         C = self.view.inverse(math.exp(x), self.X)
@@ -651,6 +653,7 @@ def _slsqp_row(loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray]
         key = (not res.success, val)
         if best is None or key < best[0]:
             best = (key, C, int(getattr(res, "nit", 0)), bool(res.success), str(res.message))
+    assert best is not None  # x0s is never empty
     _, C, nit, ok, msg = best
     return C, nit, ok, msg
 

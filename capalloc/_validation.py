@@ -8,7 +8,7 @@ meet a silent NaN further down.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def check_budget(value: Any, name: str = "d") -> int:
     """A non-negative integer budget (number of embedding dimensions)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
-            value = int(value)
+            value = int(cast(float, value))  # the stubs of numbers.Real lack int()
         else:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if value < 0:
@@ -98,7 +98,8 @@ def check_positive(value: Any, name: str, *, integer: bool = False, strict: bool
 
 def check_probability(value: Any, name: str = "p") -> float:
     """A probability in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not (0 < cast(float, value) <= 1)):  # stubs: Real does not compare with int
         raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
     return float(value)
 

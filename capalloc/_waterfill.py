@@ -8,10 +8,13 @@ breakpoints and its linear equation in :math:`1/\mu` solved exactly. For
 :math:`\ell_i(0) - \ell_i(1) = (K_i - 1) v_i^2` are monosemantic. Mixed
 curvature is solved exactly by :mod:`capalloc._mixed`.
 
-Large problems first solve a strided sample to bracket :math:`\mu`, then one
-pass over all features keeps only those with a breakpoint inside the bracket,
-so the cost is one linear pass plus a sort of a small set (expected
-:math:`O(n)`); a bracket that misses falls back to the full sort.
+Large problems first solve a strided sample (itself the same way) to bracket
+:math:`\mu`, then one pass over all features verifies the bracket and keeps only
+the features with a breakpoint inside it; a few such rounds leave a small set to
+sort. A last pass writes the capacities with the loss, threshold and KKT
+certificate (:func:`capalloc._kernels.finish`), so a solve reads the importances
+about twice (expected :math:`O(n)`). A bracket that fails verification is retried
+wider once, then the sweep runs on what is left: the result is exact either way.
 
 Ties: with ``K = 3`` exactly, features whose importance equals the threshold
 share the remaining capacity equally (the limit :math:`K \to 3^+`); with

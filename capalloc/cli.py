@@ -317,7 +317,7 @@ def _report_solution(problem: Any, result: Any, K_out: Any, counts: dict[str, in
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import distributions
 
-    n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], _DEMO["d"], _DEMO["p"]
+    n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], int(_DEMO["d"]), _DEMO["p"]
     K = distributions.Sparse(distributions.Gaussian(), p=p).kurtosis
     print(f"capalloc demo: {n} features with importance v_i = {ratio}^i share d = {d} "
           f"dimensions;\nsparse Gaussian inputs active with probability p = {p} have "
@@ -363,7 +363,7 @@ def _plural(k: int, word: str) -> str:
 
 
 def _blocks_report(blocks: list[Any], max_rows: int) -> tuple[str, list[dict[str, Any]]]:
-    records = []
+    records: list[dict[str, Any]] = []
     for b in blocks:
         features = [int(i) for i in b.features]
         records.append({
@@ -726,8 +726,9 @@ def _api_markdown() -> str:
 
     parser = build_parser()
     out += ["## Command line", "", "```text", parser.format_usage().strip()]
-    for action in parser._subparsers._group_actions:  # noqa: SLF001
-        for sub in action.choices.values():
+    # argparse internals: build_parser always adds sub-commands, whose choices are a dict
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
+        for sub in action.choices.values():  # type: ignore[union-attr]
             out += ["", " ".join(sub.format_usage().split())]
     out += ["```", "", "See `capalloc COMMAND --help` for details.", ""]
     return "\n".join(out)

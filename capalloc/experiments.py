@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC
 from ._problems import QuadraticProblem
 from ._solve import solve
 from ._validation import check_importance, check_kurtosis, readonly, short
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 __all__ = [
     "MODELS",
@@ -307,7 +310,7 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
     points = [{**p, **common} for p in points]
     rows: list[dict[str, Any]] = []
     if points:
-        own = None
+        own: Executor | None = None
         if executor is None:
             import concurrent.futures as cf
             import multiprocessing
@@ -319,10 +322,10 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
                     max_workers=min(workers or os.cpu_count() or 1, len(points)),
                     mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
             executor = own
-        tmp = tempfile.TemporaryDirectory() if out_dir is None else None
+        tmp = tempfile.TemporaryDirectory() if not out_dir else None
         try:
-            rows = run_sweep(sparsity_point, points, out_dir or tmp.name, executor=executor,
-                             progress=progress)
+            root = tmp.name if tmp is not None else cast("str | os.PathLike[str]", out_dir)
+            rows = run_sweep(sparsity_point, points, root, executor=executor, progress=progress)
         finally:
             if own is not None:
                 own.shutdown(wait=True, cancel_futures=True)
@@ -361,7 +364,7 @@ def plot_sparsity_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
     rows = list(rows)
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     models += sorted({r["model"] for r in rows} - set(models) - {EXACT_MODEL})
-    all_s = []
+    all_s: list[float] = []
     for model in models:
         sel = sorted((r for r in rows if r["model"] == model), key=lambda r: r["sparsity"])
         s = np.array([r["sparsity"] for r in sel])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,7 @@ _SUM_ATOL = 1e-9  # per feature: slack allowed when rounding a block's capacity 
 
 def _check_tol(tol: Any, name: str = "tol") -> float:
     if (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol)
-            or not 0 < tol < 1):
+            or not 0 < cast(float, tol) < 1):  # stubs: Real does not compare with int
         raise ValueError(f"{name} must lie in (0, 1), got {short(tol)}")
     return float(tol)
 

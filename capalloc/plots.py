@@ -248,7 +248,7 @@ def plot_loss_curves(v: float = 1.0, K: float | Sequence[float] = (1.8, 3.0, 15.
     C = np.linspace(0.0, 1.0, int(num))
     ax = _axes(ax)
     for k in kurtoses:
-        problem = QuadraticProblem([float(v)], d=1, kurtosis=float(k))
+        problem = QuadraticProblem(np.asarray([float(v)]), d=1, kurtosis=float(k))
         loss = problem.loss(C)
         if normalize:
             loss0 = float(problem.loss(0.0)[0])
@@ -307,7 +307,8 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
     norms = np.sqrt(np.einsum("kn,kn->n", W, W))
     drawn = np.flatnonzero(norms > 0)
     block = _block_of_features(W, tol) or {}
-    colors = {i: _BLOCK_COLORS[block[i] % len(_BLOCK_COLORS)] if i in block else _BLOCK_COLORS[0]
+    colors = {i: _BLOCK_COLORS[block[int(i)] % len(_BLOCK_COLORS)] if i in block
+              else _BLOCK_COLORS[0]
               for i in drawn}
     annotate = n <= 30 if annotate is None else annotate
     reach = 1.15 * (norms.max() if drawn.size else 1.0)
@@ -356,7 +357,7 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
         sizes: dict[int, int] = {}
         for i in drawn:
             if i in block:
-                sizes[block[i]] = sizes.get(block[i], 0) + 1
+                sizes[block[int(i)]] = sizes.get(block[int(i)], 0) + 1
         if 1 < len(sizes) <= 10:
             handles = [Line2D([], [], color=_BLOCK_COLORS[b % len(_BLOCK_COLORS)],
                               label=f"block {b} ({k} features)") for b, k in sorted(sizes.items())]

@@ -211,7 +211,7 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
     dmu_dK = np.zeros(n)
     bounds = np.full((n, 2), np.nan)
 
-    binding = np.sum(C) >= min(d, np.count_nonzero(v)) - 1e-9 and d < np.count_nonzero(v)
+    binding = np.sum(C) >= min(d, int(np.count_nonzero(v))) - 1e-9 and d < np.count_nonzero(v)
     if not binding:  # every feature with v > 0 is monosemantic, nothing is scarce
         mu = 0.0
         dmu_dd = 0.0

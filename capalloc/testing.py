@@ -89,7 +89,7 @@ def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
     >>> check_kkt(p, capalloc.solve(p))
     """
     quadratic = isinstance(problem, QuadraticProblem)
-    shape = problem.importance.shape if quadratic else (problem.n,)
+    shape = problem.importance.shape if isinstance(problem, QuadraticProblem) else (problem.n,)
     errors: list[str] = []
     C = np.asarray(result.capacity, dtype=float)
     T = np.asarray(result.threshold, dtype=float)
@@ -119,7 +119,8 @@ def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
         if reported.shape != res.shape or np.any(~(reported <= rtol)):
             fail(f"reported kkt_residual {_rows(reported)} > rtol = {rtol:g} (recomputed "
                  f"{_rows(res)})")
-        npos = (np.count_nonzero(problem.importance > 0, axis=-1) if quadratic
+        npos = (np.count_nonzero(problem.importance > 0, axis=-1)
+                if isinstance(problem, QuadraticProblem)
                 else np.full(shape[:-1], problem.n))
         target = np.minimum(d, npos)
         short = (T > 0) & (np.abs(total - target) > rtol * np.maximum(target, 1))
@@ -328,7 +329,8 @@ def _convex_part(v: np.ndarray, K: np.ndarray, budgets: np.ndarray
     m = np.sum(raw >= 1, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         mu = np.where(A > 0, A / (budgets - m + Bc), np.sqrt(lo * hi))
-    mu = np.clip(np.nan_to_num(mu, nan=hi, posinf=hi), lo, hi)
+    # numpy accepts arrays for nan/posinf; its stubs only allow floats
+    mu = np.clip(np.nan_to_num(mu, nan=hi, posinf=hi), lo, hi)  # type: ignore[call-overload]
     C = caps(mu)
     C = np.where(budgets[:, None] <= 0, 0.0, np.where(budgets[:, None] >= v.size, 1.0, C))
     loss = np.sum(2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C), axis=-1)
@@ -349,7 +351,7 @@ def _brute_one(v: np.ndarray, K: np.ndarray, d: int, grid: int) -> tuple[np.ndar
     vM, KM = v[M], K[M]
     gain = (K[N] - 1) * v[N] ** 2  # loss at capacity 0 (loss at 1 is 0)
 
-    def ell(j: int, t: Any) -> Any:
+    def ell(j: int | np.integer, t: Any) -> Any:
         return 2 * (K[j] - 1) * v[j] ** 2 * (1 - t) / (2 + (K[j] - 3) * t)
 
     # phi[j][B] = min over t in [0, min(1, B)] of ell_j(t) + G(B - t), for every budget B
@@ -364,7 +366,8 @@ def _brute_one(v: np.ndarray, K: np.ndarray, d: int, grid: int) -> tuple[np.ndar
             local = np.flatnonzero((vals[1:-1] <= vals[:-2]) & (vals[1:-1] <= vals[2:])) + 1
             for i in local:
                 out = minimize_scalar(
-                    lambda t, j=j, B=B: float(ell(j, t) + _convex_part(vM, KM, [B - t])[0][0]),
+                    lambda t, j=j, B=B: float(
+                        ell(j, t) + _convex_part(vM, KM, np.asarray([B - t]))[0][0]),
                     bounds=(ts[i - 1], ts[i + 1]), method="bounded",
                     options={"xatol": 1e-13})
                 cands.append((float(out.fun), float(out.x)))
@@ -377,7 +380,7 @@ def _brute_one(v: np.ndarray, K: np.ndarray, d: int, grid: int) -> tuple[np.ndar
             B = d - size
             rest = [jj for jj in range(N.size) if jj not in U]
             base = float(np.sum(gain[rest]))
-            value = base + float(_convex_part(vM, KM, [B])[0][0])
+            value = base + float(_convex_part(vM, KM, np.asarray([B]))[0][0])
             if value < best[0]:
                 best = (value, U, -1, 0.0)
             for jj in rest:
@@ -388,11 +391,11 @@ def _brute_one(v: np.ndarray, K: np.ndarray, d: int, grid: int) -> tuple[np.ndar
                         best = (value, U, jj, t)
     _, U, jj, t = best
     C[N[list(U)]] = 1.0
-    B = d - len(U)
+    rem: float = d - len(U)
     if jj >= 0:
         C[N[jj]] = t
-        B -= t
-    C[M] = _convex_part(vM, KM, [B])[1][0]
+        rem -= t
+    C[M] = _convex_part(vM, KM, np.asarray([rem]))[1][0]
     loss = float(np.sum(2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C)))
     return C, loss
 

@@ -386,7 +386,8 @@ def _lbfgs(vn: np.ndarray, K: np.ndarray, W0: np.ndarray, maxiter: int, gtol: fl
     res = minimize(fun, W0.ravel(), jac=True, method="L-BFGS-B", callback=callback,
                    options={"maxiter": maxiter, "maxfun": 2 * maxiter + 100, "ftol": 1e-15,
                             "gtol": gtol, "maxcor": 10})
-    W, polished = res.x.reshape(d, n), []
+    W = res.x.reshape(d, n)
+    polished: list[float] = []
     if polish:
         W, polished = _polish(W, vn, K, gtol)
     message = str(res.message)
@@ -420,7 +421,7 @@ def _train_exact(problem: QuadraticProblem, *, d: int, restarts: int, seed: int,
         if row not in best or loss < best[row][0]:
             best[row] = (loss, W, [h * s * s for h in hist], nit, message)
     for row in range(m):
-        _, W, hist, nit, message = best[row]
+        W, hist, nit, message = best[row][1:]
         Ws[row] = W
         histories.append(np.asarray(hist if hist else [losses[row].min()], dtype=float))
         nits.append(nit)
@@ -515,7 +516,7 @@ class _Sampler:
         self.groups = []
         for key, cols in groups.items():
             index = torch.tensor(cols, dtype=torch.long, device=device)
-            extra = None
+            extra: Any = None
             if key[0] == "three":
                 extra = torch.tensor([1.0 / laws[j].kurtosis for j in cols], dtype=dtype,
                                      device=device)
@@ -524,8 +525,8 @@ class _Sampler:
     def __call__(self, gen: Any, batch: int) -> Any:
         torch = self.torch
         single = len(self.groups) == 1
-        x = None if single else torch.empty(batch, self.width, device=self.device,
-                                            dtype=self.dtype)
+        x: Any = None if single else torch.empty(batch, self.width, device=self.device,
+                                                 dtype=self.dtype)
         for key, index, p in self.groups:
             scale = None if p is None else p.rsqrt()
             shape = (batch, index.numel())

@@ -154,6 +154,11 @@ class ToyModel(nn.Module):
         Source of the initial weights.
     """
 
+    # buffers (set by ``register_buffer``) and the bias, set by every subclass
+    importance: torch.Tensor
+    sparsity: torch.Tensor
+    b: torch.Tensor
+
     def __init__(self, importance: torch.Tensor, sparsity: torch.Tensor, d: int,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
