@@ -49,9 +49,12 @@ class QuadraticProblem:
     importance: np.ndarray
     d: int
     kurtosis: Any = 3.0
+    #: the largest importance (found once, by the validation)
+    vmax: float = field(init=False, repr=False, compare=False, default=0.0)
 
     def __post_init__(self) -> None:
         v = check_importance(self.importance, ndim=(1, 2))
+        object.__setattr__(self, "vmax", float(v.max()) if v.size else 0.0)
         d = check_budget(self.d, "d")
         K = self.kurtosis.kurtosis if isinstance(self.kurtosis, InputLaw) else self.kurtosis
         K = check_kurtosis(K)

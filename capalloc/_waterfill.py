@@ -39,6 +39,7 @@ _SAMPLE_FRACTION = 64  # larger problems sample one feature in this many
 _SPREAD = 4.0  # standard deviations between the sampled bracket and the budget
 _WIDEN = 4.0  # a bracket that fails verification is retried this much wider, once
 _SMALL = 1 << 15  # live sets up to this size are swept directly
+_HUGE = 2.0**500  # importances above this (~3e150) are solved rescaled (see waterfill)
 
 
 def _top_d(v: np.ndarray, K: np.ndarray | float, d: int) -> np.ndarray:
@@ -127,6 +128,20 @@ def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
     return vl, _take(K, live), m1, A1, B1, mu_hi
 
 
+def _rescaled(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray | None]:
+    """The importances, and ``None``; or, past :data:`_HUGE`, where the losses
+    ``(K - 1) v^2`` would overflow, each row scaled by a power of two (exact) that brings
+    its largest importance to ``(_HUGE/2, _HUGE]``, and those scales as an ``(..., 1)``
+    array. The allocation is invariant under ``v -> s v``; threshold and loss scale by
+    ``s^2``."""
+    v = problem.importance
+    if problem.vmax <= _HUGE:
+        return v, None
+    top = np.max(v, axis=-1, keepdims=True)
+    scale = np.where(top > _HUGE, np.ldexp(_HUGE, -np.frexp(top)[1]), 1.0)
+    return v * scale, scale
+
+
 def _stored(K: np.ndarray) -> np.ndarray:
     """The stored values of a possibly broadcast array (its zero-stride axes cut to length 1)."""
     return K[tuple(slice(None) if s else slice(0, 1) for s in K.strides)]
@@ -184,7 +199,8 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     """
     if not isinstance(problem, QuadraticProblem):
         raise TypeError(f"problem must be a QuadraticProblem, got {type(problem).__name__}")
-    v, K, d = problem.importance, problem.kurtosis, problem.d
+    K, d = problem.kurtosis, problem.d
+    v, scale = _rescaled(problem)
     # A band (v, (K-1)v/2) narrower than ~1e-12 relative is a few ulps of mu wide and
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
     # the certificate then uses the true K (its residual is of order |K - 3|).
@@ -211,5 +227,9 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     else:
         C, nit, cert = _solve_one(v, _kernels.compact(Ks), d, curvature)
     T, loss, kkt = _kernels.certificate(v, K, C, d) if cert is None or snapped else cert
+    if scale is not None:  # threshold and loss scale as v^2 (inf where they overflow)
+        s = scale[..., 0] if problem.batched else float(scale[0])
+        with np.errstate(over="ignore"):
+            T, loss = np.divide(np.divide(T, s), s), np.divide(np.divide(loss, s), s)
     return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt,
                        copy=False)

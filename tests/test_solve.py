@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import capalloc
-from capalloc import AllocationWarning, QuadraticProblem, get_method, solve
+from capalloc import AllocationWarning, QuadraticProblem, get_method, solve, waterfill
 from capalloc.testing import REFERENCE_PROBLEMS, brute_force, check_kkt
 
 METHODS = capalloc.methods()
@@ -479,6 +479,32 @@ def test_extreme_magnitudes(method, kind):
         if res.success:
             check_kkt(problem, res, rtol=tol(method))
             assert abs(res.capacity.sum() - d) <= tol(method) * d
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_importances_beyond_float_range_of_losses(kind):
+    """Past ~1e154 the losses (K - 1) v^2 overflow: water-filling solves the problem
+    rescaled by a power of two, so the capacities are those of v / max(v), and the
+    threshold and loss are the rescaled ones times max(v)^2 (inf where that overflows,
+    never NaN). Each row of a batch has its own scale."""
+    rng = np.random.default_rng(7)
+    n = 40
+    convex, concave = rng.uniform(3.5, 40, n), rng.uniform(1.1, 2.9, n)
+    K = {"convex": convex, "concave": concave,
+         "mixed": np.where(np.arange(n) % 2 == 0, concave, convex)}[kind]
+    base = 10.0 ** rng.uniform(-6, 0, n)
+    base[0] = 1.0
+    for top in (1e151, 1e200, 1e300):
+        big = waterfill(QuadraticProblem(top * base, 9, K))
+        ref = waterfill(QuadraticProblem(base, 9, K))
+        np.testing.assert_allclose(big.capacity, ref.capacity, rtol=0, atol=1e-12)
+        with np.errstate(over="ignore"):
+            expected = np.array([ref.threshold, ref.loss]) * top * top
+        np.testing.assert_allclose([big.threshold, big.loss], expected, rtol=1e-12)
+        assert big.kkt_residual <= 1e-9
+    rows = waterfill(QuadraticProblem(np.stack([1e200 * base, base]), 9, K))
+    np.testing.assert_allclose(rows.capacity[1], ref.capacity, rtol=0, atol=1e-12)
+    assert rows.threshold[1] == pytest.approx(ref.threshold, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------
