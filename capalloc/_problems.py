@@ -34,6 +34,12 @@ class QuadraticProblem:
         shape that broadcasts to ``importance``. An :class:`~capalloc.distributions.InputLaw`
         gives its kurtosis.
 
+    Attributes
+    ----------
+    vmax : float
+        The largest importance, found by the validation (solvers use it to rescale
+        importances whose squared losses would overflow).
+
     References
     ----------
     .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
@@ -49,7 +55,6 @@ class QuadraticProblem:
     importance: np.ndarray
     d: int
     kurtosis: Any = 3.0
-    #: the largest importance (found once, by the validation)
     vmax: float = field(init=False, repr=False, compare=False, default=0.0)
 
     def __post_init__(self) -> None:
