@@ -50,8 +50,9 @@ __all__ = [
 ENTER, SATURATE, JUMP = 0, 1, 2
 SNAP = 4.0 * np.finfo(np.float64).eps  # capacities this close to 0 or 1 are set to it
 
-# Passes over all features (capacities, certificate, bracket) may reassociate sums and use
-# reciprocals: they then vectorise, at a cost of an ulp per feature. Sweeps never do.
+# Passes over all features may use reciprocals (a shared kurtosis and mu then leave the
+# loop) and, where every term is non-negative so that nothing cancels, reassociate sums:
+# they then vectorise, at a cost of an ulp per feature. Sweeps never do either.
 _FAST = {"reassoc", "arcp"}
 
 
@@ -420,15 +421,6 @@ def _bracket_sums(v, K, mu_lo, mu_hi, lo, hi, live):  # pragma: no cover - compi
         npos += 1.0 if vi > 0.0 else 0.0
         live[i - lo] = ((vi >= mu_lo) & (vi <= mu_hi)) | ((w >= 2.0 * mu_lo) & (w <= 2.0 * mu_hi))
     return m0, A0, B0, npos
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _bracket_mask(v, K, mu_lo, mu_hi, lo, hi, live):  # pragma: no cover - compiled
-    """The mask of :func:`_bracket_sums` alone (vectorises)."""
-    for i in range(lo, hi):
-        vi = v[i]
-        w = (_at(K, i) - 1.0) * vi
-        live[i - lo] = ((vi >= mu_lo) & (vi <= mu_hi)) | ((w >= 2.0 * mu_lo) & (w <= 2.0 * mu_hi))
 
 
 _SUB = 4096  # sub-block of the bracket pass: its mask stays in cache
