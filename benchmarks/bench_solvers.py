@@ -92,7 +92,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 1e5, fewer repeats")
     parser.add_argument("--max-n", type=int, default=None, help="skip sizes above N")
+    parser.add_argument("--sum-ratio", action="store_true",
+                        help="only time waterfill against numpy.sum at n = 1e7, alternately")
     args = parser.parse_args(argv)
+    if args.sum_ratio:
+        r = _bench.sum_ratio()
+        print(f"n = 1e7: numpy.sum {r['sum_ms']:.2f} ms, waterfill {r['waterfill_ms']:.2f} ms "
+              f"(medians of 15 alternating calls): {r['median_ratio']:.1f}x "
+              f"(best/best {r['best_ratio']:.1f}x)")
+        return
     rows = _bench.run_solver_benchmark(args.quick, max_n=args.max_n)
     print(_bench.format_table(rows))
 

@@ -22,6 +22,7 @@ from ._problems import QuadraticProblem
 from ._solve import solve
 
 __all__ = ["SIZES", "QUICK_SIZES", "power_law_problem", "runs", "run_solver_benchmark",
+           "sum_ratio",
            "format_table"]
 
 SIZES = (10**2, 10**3, 10**4, 10**5, 10**6, 10**7)
@@ -254,3 +255,38 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip()
               for b in body]
     return "\n".join(lines)
+
+
+def sum_ratio(n: int = 10**7, calls: int = 15) -> dict[str, float]:
+    """Water-filling against one ``numpy.sum`` over the importances, timed alternately.
+
+    Alternating the two calls exposes both to the same state of the machine (its
+    memory bandwidth varies from second to second on a shared host), so the
+    median ratio is steadier than a ratio of two best times.
+
+    Returns
+    -------
+    dict
+        ``sum_ms`` and ``waterfill_ms`` (medians), ``median_ratio`` and
+        ``best_ratio`` (best waterfill time over best sum time).
+
+    Examples
+    --------
+    >>> from capalloc._bench import sum_ratio
+    >>> sorted(sum_ratio(10**4, calls=3))
+    ['best_ratio', 'median_ratio', 'sum_ms', 'waterfill_ms']
+    """
+    problem = power_law_problem(n)
+    solve(problem, method="waterfill")
+    sums, fills = [], []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        np.sum(problem.importance)
+        t1 = time.perf_counter()
+        solve(problem, method="waterfill")
+        t2 = time.perf_counter()
+        sums.append(t1 - t0)
+        fills.append(t2 - t1)
+    s, w = float(np.median(sums)), float(np.median(fills))
+    return {"sum_ms": 1e3 * s, "waterfill_ms": 1e3 * w, "median_ratio": w / s,
+            "best_ratio": min(fills) / min(sums)}
