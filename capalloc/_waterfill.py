@@ -142,11 +142,6 @@ def _rescaled(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray | None]
     return v * scale, scale
 
 
-def _stored(K: np.ndarray) -> np.ndarray:
-    """The stored values of a possibly broadcast array (its zero-stride axes cut to length 1)."""
-    return K[tuple(slice(None) if s else slice(0, 1) for s in K.strides)]
-
-
 def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
                ) -> tuple[np.ndarray, int, tuple | None]:
     """Capacities of one (unbatched) problem, the number of segments visited, and
@@ -204,28 +199,27 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     # A band (v, (K-1)v/2) narrower than ~1e-12 relative is a few ulps of mu wide and
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
     # the certificate then uses the true K (its residual is of order |K - 3|).
-    stored = _stored(K)  # checks on the distinct values only: a scalar K stays O(1)
-    near3 = np.abs(stored - 3) < 1e-12
-    snapped = near3.any()
+    Ks = _kernels.compact(K)  # a float, or the stored values: checks stay O(stored)
+    near3 = np.abs(np.asarray(Ks) - 3) < 1e-12
+    snapped = bool(near3.any())
     if snapped:
-        stored = np.where(near3, 3.0, stored)
-        Ks = np.broadcast_to(stored, K.shape)
-    else:
-        Ks = K
-    curvature = ("convex" if np.all(stored >= 3) else
-                 "concave" if np.all(stored <= 3) else "mixed")
+        Ks = np.where(near3, 3.0, Ks)
+        Ks = float(Ks) if Ks.ndim == 0 else Ks
+    curvature = ("convex" if np.all(np.asarray(Ks) >= 3) else
+                 "concave" if np.all(np.asarray(Ks) <= 3) else "mixed")
     cert = None
     if problem.batched:
         if curvature == "convex":
             C = np.empty(v.shape)
-            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, _kernels.compact(Ks), d, C)
+            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, Ks, d, C)
             cert, nit = (T, loss, kkt), int(nseg.sum())
         else:
-            rows = [_solve_one(v[r], Ks[r], d, curvature)[:2] for r in range(v.shape[0])]
+            rows = [_solve_one(v[r], _kernels._row(Ks, r), d, curvature)[:2]
+                    for r in range(v.shape[0])]
             C = np.array([c for c, _ in rows]).reshape(v.shape)
             nit = sum(s for _, s in rows)
     else:
-        C, nit, cert = _solve_one(v, _kernels.compact(Ks), d, curvature)
+        C, nit, cert = _solve_one(v, Ks, d, curvature)
     T, loss, kkt = _kernels.certificate(v, K, C, d) if cert is None or snapped else cert
     if scale is not None:  # threshold and loss scale as v^2 (inf where they overflow)
         s = scale[..., 0] if problem.batched else float(scale[0])
