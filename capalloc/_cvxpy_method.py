@@ -27,7 +27,7 @@ import numpy as np
 
 from ._problems import QuadraticProblem
 from ._result import NOT_CONVERGED, SUCCESS, AllocationResult, make_result, smallest_threshold
-from ._scipy_methods import CERTIFY_TOL
+from ._scipy_methods import APPROX_TOL
 from ._solve import register_method
 
 __all__ = ["solve_cvxpy"]
@@ -200,4 +200,4 @@ def solve_cvxpy(problem: QuadraticProblem, *, solver: str | None = None,
     shape = problem.importance.shape
     return make_result(problem, C.reshape(shape), T if problem.batched else float(T[0]),
                        method="cvxpy", nit=nit, status=status, message=message,
-                       certify=CERTIFY_TOL)
+                       certify=APPROX_TOL)

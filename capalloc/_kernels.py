@@ -634,35 +634,29 @@ def _shift(C, K, shift, lo, hi):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _residual(v, K, C, T, scale):  # pragma: no cover - compiled
-    """Largest projected-gradient step ``|C - Pi(C + (g - T)/scale)|`` or bound violation."""
+def _residual(v, K, C, T):  # pragma: no cover - compiled
+    """Largest natural residual ``|C - Pi(C + (g - T)/max(g, T))|`` or bound violation
+    (the per-feature terms of :func:`capalloc.kkt_residual`)."""
     res = 0.0
     for i in range(v.size):
         c = C[i]
         g = 2.0 * _h(v[i], _at(K, i), c) ** 2
-        step = min(max(c + (g - T) / scale, 0.0), 1.0)
+        gap = 1.0 - T / g if g > T else (g / T - 1.0 if g < T else 0.0)
+        step = min(max(c + gap, 0.0), 1.0)
         res = max(res, abs(c - step), -c, c - 1.0)
-    return res
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _scale(v, K, C, T):  # pragma: no cover - compiled
-    """The scale of :func:`capalloc.kkt_residual`: ``max(T, max g)``, or 1 where that is 0."""
-    s = T
-    for i in range(v.size):
-        s = max(s, 2.0 * _h(v[i], _at(K, i), C[i]) ** 2)
-    return s if s > 0.0 else 1.0
+    return res if res == res else np.inf
 
 
 @numba.njit(cache=True)
-def _kkt(res, total, d, n, T, scale, gmin):  # pragma: no cover - compiled
-    """The relative KKT residual: ``res``, the budget terms and, from ``gmin`` (the
-    smallest ``g`` with ``C > 0``), a bound on the stationarity terms (see :func:`finish`)."""
-    res = max(res, max(total - d, 0.0) / max(d, 1.0))
-    res = max(res, min(max((T - gmin) / scale, 0.0), 1.0))
-    if total < min(d, n) - 1e-12:
-        res = max(res, abs(T / scale * (d - total)) / max(d, 1.0))
-    return res
+def _kkt(res, total, d, T, gmin):  # pragma: no cover - compiled
+    """The relative KKT residual (:func:`capalloc.kkt_residual`): ``res``, the budget
+    terms and, from ``gmin`` (the smallest ``g`` with ``C > 0``), a bound on the
+    stationarity terms of features with ``C > 0`` and ``g < T`` (see :func:`finish`)."""
+    scale = max(d, 1.0)
+    res = max(res, (total - d) / scale)
+    if T > 0.0:
+        res = max(res, (d - total) / scale, min(max(1.0 - gmin / T, 0.0), 1.0))
+    return res if res == res and T == T else np.inf
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -678,7 +672,7 @@ def finish_serial(v, K, mu, share, d, C):  # pragma: no cover - compiled
             _shift(C, K, (total - d) / weight, 0, n)
             _fill(v, K, mu, share, C, 0, n, False, stats[0])
             total, loss, T, gmin = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, n, T, T if T > 0.0 else 1.0, gmin)
+    return T, loss, _kkt(0.0, total, d, T, gmin)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -692,8 +686,7 @@ def certify(v, K, C, d):  # pragma: no cover - compiled
     stats = np.empty((1, 4))
     _fill(v, K, 0.0, np.nan, C, 0, n, False, stats[0])
     total, loss, T, _ = _combine(stats)
-    scale = _scale(v, K, C, T)
-    return T, loss, _kkt(_residual(v, K, C, T, scale), total, d, n, T, scale, np.inf)
+    return T, loss, _kkt(_residual(v, K, C, T), total, d, T, np.inf)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -726,7 +719,7 @@ def finish(v, K, mu, share, d, C):  # pragma: no cover - compiled
                 _shift(C, K, (total - d) / weight, lo, hi)
                 _fill(v, K, mu, share, C, lo, hi, False, stats[b])
             total, loss, T, gmin = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, n, T, T if T > 0.0 else 1.0, gmin)
+    return T, loss, _kkt(0.0, total, d, T, gmin)
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
@@ -11,27 +12,54 @@ import numpy as np
 from ._capacity import classify
 from ._validation import readonly
 
-__all__ = ["AllocationResult", "AllocationWarning", "kkt_residual", "SUCCESS", "NOT_CONVERGED"]
+__all__ = [
+    "AllocationResult",
+    "AllocationWarning",
+    "kkt_residual",
+    "SUCCESS",
+    "NOT_CONVERGED",
+    "CERTIFY_TOL",
+]
 
 SUCCESS = 0
 NOT_CONVERGED = 1
 STATUS_MESSAGES = {SUCCESS: "optimal", NOT_CONVERGED: "did not converge"}
+#: The KKT residual above which no result is reported optimal (exact methods).
+CERTIFY_TOL = 1e-9
 
 
 class AllocationWarning(RuntimeWarning):
     """A solver stopped without certifying optimality (see ``result.status``)."""
 
-def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
-    r"""Relative KKT residual of an allocation (0 at a KKT point).
+def relative_gap(g: Any, T: Any) -> Any:
+    r"""Signed relative gap :math:`(g - T)/\max(g, T)` between marginal benefits and a
+    threshold, in ``[-1, 1]`` and free of overflow (0 where ``g == T``, inf included)."""
+    g, T = np.asarray(g, dtype=float), np.asarray(T, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = 1.0 - T / g
+        down = g / T - 1.0
+    return np.where(g > T, up, np.where(g < T, down, 0.0))
 
-    With marginal benefits :math:`g_i = -\ell_i'(C_i)` and threshold
-    :math:`T \ge 0`, the conditions are feasibility, :math:`T (d - \sum C) = 0`
-    and :math:`C_i = \Pi_{[0,1]}(C_i + (g_i - T)/s)` (the natural residual,
-    zero iff :math:`0<C_i<1 \Rightarrow g_i = T`, :math:`C_i = 1 \Rightarrow g_i \ge T`,
-    :math:`C_i = 0 \Rightarrow g_i \le T`). ``s`` is the largest of ``T`` and the
-    :math:`g_i`, so the residual is in units of capacity and scale free; the budget
-    excess :math:`\max(\sum C - d, 0)` and the unused budget
-    :math:`T (d - \sum C) / s` are divided by ``max(d, 1)``.
+
+def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
+    r"""Relative KKT residual of an allocation (0 exactly at a KKT point).
+
+    With marginal benefits :math:`g_i = -\ell_i'(C_i)` and threshold :math:`T \ge 0`
+    the KKT conditions are feasibility, :math:`T (d - \sum C) = 0` and, per feature,
+    :math:`C_i = \Pi_{[0,1]}(C_i + (g_i - T)/s_i)` for any :math:`s_i > 0` (zero iff
+    :math:`0<C_i<1 \Rightarrow g_i = T`, :math:`C_i = 1 \Rightarrow g_i \ge T`,
+    :math:`C_i = 0 \Rightarrow g_i \le T`). The residual is the largest of
+
+    * the natural residual with the per-feature scale :math:`s_i = \max(g_i, T)`, so
+      each feature's mismatch is relative to its own marginal benefit and no large
+      :math:`g_j` can hide a small feature's violation;
+    * the bound violations :math:`\max(-C_i, C_i - 1)`;
+    * the budget excess :math:`\max(\sum C - d, 0)/\max(d, 1)`;
+    * the unused budget :math:`(d - \sum C)/\max(d, 1)` when :math:`T > 0` (not scaled
+      by :math:`T`: at :math:`T > 0` some feature would gain from it, however little);
+    * 1 for a negative or non-finite threshold, inf for non-finite capacities.
+
+    Every term is scale free: ``v -> s v`` leaves it unchanged.
 
     Parameters
     ----------
@@ -42,22 +70,33 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     Returns
     -------
     residual : float or (m,) ndarray
+
+    Examples
+    --------
+    >>> import capalloc
+    >>> p = capalloc.QuadraticProblem([1.0, 1.0], d=1, kurtosis=5.0)
+    >>> capalloc.kkt_residual(p, [0.5, 0.5], 2 * (4 / 3) ** 2)
+    0.0
+    >>> linear = capalloc.QuadraticProblem([1.0, 1.0], d=1, kurtosis=3.0)  # g = 2 v^2
+    >>> capalloc.kkt_residual(linear, [0.5, 0.25], 2.0)  # stationary, a quarter unused
+    0.25
     """
     C = np.asarray(capacity, dtype=float)
     T = np.asarray(threshold, dtype=float)
-    g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
-    scale = np.maximum(np.max(g, axis=-1, initial=0.0), T)
-    scale = np.where(scale > 0, scale, 1.0)
-    Ts = (T / scale)[..., None]
-    gs = g / scale[..., None]
-    natural = np.abs(C - np.clip(C + gs - Ts, 0.0, 1.0))
-    over = np.maximum(np.sum(C, axis=-1) - problem.d, 0.0) / max(problem.d, 1)
-    bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
-    comp = np.abs(Ts[..., 0] * (problem.d - np.sum(C, axis=-1))) / max(problem.d, 1)
-    comp = np.where(np.sum(C, axis=-1) >= min(problem.d, C.shape[-1]) - 1e-12, 0.0, comp)
-    res = np.maximum.reduce([np.max(natural, axis=-1, initial=0.0), over,
-                             np.max(bounds, axis=-1, initial=0.0), comp,
-                             np.maximum(-T, 0.0)])
+    with np.errstate(all="ignore"):
+        g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
+        gap = relative_gap(g, T[..., None])
+        natural = np.abs(C - np.clip(C + gap, 0.0, 1.0))
+        total = np.sum(C, axis=-1)
+        d = problem.d
+        over = np.maximum(total - d, 0.0) / max(d, 1)
+        unused = np.where(T > 0, np.maximum(d - total, 0.0) / max(d, 1), 0.0)
+        bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
+        res = np.maximum.reduce([np.max(natural, axis=-1, initial=0.0), over, unused,
+                                 np.max(bounds, axis=-1, initial=0.0),
+                                 np.where((T >= 0) & np.isfinite(T), 0.0, 1.0)])
+        bad = ~np.all(np.isfinite(C), axis=-1) | np.any(np.isnan(g), axis=-1)
+    res = np.where(bad | np.isnan(res), np.inf, res)
     return float(res) if np.ndim(res) == 0 else res
 
 
@@ -137,42 +176,40 @@ class AllocationResult:
 def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
                 status: int = SUCCESS, message: str | None = None, nit: int = 0,
                 loss: Any = None, norms: Any = None, kkt: Any = None,
-                atol: float = 1e-9, certify: float | None = None,
+                atol: float = 1e-9, certify: float = CERTIFY_TOL,
                 copy: bool = True) -> AllocationResult:
-    """Assemble an :class:`AllocationResult`; loss, norms and KKT residual are computed
-    from the problem unless given.
+    """Assemble an :class:`AllocationResult`, certified: loss, norms and KKT residual are
+    computed from the problem unless given.
 
-    ``certify``: for approximate methods, a claimed success whose KKT residual
-    exceeds this becomes ``NOT_CONVERGED``, so no result is reported optimal
-    without a certificate. ``copy=False``: the caller hands over ``capacity`` (a fresh
-    array), which is frozen in place instead of copied. Without ``norms`` they are
-    computed from the problem on first access.
+    A claimed success whose KKT residual (see :func:`kkt_residual`; a method passing
+    its own ``kkt`` must compute that form or an upper bound of it) exceeds ``certify``
+    becomes ``NOT_CONVERGED``; every result that is not a success is reported by an
+    :class:`AllocationWarning`. No result is labelled optimal without its certificate.
+    ``copy=False``: the caller hands over ``capacity`` (a fresh array), which is frozen
+    in place instead of copied. Without ``norms`` they are computed on first access.
     """
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
-    if loss is None:
-        loss = np.sum(problem.loss(C), axis=-1)
     if kkt is None:
         kkt = kkt_residual(problem, C, threshold)
+    if loss is None:
+        with np.errstate(all="ignore"):
+            loss = np.sum(problem.loss(C), axis=-1)
     loss = float(loss) if np.ndim(loss) == 0 else np.asarray(loss, dtype=float)
-    worst = float(kkt) if np.ndim(kkt) == 0 else float(np.max(kkt, initial=0.0))
-    if certify is not None:  # an unused budget at T > 0 is a failure however small T is
-        npos = np.count_nonzero(np.asarray(problem.marginal_benefit(np.zeros(C.shape))) > 0,
-                                axis=-1)
-        unused = (np.minimum(problem.d, npos) - np.sum(C, axis=-1)) / max(problem.d, 1)
-        worst = max(worst, float(np.max(np.where(np.asarray(threshold) > 0, unused, 0.0),
-                                        initial=0.0)))
-    if certify is not None and status == SUCCESS and not worst <= certify:
+    worst = float(np.max(kkt, initial=0.0))
+    if status == SUCCESS and not worst <= certify:
         status = NOT_CONVERGED
         message = f"KKT residual {worst:.2g} exceeds {certify:.2g}: not certified optimal"
-    C = readonly(C, copy=copy)
+    message = message or STATUS_MESSAGES[status]
+    if status != SUCCESS:
+        warnings.warn(f"{method}: {message}", AllocationWarning, stacklevel=3)
     return AllocationResult(
-        capacity=C,
+        capacity=readonly(C, copy=copy),
         loss=readonly(loss),
         threshold=readonly(threshold),
         method=method,
         status=status,
-        message=message or STATUS_MESSAGES[status],
+        message=message,
         nit=int(nit),
         kkt_residual=readonly(kkt if np.ndim(kkt) else float(kkt)),
         label_tol=atol,

@@ -497,7 +497,7 @@ def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> All
 
 
 #: Approximate methods (slsqp, cvxpy) report success only below this KKT residual.
-CERTIFY_TOL = 1e-4
+APPROX_TOL = 1e-4
 
 
 def _quad_row_safe(v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
@@ -736,4 +736,4 @@ def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8
     snapped = np.where(C > 1 - 1e-7, 1.0, C)
     return make_result(problem, C, smallest_threshold(problem, snapped), method="slsqp",
                        nit=sum(row[1] for row in rows), status=status, message=message,
-                       certify=CERTIFY_TOL)
+                       certify=APPROX_TOL)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._problems import QuadraticProblem, SeparableProblem
-from ._result import AllocationResult, AllocationWarning
+from ._result import AllocationResult
 
 __all__ = ["solve", "methods", "register_method", "get_method", "MethodInfo"]
 
@@ -149,7 +148,4 @@ def solve(problem: QuadraticProblem | SeparableProblem, method: str = "auto",
             f"method {info.name!r} does not solve {type(problem).__name__}; use one of "
             f"{[m for m, i in _REGISTRY.items() if isinstance(problem, i.problems)]}"
         )
-    result = info.function(problem, **options)
-    if result.status != 0:
-        warnings.warn(f"{info.name}: {result.message}", AllocationWarning, stacklevel=2)
-    return result
+    return info.function(problem, **options)  # a result not certified optimal warns

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _kernels
 from ._problems import QuadraticProblem
-from ._result import AllocationResult, make_result
+from ._result import CERTIFY_TOL, AllocationResult, make_result
 from ._solve import register_method
 
 __all__ = ["waterfill"]
@@ -43,12 +43,13 @@ _HUGE = 2.0**500  # importances above this (~3e150) are solved rescaled (see wat
 
 
 def _top_d(v: np.ndarray, K: np.ndarray | float, d: int) -> np.ndarray:
-    """Concave case: the ``d`` features of largest ``(K - 1) v^2`` get capacity 1."""
+    """Concave case: the ``d`` features of largest ``(K - 1) v^2`` get capacity 1 (rows
+    of a 2-D ``v`` each)."""
     gain = (K - 1) * v * v
     C = np.zeros_like(v)
     if d > 0:
-        order = np.argsort(-gain, kind="stable")[:d]
-        C[order] = 1.0
+        top = np.argsort(-gain, axis=-1, kind="stable")[..., :d]
+        np.put_along_axis(C, top, 1.0, axis=-1)
     C[gain == 0] = 0.0  # zero importance, or K = 1 where the loss vanishes identically
     return C
 
@@ -162,6 +163,23 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
     return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
+def _robust(v, K, Ks, d, C, T, loss, kkt):
+    """Re-solve the rows whose certificate failed with :func:`capalloc._mixed.mixed_capacities`
+    (exact for any curvature, per-segment sums of positive terms: no running sums), and
+    certify them again; returns the updated ``(C, T, loss, kkt)``."""
+    from ._mixed import mixed_capacities
+
+    if C.ndim == 1:
+        Cr = mixed_capacities(v, np.broadcast_to(Ks, v.shape).astype(float), d)[0]
+        return Cr, *_kernels.certificate(v, K, Cr, d)
+    T, loss, kkt = (np.array(x, dtype=float) for x in (T, loss, kkt))
+    Kb, Ksb = np.broadcast_to(K, v.shape), np.broadcast_to(Ks, v.shape)
+    for r in np.flatnonzero(kkt > CERTIFY_TOL):
+        C[r] = mixed_capacities(v[r], Ksb[r].astype(float), d)[0]
+        T[r], loss[r], kkt[r] = _kernels.certificate(v[r], Kb[r], C[r], d)
+    return C, T, loss, kkt
+
+
 @register_method("waterfill", problems=(QuadraticProblem,), exact=True, batched=True)
 def waterfill(problem: QuadraticProblem) -> AllocationResult:
     r"""Exact water-filling for the quadratic model (any kurtosis, batched).
@@ -213,14 +231,26 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
             C = np.empty(v.shape)
             T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, Ks, d, C)
             cert, nit = (T, loss, kkt), int(nseg.sum())
-        else:
-            rows = [_solve_one(v[r], _kernels._row(Ks, r), d, curvature)[:2]
-                    for r in range(v.shape[0])]
-            C = np.array([c for c, _ in rows]).reshape(v.shape)
-            nit = sum(s for _, s in rows)
+        else:  # rows by their own curvature: the convex ones batched, the others one by one
+            Kr = np.broadcast_to(np.asarray(Ks), v.shape)
+            convex = np.all(Kr >= 3, axis=1)
+            C, nit = np.empty(v.shape), 0
+            rows = np.flatnonzero(convex)
+            if rows.size:
+                Cc = np.empty((rows.size, v.shape[1]))
+                nseg = _kernels.batch_waterfill(np.ascontiguousarray(v[rows]),
+                                                _kernels.compact(Kr[rows]), d, Cc)[-1]
+                C[rows], nit = Cc, int(nseg.sum())
+            concave = np.all(Kr <= 3, axis=1) & ~convex
+            C[concave] = _top_d(v[concave], Kr[concave], d)
+            for r in np.flatnonzero(~convex & ~concave):
+                C[r], seg, _ = _solve_one(v[r], np.ascontiguousarray(Kr[r]), d, "mixed")
+                nit += seg
     else:
         C, nit, cert = _solve_one(v, Ks, d, curvature)
     T, loss, kkt = _kernels.certificate(v, K, C, d) if cert is None or snapped else cert
+    if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
+        C, T, loss, kkt = _robust(v, K, Ks, d, C, T, loss, kkt)
     if scale is not None:  # threshold and loss scale as v^2 (inf where they overflow)
         s = scale[..., 0] if problem.batched else float(scale[0])
         with np.errstate(over="ignore"):
