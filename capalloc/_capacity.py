@@ -49,35 +49,60 @@ def _is_torch(x: Any) -> bool:
 
 
 def _check_matrix(W: Any, name: str = "W") -> np.ndarray:
-    arr = as_float_array(W, name, min_ndim=2)
-    return arr
+    if _is_torch(W):  # every torch float dtype (bfloat16 included) widens exactly to float64
+        W = W.detach().cpu().double().numpy()
+    return as_float_array(W, name, min_ndim=2)
 
 
-def _scale(W: np.ndarray) -> np.ndarray:
-    """Largest absolute entry of each matrix of the batch, shape ``(..., 1, 1)`` (1 if none).
+def _unit_scale(amax: Any, xp: Any = np) -> tuple[Any, Any]:
+    """Powers of two ``p, q`` with ``amax * p * q`` in [0.5, 1) (``p = q = 1`` where ``amax = 0``).
 
-    Capacity and leverage are scale free; dividing by this avoids overflow and
-    underflow in the products below.
+    ``amax`` holds the largest absolute entry of each matrix of the batch, shape
+    ``(..., 1, 1)``, as a numpy array (``xp=numpy``) or a torch tensor (``xp=torch``).
+    Capacity and leverage are scale free, and multiplying by a power of two is
+    exact (short of underflow), so scaling by ``p * q`` before any product or cast
+    to a lower precision prevents overflow and underflow at no cost in accuracy.
+    ``q`` is 1 unless ``amax`` is subnormal, where ``p * q`` alone would overflow.
     """
+    e = -xp.frexp(amax)[1]
+    e_p = xp.minimum(e, -xp.frexp(xp.full_like(amax, xp.finfo(amax.dtype).tiny))[1])
+    one = xp.ones_like(amax)
+    return xp.ldexp(one, e_p), xp.ldexp(one, e - e_p)
+
+
+def _scale(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_unit_scale` of each matrix of the batch ``W``."""
     if W.size == 0:
-        return np.ones(W.shape[:-2] + (1, 1))
+        return _unit_scale(np.zeros(W.shape[:-2] + (1, 1)))
     axes = (-2, -1)  # max |W| without the temporary array np.abs(W)
-    scale = np.maximum(W.max(axis=axes, keepdims=True), -W.min(axis=axes, keepdims=True))
-    return np.where(scale > 0, scale, 1.0)
+    return _unit_scale(
+        np.maximum(W.max(axis=axes, keepdims=True), -W.min(axis=axes, keepdims=True))
+    )
 
 
-def _blocks(W: np.ndarray, scale: np.ndarray, dtype: Any = np.float64):
-    """Yield ``(columns, W[..., :, columns] / scale)`` in blocks of ``_CHUNK`` columns.
+def _scaled(W: np.ndarray, scale: tuple[np.ndarray, np.ndarray], dtype: Any) -> np.ndarray:
+    """``W * p * q`` in ``dtype``, rounded once: the product is exact in float64."""
+    p, q = scale
+    A = np.multiply(W, p, out=np.empty(W.shape, dtype), casting="same_kind")
+    if np.any(q != 1):  # subnormal max |W|: W * p is in the normal range, so this is exact
+        A *= q.astype(dtype)
+    return A
+
+
+def _blocks(W: np.ndarray, scale: tuple[np.ndarray, np.ndarray], dtype: Any = np.float64):
+    """Yield ``(columns, scaled W[..., :, columns])`` in blocks of ``_CHUNK`` columns.
 
     Only one scaled block exists at a time, so no full-size copy of ``W`` is made.
     """
     for start in range(0, W.shape[-1], _CHUNK):
         cols = slice(start, start + _CHUNK)
-        yield cols, np.divide(W[..., :, cols], scale, dtype=dtype)
+        yield cols, _scaled(W[..., :, cols], scale, dtype)
 
 
-def _gram(W: np.ndarray, scale: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
-    """``(W / scale) (W / scale)^T``, shape ``(..., d, d)``, accumulated over column blocks."""
+def _gram(
+    W: np.ndarray, scale: tuple[np.ndarray, np.ndarray], dtype: Any = np.float64
+) -> np.ndarray:
+    """``A A^T`` for the scaled ``A = W p q``, shape ``(..., d, d)``, accumulated over blocks."""
     d = W.shape[-2]
     M = np.zeros(W.shape[:-2] + (d, d), dtype=dtype)
     for _, block in _blocks(W, scale, dtype):
@@ -85,9 +110,10 @@ def _gram(W: np.ndarray, scale: np.ndarray, dtype: Any = np.float64) -> np.ndarr
     return M
 
 
-def _quadratic_forms(W: np.ndarray, scale: np.ndarray, M: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``w_i^T M w_i`` and ``w_i^T w_i`` for every scaled column ``w_i = W_i / scale``."""
+def _quadratic_forms(
+    W: np.ndarray, scale: tuple[np.ndarray, np.ndarray], M: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``a_i^T M a_i`` and ``a_i^T a_i`` for every scaled column ``a_i = W_i p q``."""
     n = W.shape[-1]
     forms = np.empty(W.shape[:-2] + (n,))
     norms2 = np.empty(W.shape[:-2] + (n,))
@@ -97,9 +123,11 @@ def _quadratic_forms(W: np.ndarray, scale: np.ndarray, M: np.ndarray
     return forms, norms2
 
 
-def _gram_route(W: np.ndarray, scale: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+def _gram_route(
+    W: np.ndarray, scale: tuple[np.ndarray, np.ndarray], dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """``d > n``: the same forms from the smaller ``(n, n)`` Gram matrix, :math:`O(n^2 d)`."""
-    A = np.divide(W, scale, dtype=dtype)
+    A = _scaled(W, scale, dtype)
     G = np.swapaxes(A, -1, -2) @ A
     norms2 = np.einsum("...kn,...kn->...n", A, A, dtype=np.float64)
     return np.einsum("...ij,...ij->...i", G, G, dtype=np.float64), norms2
@@ -120,24 +148,42 @@ def capacity(W: Any, *, dtype: Any = None) -> Any:
     dtype : {None, numpy.float64, numpy.float32}, optional
         Arithmetic of the matrix products (numpy input only; reductions stay in
         float64). float32 halves memory and roughly doubles speed on large
-        matrices, at a relative error near 1e-7.
+        matrices, at a relative error near 1e-7. Torch input is computed in its
+        own dtype, float16 and bfloat16 in float32.
 
     Returns
     -------
     C : (..., n) ndarray or torch.Tensor
-        Capacities in [0, 1], of the input's type (and device; differentiable
-        in torch). This is also Elhage et al.'s "feature dimensionality".
+        Capacities in [0, 1], of the input's type, dtype (float16 and bfloat16
+        included) and device; differentiable in torch. This is also Elhage et
+        al.'s "feature dimensionality".
 
     Notes
     -----
     Cost is :math:`O(n d^2)` time and :math:`O(d^2 + n)` extra memory (columns
     are processed in blocks); when ``d > n`` the smaller ``(n, n)`` Gram matrix
-    is used instead, :math:`O(n^2 d)`. Each matrix is first divided by its largest
-    absolute entry, which leaves capacities unchanged and avoids overflow. A
-    column gets ``C = 0`` exactly when its quadratic form
-    :math:`W_i^\top M W_i` is zero after that scaling: exactly zero columns,
-    and columns whose entries are below about ``1e-154`` times the largest entry
-    (their fourth powers underflow).
+    is used instead, :math:`O(n^2 d)`.
+
+    Each matrix is first multiplied by the power of two that brings its largest
+    absolute entry into [0.5, 1), in float64 (numpy) or in the working dtype
+    (torch; float16 and bfloat16 are widened to float32 first). This is exact,
+    leaves capacities unchanged and comes before any cast to float32, so the
+    overall magnitude never matters: any scale the input's dtype can hold works,
+    from the smallest subnormal ``5e-324`` to ``1.7e308`` for numpy input, also
+    with ``dtype=float32`` (subnormal entries are taken as stored, with their
+    fewer significant bits).
+
+    The precision does limit the spread of column norms within one matrix:
+    :math:`q_i = a_i^\top M a_i \ge \lVert a_i\rVert^4` underflows for a column
+    :math:`a_i` far shorter than the largest entry. Its capacity is accurate
+    down to a norm of about ``1e-77`` times that entry in float64 (numpy or
+    torch), ``2e-13`` with ``dtype=float32`` (``1e-19`` when ``d > n``) and
+    ``3e-10`` in torch float32, float16 and bfloat16; below, it loses digits,
+    and from about ``1e-81``, ``1e-15`` (``5e-23``) and ``6e-12`` it is exactly 0.
+    Only a short column (nearly) orthogonal to all long ones is misreported so,
+    as its true capacity can be up to 1; one overlapping long columns has a
+    negligible true capacity anyway (of order its squared relative norm).
+    Exactly zero columns get ``C = 0``.
 
     References
     ----------
@@ -177,14 +223,17 @@ def _capacity_torch(W: Any) -> Any:
         raise ValueError(f"W must have at least 2 dimensions, got shape {tuple(W.shape)}")
     if not torch.isfinite(W).all():
         raise ValueError("W must be finite, found a non-finite entry")
-    scale = W.detach().abs().amax(dim=(-2, -1), keepdim=True)
-    W = W / torch.where(scale > 0, scale, torch.ones_like(scale))
-    M = W @ W.transpose(-1, -2)
-    q = ((M @ W) * W).sum(dim=-2)
-    norms2 = (W * W).sum(dim=-2)
-    positive = q > 0
-    safe_q = torch.where(positive, q, torch.ones_like(q))
-    return torch.where(positive, norms2**2 / safe_q, torch.zeros_like(q)).clamp(0.0, 1.0)
+    work = torch.promote_types(W.dtype, torch.float32)
+    amax = W.detach().abs().amax(dim=(-2, -1), keepdim=True).to(work)
+    p, q = _unit_scale(amax, torch)
+    A = W * p * q  # in the dtype of p: float16 and bfloat16 widen (exactly) to float32
+    M = A @ A.transpose(-1, -2)
+    forms = ((M @ A) * A).sum(dim=-2)
+    norms2 = (A * A).sum(dim=-2)
+    positive = forms > 0
+    safe = torch.where(positive, forms, torch.ones_like(forms))
+    C = torch.where(positive, norms2**2 / safe, torch.zeros_like(forms)).clamp(0.0, 1.0)
+    return C.to(W.dtype) if W.dtype.is_floating_point else C
 
 
 def leverage(W: Any, rcond: float | None = None) -> np.ndarray:

@@ -33,8 +33,8 @@ def naive_capacity(W: np.ndarray) -> np.ndarray:
     return out
 
 
-def assert_capacity_close(actual, expected, W: np.ndarray) -> None:
-    """Agreement within the forward error of the O(n d^2) formula.
+def assert_capacity_close(actual, expected, W: np.ndarray, eps: float = 2.0**-52) -> None:
+    """Agreement within the forward error of the O(n d^2) formula in precision ``eps``.
 
     ``q_i = w_i^T (W W^T) w_i`` is computed with an absolute error of about
     ``eps |w_i|^2 |W|_2^2`` while ``q_i >= N_i^2``, so ``C_i`` carries a relative
@@ -46,7 +46,7 @@ def assert_capacity_close(actual, expected, W: np.ndarray) -> None:
     lam = np.linalg.svd(W, compute_uv=False)[..., :1] ** 2
     N = np.sum(W * W, axis=-2)
     cond = np.divide(lam, N, out=np.zeros_like(N), where=N > 0)
-    rtol = 1e-10 + 10 * (d + n) * np.finfo(float).eps * cond
+    rtol = max(1e-10, 10 * eps) + 10 * (d + n) * eps * cond
     bad = np.abs(actual - expected) > rtol * np.abs(expected) + 1e-15
     assert not bad.any(), (actual[bad], expected[bad], rtol[bad])
 
@@ -60,6 +60,14 @@ def random_rotation(k: int, rng: np.random.Generator) -> np.ndarray:
 def polygon(k: int) -> np.ndarray:
     angles = 2 * np.pi * np.arange(k) / k
     return np.stack([np.cos(angles), np.sin(angles)])
+
+
+def hadamard(k: int) -> np.ndarray:
+    """The Sylvester Hadamard matrix of order 2**k: entries +-1, orthogonal columns."""
+    H = np.ones((1, 1))
+    for _ in range(k):
+        H = np.block([[H, H], [H, -H]])
+    return H
 
 
 TETRAHEDRON = np.array([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0]])
@@ -93,9 +101,7 @@ def gaussian_matrices(draw, batch: bool = True) -> np.ndarray:
     return W
 
 
-nonzero_floats = st.one_of(
-    st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3)
-)
+nonzero_floats = st.one_of(st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3))
 
 
 @st.composite
@@ -154,7 +160,7 @@ def block_semi_orthogonal(draw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     W = np.zeros((d, n_tot + n_zero))
     row = col = 0
     for b in blocks:
-        W[row:row + b.shape[0], col:col + b.shape[1]] = b
+        W[row : row + b.shape[0], col : col + b.shape[1]] = b
         row, col = row + b.shape[0], col + b.shape[1]
     lam = np.concatenate(lams + [np.full(n_zero, np.nan)])
     perm = rng.permutation(W.shape[1])
@@ -188,7 +194,9 @@ def test_shapes_have_the_closed_form_capacity(W, expected, rng):
     np.testing.assert_allclose(capacity(moved), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize(("a", "b"), [(1.0, 1.0), (1.0, 2.0), (0.3, -5.0), (1e-3, 1.0), (7.0, 1e-4)])
+@pytest.mark.parametrize(
+    ("a", "b"), [(1.0, 1.0), (1.0, 2.0), (0.3, -5.0), (1e-3, 1.0), (7.0, 1e-4)]
+)
 def test_collinear_pair(a, b, rng):
     u = rng.standard_normal(3)
     u /= np.linalg.norm(u)
@@ -256,8 +264,9 @@ def test_small_overlap_breaks_monosemanticity():
         C = capacity(W)
         # Gram matrix by hand: G_00 = 1, G_01 = eps, G_11 = 1 + eps^2.
         g01, n0, n1 = eps, 1.0, 1.0 + eps**2
-        np.testing.assert_allclose(C, [n0**2 / (n0**2 + g01**2), n1**2 / (n1**2 + g01**2)],
-                                   rtol=1e-14)
+        np.testing.assert_allclose(
+            C, [n0**2 / (n0**2 + g01**2), n1**2 / (n1**2 + g01**2)], rtol=1e-14
+        )
         assert np.all(C < 1)
 
 
@@ -291,8 +300,9 @@ def test_leverage_is_exact_and_bounds_capacity(case):
 
 
 def test_leverage_on_rank_deficient_examples(rng):
-    np.testing.assert_array_equal(leverage(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])),
-                                  [0.5, 0.5, 0.0])
+    np.testing.assert_array_equal(
+        leverage(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])), [0.5, 0.5, 0.0]
+    )
     # Columns u, 2u, w, 0 in R^3 (rank 2): leverage 1/5, 4/5, 1, 0.
     Q = random_rotation(3, rng)
     u, w = Q[:, 0], Q[:, 1]
@@ -373,6 +383,121 @@ def test_extreme_scales_match_closed_form():
         np.testing.assert_allclose(capacity(s * np.array([[1.0, 2.0]])), [0.2, 0.8], rtol=1e-13)
 
 
+# ---------------------------------------------------------------------------
+# Magnitude: the power-of-two rescaling comes before any cast to float32
+# ---------------------------------------------------------------------------
+
+F32_EPS = float(np.finfo(np.float32).eps)
+DTYPES = [np.float64, np.float32]
+
+# (matrix, closed-form capacity): orthogonal columns (d > n and d = n), regular tight
+# frames of k unit vectors in d dimensions (C = d / k), identical columns (C = 1 / n).
+CLOSED_FORMS = [
+    pytest.param(TETRAHEDRON.T, 1.0, id="orthogonal-4x3"),
+    pytest.param(hadamard(8), 1.0, id="hadamard-256"),
+    pytest.param(polygon(5), 2 / 5, id="pentagon"),
+    pytest.param(TETRAHEDRON, 3 / 4, id="tetrahedron"),
+    pytest.param(np.ones((16, 300)), 1 / 300, id="ones-16x300"),
+]
+SCALES = [
+    pytest.param(2.0**-1000, id="2^-1000"),
+    1e-300,
+    1e-200,
+    1.0,
+    1e200,
+    1e300,
+    pytest.param(2.0**1000, id="2^1000"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", SCALES)
+@pytest.mark.parametrize(("W", "expected"), CLOSED_FORMS)
+def test_closed_forms_at_every_magnitude(W, expected, s, dtype):
+    """Before the fix, float32 gave all zeros for x 1e200 (overflow) and x 1e-300 (underflow)."""
+    rtol = 1e-12 if dtype == np.float64 else sum(W.shape) * F32_EPS  # float32 sums of n terms
+    C = capacity(s * W, dtype=dtype)
+    np.testing.assert_allclose(C, expected, rtol=rtol)
+    np.testing.assert_allclose(capacity(-s * W[None], dtype=dtype), [C], rtol=rtol)
+
+
+@given(hypothesis_arrays(), st.integers(-990, 990), st.sampled_from(DTYPES))
+def test_power_of_two_scaling_is_exact(W, k, dtype):
+    """W and W 2**k are rescaled to the very same matrix, so capacities agree bit for bit."""
+    assert np.array_equal(capacity(np.ldexp(W, k), dtype=dtype), capacity(W, dtype=dtype))
+
+
+@given(
+    hypothesis_arrays(), st.floats(-300, 300), st.sampled_from([1.0, -1.0]), st.sampled_from(DTYPES)
+)
+def test_capacity_at_any_magnitude_matches_naive_formula(W, exponent, sign, dtype):
+    """Scales 1e-300 .. 1e300 (entries then span 1e-303 .. 1e303) against unscaled float64."""
+    C = capacity(sign * 10.0**exponent * W, dtype=dtype)
+    eps = 2.0**-52 if dtype == np.float64 else F32_EPS
+    assert_capacity_close(C, naive_capacity(W), W, eps=eps)
+    assert np.array_equal(C == 0, ~W.any(axis=0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_input_is_taken_as_stored(dtype):
+    """Integers times 2**-1074 are exact subnormals: the capacities of the integers."""
+    K = np.array([[1.0, 2.0, 0.0, 7.0], [3.0, -4.0, 5.0, 0.0], [0.0, 1.0, -6.0, 2.0]])
+    assert np.array_equal(capacity(np.ldexp(K, -1074), dtype=dtype), capacity(K, dtype=dtype))
+    np.testing.assert_allclose(capacity(np.ldexp(K, -1074)), naive_capacity(K), rtol=1e-14)
+    # Closed forms with entries +-1, from 2**-1060 (subnormal) up.
+    for W, expected in [(hadamard(8), 1.0), (TETRAHEDRON, 0.75), (np.ones((16, 300)), 1 / 300)]:
+        rtol = 1e-12 if dtype == np.float64 else sum(W.shape) * F32_EPS
+        np.testing.assert_allclose(capacity(np.ldexp(W, -1060), dtype=dtype), expected, rtol=rtol)
+
+
+def _triangle_and_small_square(r: float) -> np.ndarray:
+    """A triangle (C = 2/3) and, orthogonal to it, a square of side r (C = 1/2)."""
+    W = np.zeros((4, 7))
+    W[:2, :3] = polygon(3)
+    W[2:, 3:] = r * polygon(4)
+    return W
+
+
+@pytest.mark.parametrize(
+    ("compute", "accurate", "zero"),
+    [
+        pytest.param(lambda W: capacity(W), 1e-76, 1e-82, id="float64"),
+        pytest.param(lambda W: capacity(W, dtype=np.float32), 3e-13, 1e-16, id="float32"),
+    ],
+)
+def test_documented_underflow_limits(compute, accurate, zero):
+    """Short orthogonal columns: accurate above the documented limit, exactly 0 below it."""
+    rtol = 1e-12 if zero < 1e-20 else 1e-6
+    C = compute(_triangle_and_small_square(accurate))
+    np.testing.assert_allclose(C, [2 / 3] * 3 + [1 / 2] * 4, rtol=rtol)
+    C = compute(_triangle_and_small_square(zero))
+    np.testing.assert_allclose(C[:3], 2 / 3, rtol=rtol)
+    assert np.array_equal(C[3:], np.zeros(4))
+
+
+def test_documented_underflow_limit_of_float32_gram_route():
+    """d > n goes through the (n, n) Gram matrix: limits 1e-19 (accurate) and 5e-23 (zero)."""
+    for r, expected in [(1e-3, 1.0), (2e-19, 1.0), (1e-24, 0.0)]:
+        W = np.diag([1.0, r, r])  # 3 x 3 would take the block route: append a zero row
+        W = np.vstack([W, np.zeros((1, 3))])
+        np.testing.assert_allclose(
+            capacity(W, dtype=np.float32), [1.0, expected, expected], rtol=1e-6
+        )
+
+
+@given(hypothesis_arrays(), st.integers(-990, 990))
+def test_leverage_power_of_two_scaling_is_exact(W, k):
+    assert np.array_equal(leverage(np.ldexp(W, k)), leverage(W))
+
+
+@pytest.mark.parametrize("s", [1e-300, 1e-200, 1e200, 1e300])
+def test_leverage_at_extreme_scales(s, rng):
+    Q = random_rotation(3, rng)
+    u, w = Q[:, 0], Q[:, 1]
+    W = np.stack([u, 2 * u, 3 * w, 0 * u], axis=1)
+    np.testing.assert_allclose(leverage(s * W), [0.2, 0.8, 1.0, 0.0], atol=1e-12)
+
+
 def test_batched_equals_loop(rng):
     W = rng.standard_normal((2, 3, 4, 7))
     C = capacity(W)
@@ -389,8 +514,12 @@ def test_many_columns_processed_in_blocks(rng):
     # Naive formula for a subset of rows of the Gram matrix.
     G = W[:, idx].T @ W
     ref = np.zeros(50)
-    np.divide(np.sum(W[:, idx] ** 2, axis=0) ** 2, np.sum(G * G, axis=1), out=ref,
-              where=np.any(W[:, idx] != 0, axis=0))
+    np.divide(
+        np.sum(W[:, idx] ** 2, axis=0) ** 2,
+        np.sum(G * G, axis=1),
+        out=ref,
+        where=np.any(W[:, idx] != 0, axis=0),
+    )
     np.testing.assert_allclose(capacity(W)[idx], ref, rtol=1e-10)
     assert np.all(capacity(W)[8191:8194] == 0)
 
@@ -459,8 +588,15 @@ def test_capacity_is_squared_correlation_of_feature_with_readout(draw):
 
 def test_classify_labels():
     C = np.array([1.0, 1 - 1e-7, 1 - 1e-5, 0.5, 1e-5, 1e-7, 0.0])
-    expected = [MONOSEMANTIC, MONOSEMANTIC, POLYSEMANTIC, POLYSEMANTIC, POLYSEMANTIC,
-                IGNORED, IGNORED]
+    expected = [
+        MONOSEMANTIC,
+        MONOSEMANTIC,
+        POLYSEMANTIC,
+        POLYSEMANTIC,
+        POLYSEMANTIC,
+        IGNORED,
+        IGNORED,
+    ]
     assert classify(C).tolist() == expected
     assert classify(C, atol=1e-3).tolist() == [MONOSEMANTIC] * 3 + [POLYSEMANTIC] + [IGNORED] * 3
     assert classify(C.reshape(1, 7)).shape == (1, 7)
@@ -488,7 +624,8 @@ def test_classify_rejects_bad_atol(atol):
 
 @pytest.mark.parametrize("func", [capacity, leverage])
 @pytest.mark.parametrize(
-    "W", [np.ones(3), np.array(2.0), np.array([[1.0, np.nan]]), np.array([[np.inf, 1.0]])],
+    "W",
+    [np.ones(3), np.array(2.0), np.array([[1.0, np.nan]]), np.array([[np.inf, 1.0]])],
     ids=["1d", "0d", "nan", "inf"],
 )
 def test_bad_matrix_raises_naming_W(func, W):
@@ -553,3 +690,70 @@ def test_torch_rejects_bad_input():
         capacity(torch.ones(3))
     with pytest.raises(ValueError, match="W"):
         capacity(torch.tensor([[1.0, float("nan")]]))
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("W", "s", "expected"),
+    [
+        pytest.param(hadamard(8), 1.0, 1.0, id="hadamard-256"),
+        pytest.param(hadamard(8), 2.0**15, 1.0, id="hadamard-256-x2^15"),
+        pytest.param(np.ones((16, 300)), 1.0, 1 / 300, id="ones-16x300"),
+        pytest.param(np.ones((16, 300)), 2.0**-24, 1 / 300, id="ones-16x300-subnormal"),
+        pytest.param(polygon(4), 1.0, 1 / 2, id="square"),
+    ],
+)
+def test_torch_half_and_bfloat16_are_computed_in_float32(W, s, expected, dtype_name):
+    """Before the fix, float16 gave NaN for Hadamard(256) and 0 for ones(16, 300)."""
+    torch = pytest.importorskip("torch")
+    dtype = getattr(torch, dtype_name)
+    C = capacity(torch.tensor(s * W, dtype=dtype))
+    assert C.dtype == dtype and tuple(C.shape) == (W.shape[1],)
+    assert torch.isfinite(C).all()
+    # Computed in float32, so the only error is the final rounding to the input dtype.
+    half_ulp = torch.finfo(dtype).eps / 2
+    np.testing.assert_allclose(C.double().numpy(), expected, rtol=half_ulp + 2 * F32_EPS)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_torch_low_precision_matches_naive_formula_and_has_gradients(dtype_name, rng):
+    torch = pytest.importorskip("torch")
+    dtype = getattr(torch, dtype_name)
+    Wt = torch.tensor(rng.standard_normal((6, 20)), dtype=dtype, requires_grad=True)
+    W = Wt.detach().double().numpy()  # the stored values, exactly
+    C = capacity(Wt)
+    assert C.dtype == dtype
+    ref = naive_capacity(W)
+    rounded = torch.tensor(ref).to(dtype).double().numpy()
+    # Float32 arithmetic, then one rounding: within a float32 error of the rounded reference.
+    np.testing.assert_allclose(C.detach().double().numpy(), rounded, rtol=torch.finfo(dtype).eps)
+    C.sum().backward()
+    assert Wt.grad.dtype == dtype and torch.isfinite(Wt.grad).all()
+
+
+@pytest.mark.parametrize("s", [2.0**-140, 1e-30, 1e30, 2.0**120])
+def test_torch_float32_at_extreme_scales(s):
+    torch = pytest.importorskip("torch")
+    for W, expected in [(TETRAHEDRON, 0.75), (hadamard(8), 1.0), (np.ones((16, 300)), 1 / 300)]:
+        C = capacity(torch.tensor(s * W, dtype=torch.float32))
+        assert C.dtype == torch.float32
+        np.testing.assert_allclose(C.numpy(), expected, rtol=sum(W.shape) * F32_EPS)
+
+
+def test_torch_documented_underflow_limits():
+    """float32 (and float16/bfloat16, computed in float32): accurate to 3e-10, zero at 6e-12."""
+    torch = pytest.importorskip("torch")
+    for r, small in [(1e-9, 0.5), (1e-12, 0.0)]:
+        C = capacity(torch.tensor(_triangle_and_small_square(r), dtype=torch.float32)).numpy()
+        np.testing.assert_allclose(C, [2 / 3] * 3 + [small] * 4, rtol=1e-5)
+    # 2**15 and 2**-14 are both normal float16 numbers; half arithmetic would lose 2**-14.
+    W = torch.diag(torch.tensor([2.0**15, 2.0**-14], dtype=torch.float16))
+    assert capacity(W).tolist() == [1.0, 1.0]
+
+
+def test_leverage_accepts_any_torch_float_tensor():
+    torch = pytest.importorskip("torch")
+    W = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    for dtype in [torch.float16, torch.bfloat16, torch.float32]:
+        Wt = torch.tensor(W, dtype=dtype, requires_grad=dtype == torch.float32)
+        np.testing.assert_allclose(leverage(Wt), [0.5, 0.5, 1.0], rtol=1e-12)
