@@ -110,6 +110,23 @@ def _add(total, comp, x):  # pragma: no cover - compiled
     return t, comp
 
 
+#: Sweeps sum their polysemantic terms afresh whenever the level has fallen by this
+#: factor since the last time: the running sums then never hold residue of terms much
+#: larger than the live ones (their error stays relative to the live terms). The live
+#: set is renewed between two refreshes, so refreshing costs O(1) per feature overall.
+_REFRESH = 2.0**-20
+
+
+@numba.njit(cache=True)
+def _fresh_sum(s, i, j):  # pragma: no cover - compiled
+    """Compensated ``sum(s[i:j])`` as ``(total, compensation)``."""
+    total = 0.0
+    comp = 0.0
+    for k in range(i, j):
+        total, comp = _add(total, comp, s[k])
+    return total, comp
+
+
 @numba.njit(cache=True, error_model="numpy")
 def sweep_events(v, K, m0, A0, B0, mu_top):  # pragma: no cover - compiled
     """Breakpoints below ``mu_top`` for :func:`sweep`, and the state just below ``mu_top``.
@@ -157,6 +174,21 @@ def sweep_events(v, K, m0, A0, B0, mu_top):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _fresh_aggregate(v, K, mu_e, mu_top, A0, B0):  # pragma: no cover - compiled
+    """``(A, cA, B, cB)`` of :func:`sweep_scan` just above the breakpoint ``mu_e``, summed
+    afresh over the features polysemantic there (entered above ``mu_e``, saturating at
+    or below it; the same expressions as :func:`sweep_events`)."""
+    A, cA, B, cB = A0, 0.0, B0, 0.0
+    for i in range(v.size):
+        vi = v[i]
+        Ki = _at(K, i)
+        if Ki != 3.0 and vi <= mu_top and vi <= mu_e and (Ki - 1.0) * vi / 2.0 > mu_e:
+            A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+            B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
+    return A, cA, B, cB
+
+
+@numba.njit(cache=True, error_model="numpy")
 def sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0,
                mu_top):  # pragma: no cover - compiled
     """Walk the breakpoints in decreasing order (``order`` sorts ``-ev_mu``) to the
@@ -166,9 +198,13 @@ def sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0,
     prev = mu_top
     k = 0
     nseg = 0
+    fresh = mu_top  # level at which A and B were last summed afresh
     while k < ne:
         mu_e = ev_mu[order[k]]
         nseg += 1
+        if mu_e < fresh * _REFRESH and npoly > 0:  # see _REFRESH
+            A, cA, B, cB = _fresh_aggregate(v, K, mu_e, mu_top, A0, B0)
+            fresh = mu_e
         s_before = m + (A + cA) / mu_e - (B + cB)
         if s_before >= budget:
             denom = budget - m + (B + cB)
@@ -248,9 +284,13 @@ def sweep_scalar(v, K, budget):  # pragma: no cover - compiled
     j = n if linear else 0  # next entry c s[j]
     prev = np.inf
     nseg = 0
+    fresh = np.inf  # level at which sv was last summed afresh
     while i < n:
         mu_e = max(s[i], c * s[j]) if j < n else s[i]
         nseg += 1
+        if mu_e < fresh * _REFRESH:  # the terms added and removed since may dwarf sv
+            sv, cv = _fresh_sum(s, i, j)
+            fresh = mu_e
         A = a * (sv + cv)
         B = b * npoly
         if m + A / mu_e - B >= budget:
@@ -367,13 +407,16 @@ def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
 def _capacity_at(vi, Ki, mu, share):  # pragma: no cover - compiled
     """Capacity of one feature at level ``mu`` (``share`` at a ``K = 3`` jump).
 
-    Written with selects and no division by zero, so that loops over it vectorise.
-    Values within :data:`SNAP` of 0 or 1 are rounding noise of the formula and snap
-    to the bound (a feature saturating exactly at ``mu`` gets 1, not ``1 - ulp``).
+    Written with selects and no division by zero, so that loops over it vectorise, in
+    the form ``x + b (x - 1)``, ``x = v/mu``, ``b = 2/(K - 3)``. Values within
+    :data:`SNAP` ``(1 + b)`` of 0 or 1 (the formula's rounding scale) snap to the bound (a feature saturating exactly at ``mu`` gets 1, not ``1 - ulp``).
     """
     linear = Ki == 3.0
-    c = ((Ki - 1.0) * vi / mu - 2.0) / (1.0 if linear else Ki - 3.0)
-    c = 0.0 if c < SNAP else (1.0 if c > 1.0 - SNAP else c)
+    b = 2.0 / (1.0 if linear else Ki - 3.0)
+    x = vi / mu  # 1 exactly where the feature saturates: no cancellation there
+    c = x + b * (x - 1.0)
+    snap = SNAP * (1.0 + abs(b))  # the rounding scale of c
+    c = 0.0 if c < snap else (1.0 if c > 1.0 - snap else c)
     tie = share if share == share else 0.0
     step = 1.0 if vi > mu else (tie if vi == mu else 0.0)
     return 0.0 if vi == 0.0 else (step if linear else c)
@@ -393,8 +436,11 @@ def convex_capacities_numpy(v, K, mu, share):
     v = np.asarray(v, float)
     K = np.asarray(K, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = ((K - 1) * v / mu - 2) / (K - 3)
-    c = np.where(c < SNAP, 0.0, np.where(c > 1 - SNAP, 1.0, c))
+        b = 2 / np.where(K == 3, 1.0, K - 3)
+        x = v / mu
+        c = x + b * (x - 1)
+    snap = SNAP * (1 + np.abs(b))
+    c = np.where(c < snap, 0.0, np.where(c > 1 - snap, 1.0, c))
     tie = 0.0 if np.isnan(share) else share
     step = np.where(v > mu, 1.0, np.where(v < mu, 0.0, tie))
     return np.where(v == 0, 0.0, np.where(K == 3, step, c))
@@ -522,7 +568,7 @@ def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
 def _h(v, K, C):  # pragma: no cover - compiled
     """``(K - 1) v / (2 + (K - 3) C)``; 0 for ``K = 1`` (where ``l`` vanishes identically)."""
     flat = K == 1.0
-    return 0.0 if flat else (K - 1.0) * v / (1.0 if flat else 2.0 + (K - 3.0) * C)
+    return 0.0 if flat else v * ((K - 1.0) / (1.0 if flat else 2.0 + (K - 3.0) * C))
 
 
 @numba.njit(cache=True)
@@ -533,15 +579,16 @@ def _blocks(n):  # pragma: no cover - compiled
 
 
 _CHUNK = 1024  # features per chunk of the certificate pass (its buffers stay in L1)
-# Statistics of a block, in the order _fill writes them: sum C, loss, T = max g over
-# C < 1, and min g over C > 0.
-_TOTAL, _LOSS, _T, _GMIN = range(4)
+# Statistics of a block, in the order _fill writes them: sum C, loss, the level
+# max h over C < 1 (T = 2 level^2), and min h over C > 0. Certificates compare levels
+# h = sqrt(g/2), not benefits g: h spans the range of v, g its square (which underflows).
+_TOTAL, _LOSS, _LEVEL, _HMIN = range(4)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"arcp"})
 def _fill_chunk(v, K, mu, share, C, lo, hi, from_mu, buf):  # pragma: no cover - compiled
     """Capacities of ``[lo, hi)`` (at ``mu`` when ``from_mu``, else read from ``C``);
-    per-feature losses and marginal benefits (masked for :data:`_T` and :data:`_GMIN`)
+    per-feature losses and benefit levels ``h`` (masked for :data:`_LEVEL` and :data:`_HMIN`)
     go to ``buf``. A loop without reductions: it vectorises (numba vectorises neither
     float max/min reductions nor, without reassociation, which could expand ``1 - C``
     and cancel, sums)."""
@@ -555,10 +602,9 @@ def _fill_chunk(v, K, mu, share, C, lo, hi, from_mu, buf):  # pragma: no cover -
         else:
             c = C[i]
         h = _h(vi, Ki, c)
-        g = 2.0 * h * h
-        buf[0, j] = g if c < 1.0 else 0.0
-        buf[1, j] = g if c > 0.0 else np.inf
-        buf[2, j] = 2.0 * h * vi * (1.0 - c)
+        buf[0, j] = h if c < 1.0 else 0.0
+        buf[1, j] = h if c > 0.0 else np.inf
+        buf[2, j] = 2.0 * h * (vi * (1.0 - c))  # 0, not inf * 0, where c = 1
 
 
 @numba.njit(cache=True, fastmath={"reassoc"})
@@ -574,7 +620,7 @@ def _sum(x):  # pragma: no cover - compiled
 def _fill(v, K, mu, share, C, lo, hi, from_mu, out):  # pragma: no cover - compiled
     """:func:`_fill_chunk` over ``[lo, hi)``; the block's statistics go to ``out``.
 
-    The marginal benefits are non-negative, so their extremes are taken on the bit
+    The levels are non-negative, so their extremes are taken on the bit
     patterns as integers, which vectorises.
     """
     buf = np.empty((3, _CHUNK))
@@ -594,17 +640,17 @@ def _fill(v, K, mu, share, C, lo, hi, from_mu, out):  # pragma: no cover - compi
         ext[1] = min(ext[1], bits[1, :m].min())
     out[_TOTAL] = total
     out[_LOSS] = loss
-    out[_T:] = ext.view(np.float64)
+    out[_LEVEL:] = ext.view(np.float64)
 
 
 @numba.njit(cache=True)
 def _combine(stats):  # pragma: no cover - compiled
-    """``(sum C, loss, T, min g over C > 0)`` of the blocks."""
+    """``(sum C, loss, level, min h over C > 0)`` of the blocks."""
     total = 0.0
     comp = 0.0
     for b in range(stats.shape[0]):
         total, comp = _add(total, comp, stats[b, _TOTAL])
-    return total + comp, stats[:, _LOSS].sum(), stats[:, _T].max(), stats[:, _GMIN].min()
+    return total + comp, stats[:, _LOSS].sum(), stats[:, _LEVEL].max(), stats[:, _HMIN].min()
 
 
 @numba.njit(cache=True, inline="always")
@@ -634,29 +680,30 @@ def _shift(C, K, shift, lo, hi):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _residual(v, K, C, T):  # pragma: no cover - compiled
-    """Largest natural residual ``|C - Pi(C + (g - T)/max(g, T))|`` or bound violation
-    (the per-feature terms of :func:`capalloc.kkt_residual`)."""
+def _residual(v, K, C, level):  # pragma: no cover - compiled
+    """Largest natural residual ``|C - Pi(C + (h - level)/max(h, level))|`` or bound
+    violation: the per-feature terms of :func:`capalloc.kkt_residual`, on levels
+    ``h = sqrt(g/2)`` against ``level = sqrt(T/2)``."""
     res = 0.0
     for i in range(v.size):
         c = C[i]
-        g = 2.0 * _h(v[i], _at(K, i), c) ** 2
-        gap = 1.0 - T / g if g > T else (g / T - 1.0 if g < T else 0.0)
+        h = _h(v[i], _at(K, i), c)
+        gap = 1.0 - level / h if h > level else (h / level - 1.0 if h < level else 0.0)
         step = min(max(c + gap, 0.0), 1.0)
         res = max(res, abs(c - step), -c, c - 1.0)
     return res if res == res else np.inf
 
 
 @numba.njit(cache=True)
-def _kkt(res, total, d, T, gmin):  # pragma: no cover - compiled
+def _kkt(res, total, d, level, hmin):  # pragma: no cover - compiled
     """The relative KKT residual (:func:`capalloc.kkt_residual`): ``res``, the budget
-    terms and, from ``gmin`` (the smallest ``g`` with ``C > 0``), a bound on the
-    stationarity terms of features with ``C > 0`` and ``g < T`` (see :func:`finish`)."""
+    terms and, from ``hmin`` (the smallest level ``h`` with ``C > 0``), a bound on the
+    stationarity terms of features with ``C > 0`` and ``h < level`` (see :func:`finish`)."""
     scale = max(d, 1.0)
     res = max(res, (total - d) / scale)
-    if T > 0.0:
-        res = max(res, (d - total) / scale, min(max(1.0 - gmin / T, 0.0), 1.0))
-    return res if res == res and T == T else np.inf
+    if level > 0.0:
+        res = max(res, (d - total) / scale, min(max(1.0 - hmin / level, 0.0), 1.0))
+    return res if res == res and level == level else np.inf
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -665,28 +712,29 @@ def finish_serial(v, K, mu, share, d, C):  # pragma: no cover - compiled
     n = v.size
     stats = np.empty((1, 4))
     _fill(v, K, mu, share, C, 0, n, True, stats[0])
-    total, loss, T, gmin = _combine(stats)
+    total, loss, level, hmin = _combine(stats)
     if _off_budget(total, d):
         weight = _polish_weight(C, K, 0, n)
         if weight > 0.0:
             _shift(C, K, (total - d) / weight, 0, n)
             _fill(v, K, mu, share, C, 0, n, False, stats[0])
-            total, loss, T, gmin = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, T, gmin)
+            total, loss, level, hmin = _combine(stats)
+    return 2.0 * level * level, loss, _kkt(0.0, total, d, level, hmin)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def certify(v, K, C, d):  # pragma: no cover - compiled
     """Certificate of any capacities ``C``: ``(T, loss, kkt_residual)``.
 
-    ``T`` is the smallest valid threshold (``max g`` over ``C < 1``); the fused
-    form of :func:`capalloc._result.smallest_threshold`, ``problem.loss`` and :func:`capalloc.kkt_residual` (their numpy forms are the twins).
+    ``T = 2 level^2`` is the smallest valid threshold (``level = max h`` over ``C < 1``);
+    the fused form of :func:`capalloc._result.smallest_threshold`, ``problem.loss`` and
+    :func:`capalloc.kkt_residual`, on levels (their numpy forms are the twins).
     """
     n = v.size
     stats = np.empty((1, 4))
     _fill(v, K, 0.0, np.nan, C, 0, n, False, stats[0])
-    total, loss, T, _ = _combine(stats)
-    return T, loss, _kkt(_residual(v, K, C, T), total, d, T, np.inf)
+    total, loss, level, _ = _combine(stats)
+    return 2.0 * level * level, loss, _kkt(_residual(v, K, C, level), total, d, level, np.inf)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -696,18 +744,18 @@ def finish(v, K, mu, share, d, C):  # pragma: no cover - compiled
     Fills ``C`` (allocated by the caller: numpy asks the kernel for huge pages, which
     makes first touch several times cheaper than numba's allocator) and returns ``(T, loss, kkt_residual)``, in one pass over the features
     (parallel over blocks) and a second only where rounding missed the budget.
-    Every ``C_i`` lies in [0, 1] by construction and ``T`` is the largest ``g_i`` with
-    ``C_i < 1``, so of the terms of :func:`capalloc.kkt_residual` only features with
-    ``C_i > 0`` and ``g_i < T`` can contribute, by at most ``(T - g_i)/s``: the
-    smallest such ``g_i`` bounds them all. With ``s = T`` in place of
-    ``max(T, max g)`` the value returned is an upper bound of that residual.
+    Every ``C_i`` lies in [0, 1] by construction and the level is the largest ``h_i``
+    with ``C_i < 1``, so of the per-feature terms of :func:`capalloc.kkt_residual` only
+    features with ``C_i > 0`` and ``h_i < level`` can contribute, by at most
+    ``1 - h_i/level``: the smallest such ``h_i`` bounds them all, and the value
+    returned is an upper bound of the residual.
     """
     n = v.size
     nb = _blocks(n)
     stats = np.empty((nb, 4))
     for b in numba.prange(nb):
         _fill(v, K, mu, share, C, b * n // nb, (b + 1) * n // nb, True, stats[b])
-    total, loss, T, gmin = _combine(stats)
+    total, loss, level, hmin = _combine(stats)
     if _off_budget(total, d):
         weights = np.empty(nb)
         for b in numba.prange(nb):
@@ -718,8 +766,8 @@ def finish(v, K, mu, share, d, C):  # pragma: no cover - compiled
                 lo, hi = b * n // nb, (b + 1) * n // nb
                 _shift(C, K, (total - d) / weight, lo, hi)
                 _fill(v, K, mu, share, C, lo, hi, False, stats[b])
-            total, loss, T, gmin = _combine(stats)
-    return T, loss, _kkt(0.0, total, d, T, gmin)
+            total, loss, level, hmin = _combine(stats)
+    return 2.0 * level * level, loss, _kkt(0.0, total, d, level, hmin)
 
 
 @numba.njit(cache=True, error_model="numpy")

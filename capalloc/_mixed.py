@@ -343,6 +343,12 @@ def mixed_capacities(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, 
     Q = np.flatnonzero(pos & (K < 3) & (K > 1))  # K = 1: zero loss, left at capacity 0
     conv = _Convex.build(v[P], K[P])
     nP, nQ = P.size, Q.size
+    if nQ == 0:  # convex: the level of the budget alone, no loss values (they may overflow)
+        mu = float(conv.locate(np.array([float(d)]))[0][0])
+        CP = conv.capacities(mu, float(d))
+        _newton(CP, conv.a, ~conv.lin & (CP > 0) & (CP < 1), CP.sum() - d)
+        C[P] = CP
+        return C, 1
     vq, Kq = v[Q], K[Q]
     delta = (Kq - 1) * vq * vq
     order = np.argsort(-delta, kind="stable")

@@ -98,7 +98,7 @@ class QuadraticProblem:
         """:math:`h_i = (K_i - 1) v_i / (2 + (K_i - 3) C_i)`, 0 where ``K_i = 1`` (loss vanishes)."""
         v, K = self.importance, self.kurtosis
         with np.errstate(divide="ignore", invalid="ignore"):
-            h = (K - 1) * v / (2 + (K - 3) * np.asarray(C, dtype=float))
+            h = v * ((K - 1) / (2 + (K - 3) * np.asarray(C, dtype=float)))
         return np.where(K == 1, 0.0, h)
 
     def loss(self, C: Any) -> np.ndarray:
@@ -108,6 +108,11 @@ class QuadraticProblem:
     def marginal_benefit(self, C: Any) -> np.ndarray:
         r"""Marginal benefit :math:`-\ell_i'(C_i) = 2 (K_i-1)^2 v_i^2 / (2 + (K_i-3) C_i)^2 = 2 h_i^2`."""
         return 2 * self._ratio(C) ** 2
+
+    def benefit_level(self, C: Any) -> np.ndarray:
+        r"""Level :math:`h_i = \sqrt{g_i/2} = (K_i-1) v_i/(2 + (K_i-3) C_i)` of the marginal
+        benefit (ranges like ``v``, where :math:`g_i` would under- or overflow)."""
+        return self._ratio(C)
 
     def optimal_norms(self, C: Any) -> np.ndarray:
         r"""Optimal squared norms :math:`N_i^* = (K_i-1) v_i C_i / (2 + (K_i-3) C_i) = h_i C_i`."""

@@ -59,7 +59,10 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
       by :math:`T`: at :math:`T > 0` some feature would gain from it, however little);
     * 1 for a negative or non-finite threshold, inf for non-finite capacities.
 
-    Every term is scale free: ``v -> s v`` leaves it unchanged.
+    Every term is scale free: ``v -> s v`` leaves it unchanged. Problems with a
+    ``benefit_level`` (the quadratic model: :math:`h_i = \sqrt{g_i/2}`) are compared on
+    levels, :math:`(h_i - \mu)/\max(h_i, \mu)` with :math:`T = 2\mu^2`: the same
+    conditions, over the whole float range of importances.
 
     Parameters
     ----------
@@ -85,7 +88,12 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     T = np.asarray(threshold, dtype=float)
     with np.errstate(all="ignore"):
         g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
-        gap = relative_gap(g, T[..., None])
+        level = getattr(problem, "benefit_level", None)
+        if level is None:
+            gap = relative_gap(g, T[..., None])
+        else:  # compared as levels sqrt(g/2): no square to underflow
+            g = level(np.clip(C, 0.0, 1.0))
+            gap = relative_gap(g, np.sqrt(T / 2)[..., None])
         natural = np.abs(C - np.clip(C + gap, 0.0, 1.0))
         total = np.sum(C, axis=-1)
         d = problem.d

@@ -39,13 +39,14 @@ _SAMPLE_FRACTION = 64  # larger problems sample one feature in this many
 _SPREAD = 4.0  # standard deviations between the sampled bracket and the budget
 _WIDEN = 4.0  # a bracket that fails verification is retried this much wider, once
 _SMALL = 1 << 15  # live sets up to this size are swept directly
-_HUGE = 2.0**500  # importances above this (~3e150) are solved rescaled (see waterfill)
+_HUGE = 2.0**500  # rows whose largest importance lies outside [_TINY, _HUGE] are solved
+_TINY = 2.0**-500  # rescaled (see _rescaled)
 
 
 def _top_d(v: np.ndarray, K: np.ndarray | float, d: int) -> np.ndarray:
     """Concave case: the ``d`` features of largest ``(K - 1) v^2`` get capacity 1 (rows
     of a 2-D ``v`` each)."""
-    gain = (K - 1) * v * v
+    gain = np.sqrt(K - 1) * v  # the square root of the gain: no overflow or underflow
     C = np.zeros_like(v)
     if d > 0:
         top = np.argsort(-gain, axis=-1, kind="stable")[..., :d]
@@ -129,18 +130,29 @@ def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
     return vl, _take(K, live), m1, A1, B1, mu_hi
 
 
-def _rescaled(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray | None]:
-    """The importances, and ``None``; or, past :data:`_HUGE`, where the losses
-    ``(K - 1) v^2`` would overflow, each row scaled by a power of two (exact) that brings
-    its largest importance to ``(_HUGE/2, _HUGE]``, and those scales as an ``(..., 1)``
-    array. The allocation is invariant under ``v -> s v``; threshold and loss scale by
-    ``s^2``."""
+def _rescaled(problem: QuadraticProblem, every_row: bool = False
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The importances, and ``None``; or, where a row's largest importance lies outside
+    ``[_TINY, _HUGE]`` (its losses ``(K - 1) v^2`` would overflow or underflow), or for
+    every row when ``every_row``, the rows scaled by powers of two (exact) that bring
+    their largest importance to ``(1/2, 1]``, and those scales as an ``(..., 1)`` array.
+    The allocation is invariant under ``v -> s v``; threshold and loss scale by ``s^2``."""
     v = problem.importance
-    if problem.vmax <= _HUGE:
+    if not (every_row or problem.batched) and _TINY <= problem.vmax <= _HUGE:
         return v, None
-    top = np.max(v, axis=-1, keepdims=True)
-    scale = np.where(top > _HUGE, np.ldexp(_HUGE, -np.frexp(top)[1]), 1.0)
-    return v * scale, scale
+    top = np.max(v, axis=-1, keepdims=True) if v.size else np.ones(v.shape[:-1] + (1,))
+    out = every_row | (top > _HUGE) | (top < _TINY)
+    scale = np.where(out & (top > 0), np.ldexp(1.0, -np.frexp(top)[1]), 1.0)
+    if np.all(scale == 1.0):
+        return v, None
+    scaled = v * scale
+    # a row spanning more than the float range would lose its smallest importances: it
+    # is solved as given (its certificate, on levels, still holds it to account)
+    lost = np.count_nonzero(scaled, axis=-1) < np.count_nonzero(v, axis=-1)
+    if np.any(lost):
+        scale = np.where(lost[..., None], 1.0, scale)
+        scaled = v * scale
+    return scaled, scale
 
 
 def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
@@ -163,20 +175,21 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
     return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
-def _robust(v, K, Ks, d, C, T, loss, kkt):
+def _robust(v, v0, K, Ks, d, C, T, loss, kkt):
     """Re-solve the rows whose certificate failed with :func:`capalloc._mixed.mixed_capacities`
-    (exact for any curvature, per-segment sums of positive terms: no running sums), and
-    certify them again; returns the updated ``(C, T, loss, kkt)``."""
+    (exact for any curvature, per-segment sums of positive terms: no running sums) on the
+    importances ``v`` (rescaled) and certify them again on ``v0`` (as given); returns the
+    updated ``(C, T, loss, kkt)``."""
     from ._mixed import mixed_capacities
 
     if C.ndim == 1:
         Cr = mixed_capacities(v, np.broadcast_to(Ks, v.shape).astype(float), d)[0]
-        return Cr, *_kernels.certificate(v, K, Cr, d)
+        return Cr, *_kernels.certificate(v0, K, Cr, d)
     T, loss, kkt = (np.array(x, dtype=float) for x in (T, loss, kkt))
     Kb, Ksb = np.broadcast_to(K, v.shape), np.broadcast_to(Ks, v.shape)
     for r in np.flatnonzero(kkt > CERTIFY_TOL):
         C[r] = mixed_capacities(v[r], Ksb[r].astype(float), d)[0]
-        T[r], loss[r], kkt[r] = _kernels.certificate(v[r], Kb[r], C[r], d)
+        T[r], loss[r], kkt[r] = _kernels.certificate(v0[r], Kb[r], C[r], d)
     return C, T, loss, kkt
 
 
@@ -213,7 +226,6 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     if not isinstance(problem, QuadraticProblem):
         raise TypeError(f"problem must be a QuadraticProblem, got {type(problem).__name__}")
     K, d = problem.kurtosis, problem.d
-    v, scale = _rescaled(problem)
     # A band (v, (K-1)v/2) narrower than ~1e-12 relative is a few ulps of mu wide and
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
     # the certificate then uses the true K (its residual is of order |K - 3|).
@@ -225,6 +237,8 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
         Ks = float(Ks) if Ks.ndim == 0 else Ks
     curvature = ("convex" if np.all(np.asarray(Ks) >= 3) else
                  "concave" if np.all(np.asarray(Ks) <= 3) else "mixed")
+    # the fast convex path is rescaled only where it must be (it reads v twice at most)
+    v, scale = _rescaled(problem, every_row=curvature == "mixed")
     cert = None
     if problem.batched:
         if curvature == "convex":
@@ -248,12 +262,11 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
                 nit += seg
     else:
         C, nit, cert = _solve_one(v, Ks, d, curvature)
-    T, loss, kkt = _kernels.certificate(v, K, C, d) if cert is None or snapped else cert
+    # certified on the given importances: levels h range like v, so nothing overflows
+    v0 = problem.importance
+    fresh = cert is None or snapped or scale is not None
+    T, loss, kkt = _kernels.certificate(v0, K, C, d) if fresh else cert
     if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
-        C, T, loss, kkt = _robust(v, K, Ks, d, C, T, loss, kkt)
-    if scale is not None:  # threshold and loss scale as v^2 (inf where they overflow)
-        s = scale[..., 0] if problem.batched else float(scale[0])
-        with np.errstate(over="ignore"):
-            T, loss = np.divide(np.divide(T, s), s), np.divide(np.divide(loss, s), s)
+        C, T, loss, kkt = _robust(v, v0, K, Ks, d, C, T, loss, kkt)
     return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt,
                        copy=False)
