@@ -7,6 +7,8 @@ meet a silent NaN further down.
 
 from __future__ import annotations
 
+import datetime
+import math
 import numbers
 from typing import Any, cast
 
@@ -34,13 +36,51 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: dtype kinds that numpy would cast to float silently or lossily, but that are not real numbers.
+_NOT_REAL_KINDS = {"b": "bool", "c": "complex", "M": "datetime64", "m": "timedelta64",
+                   "U": "str", "S": "bytes", "V": "structured"}
+#: Elements of an object array refused for the same reason.
+_NOT_REAL_TYPES = (bool, np.bool_, str, bytes, datetime.date, datetime.timedelta, np.datetime64,
+                   np.timedelta64, type(None))
+
+
+def _not_real(arr: np.ndarray) -> str | None:
+    """Why ``arr`` does not hold real numbers (a dtype or element type), or ``None``."""
+    if arr.dtype.kind in _NOT_REAL_KINDS:
+        return f"{_NOT_REAL_KINDS[arr.dtype.kind]} (dtype {arr.dtype})"
+    if arr.dtype.kind == "O":
+        for x in arr.flat:
+            if isinstance(x, _NOT_REAL_TYPES) or (isinstance(x, numbers.Complex)
+                                                  and not isinstance(x, numbers.Real)):
+                return f"object array holding {type(x).__name__} {x!r}"
+    return None
+
+
 def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None = None,
                    min_ndim: int | None = None) -> np.ndarray:
-    """Convert ``value`` to a finite float64 array, checking its number of dimensions."""
+    """Convert ``value`` to a finite float64 array, checking its number of dimensions.
+
+    Only real numbers are accepted: bool, complex, datetime/timedelta and
+    string values (numpy would cast them to 0/1, drop the imaginary part,
+    count ticks or parse text) raise ``TypeError``, and so does a masked array
+    (its mask would be lost).
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array of real numbers, got a masked array "
+                        f"(shape {value.shape}, {np.ma.count_masked(value)} masked); fill it "
+                        f"(value.filled(...)) or drop the masked entries")
+    wanted = f"{name} must be array-like of real numbers, got"
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be array-like of real numbers, got {short(value)}") from exc
+        raise TypeError(f"{wanted} {short(value)}") from exc
+    why = _not_real(raw)
+    if why is not None:
+        raise TypeError(f"{wanted} {why}: {short(value)}")
+    try:
+        arr = raw.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{wanted} {short(value)}") from exc
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if allowed is not None and arr.ndim not in allowed:
         raise ValueError(
@@ -50,7 +90,7 @@ def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None 
     if min_ndim is not None and arr.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        bad = arr[~np.isfinite(arr)].ravel()[0]
+        bad = float(arr[~np.isfinite(arr)].ravel()[0])
         raise ValueError(f"{name} must be finite, found {bad!r} in {short(arr)}")
     return arr
 
@@ -59,7 +99,7 @@ def check_importance(value: Any, name: str = "importance", ndim: tuple[int, ...]
     """Finite, non-negative importances."""
     arr = as_float_array(value, name, ndim=ndim)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must be >= 0, found {arr.min()!r} in {short(arr)}")
+        raise ValueError(f"{name} must be >= 0, found {float(arr.min())!r} in {short(arr)}")
     return arr
 
 
@@ -68,14 +108,17 @@ def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
     arr = as_float_array(value, name)
     if arr.size and arr.min() < 1:
         raise ValueError(
-            f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {arr.min()!r} in {short(arr)}"
+            f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {float(arr.min())!r} in "
+            f"{short(arr)}"
         )
     return arr
 
 
 def check_budget(value: Any, name: str = "d") -> int:
-    """A non-negative integer budget (number of embedding dimensions)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """A non-negative integer budget (number of embedding dimensions); ``2.0`` is taken as 2."""
+    if isinstance(value, (bool, np.bool_)):  # a Real with an integer value, yet never a count
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
             value = int(cast(float, value))  # the stubs of numbers.Real lack int()
         else:
@@ -88,7 +131,8 @@ def check_budget(value: Any, name: str = "d") -> int:
 def check_positive(value: Any, name: str, *, integer: bool = False, strict: bool = True) -> Any:
     """A positive scalar (``> 0``, or ``>= 0`` when ``strict`` is false)."""
     ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-    if isinstance(value, bool) or not ok_type or not np.isfinite(value):
+    if (isinstance(value, bool) or not ok_type
+            or not (isinstance(value, numbers.Integral) or math.isfinite(value))):
         kind = "integer" if integer else "number"
         raise ValueError(f"{name} must be a finite positive {kind}, got {value!r}")
     if value < 0 or (strict and value == 0):

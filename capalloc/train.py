@@ -557,9 +557,9 @@ def _lr_factor(step: int, steps: int) -> float:
 def _train_sampled(problem: QuadraticProblem, *, d: int, restarts: int, seed: int, steps: int,
                    lr: float, batch_size: int, device: Any, progress: bool, law: Any,
                    init_scale: float, **_: Any) -> TrainResult:
+    laws = _feature_laws(problem, law)  # checked before torch is needed
     torch = _import_torch()
     dev = _torch_device(torch, device)
-    laws = _feature_laws(problem, law)
     v, K = _rows(problem)
     m, n = v.shape
     dtype = torch.float32

@@ -341,6 +341,19 @@ def test_sampled_without_torch(monkeypatch):
         train_quadratic(problem, "sampled", steps=2)
     # the exact method needs no torch
     assert train_quadratic(problem, restarts=1).loss >= 0
+    # arguments are checked before torch is looked for
+    with pytest.raises(ValueError, match="law kurtosis"):
+        train_quadratic(problem, "sampled", steps=2, law=D.Gaussian())
+    with pytest.raises(ValueError, match="steps"):
+        train_quadratic(problem, "sampled", steps=0)
+
+
+def test_torch_models_without_torch_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "capalloc.models.torch_models", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'capalloc\[torch\]'") as info:
+        import capalloc.models.torch_models  # noqa: F401
+    assert info.value.name == "torch"
 
 
 def test_cuda_without_gpu():

@@ -49,8 +49,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ModuleNotFoundError as exc:
+    if exc.name != "torch":
+        raise
+    raise ModuleNotFoundError("capalloc.models.torch_models needs torch, which is not "
+                              "installed: pip install 'capalloc[torch]'", name="torch") from exc
 
 from .._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC, capacity
 from .._validation import check_importance, check_positive, short
