@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array
+from ._validation import as_float_array, check_positive
 
 __all__ = [
     "capacity",
@@ -271,6 +271,9 @@ def leverage(W: Any, rcond: float | None = None) -> np.ndarray:
     d, n = W.shape[-2:]
     if rcond is None:
         rcond = np.sqrt(max(d, n) * np.finfo(float).eps)
+    rcond = check_positive(rcond, "rcond", strict=False)
+    if rcond >= 1:
+        raise ValueError(f"rcond must lie in [0, 1), got {rcond!r}")
     lam, U = np.linalg.eigh(_gram(W, scale))
     sing = np.sqrt(np.clip(lam, 0.0, None))
     keep = sing > rcond * sing.max(axis=-1, keepdims=True)

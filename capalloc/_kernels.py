@@ -699,11 +699,13 @@ def _kkt(res, total, d, level, hmin):  # pragma: no cover - compiled
     """The relative KKT residual (:func:`capalloc.kkt_residual`): ``res``, the budget
     terms and, from ``hmin`` (the smallest level ``h`` with ``C > 0``), a bound on the
     stationarity terms of features with ``C > 0`` and ``h < level`` (see :func:`finish`)."""
+    if not (res == res and total == total and level == level and hmin == hmin):
+        return np.inf  # a NaN anywhere (max() would drop it) is never certified
     scale = max(d, 1.0)
     res = max(res, (total - d) / scale)
     if level > 0.0:
         res = max(res, (d - total) / scale, min(max(1.0 - hmin / level, 0.0), 1.0))
-    return res if res == res and level == level else np.inf
+    return res
 
 
 @numba.njit(cache=True, error_model="numpy")

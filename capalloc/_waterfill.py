@@ -135,24 +135,25 @@ def _rescaled(problem: QuadraticProblem, every_row: bool = False
     """The importances, and ``None``; or, where a row's largest importance lies outside
     ``[_TINY, _HUGE]`` (its losses ``(K - 1) v^2`` would overflow or underflow), or for
     every row when ``every_row``, the rows scaled by powers of two (exact) that bring
-    their largest importance to ``(1/2, 1]``, and those scales as an ``(..., 1)`` array.
-    The allocation is invariant under ``v -> s v``; threshold and loss scale by ``s^2``."""
+    their largest importance to ``(1/2, 1]``, and those exponents as an ``(..., 1)``
+    array. The allocation is invariant under ``v -> s v`` (results are certified, and
+    their threshold and loss computed, on the importances as given)."""
     v = problem.importance
     if not (every_row or problem.batched) and _TINY <= problem.vmax <= _HUGE:
         return v, None
     top = np.max(v, axis=-1, keepdims=True) if v.size else np.ones(v.shape[:-1] + (1,))
     out = every_row | (top > _HUGE) | (top < _TINY)
-    scale = np.where(out & (top > 0), np.ldexp(1.0, -np.frexp(top)[1]), 1.0)
-    if np.all(scale == 1.0):
+    shift = np.where(out & (top > 0), -np.frexp(top)[1], 0)
+    if not np.any(shift):
         return v, None
-    scaled = v * scale
+    scaled = np.ldexp(v, shift)  # exact, and no scale factor to overflow (subnormal rows)
     # a row spanning more than the float range would lose its smallest importances: it
     # is solved as given (its certificate, on levels, still holds it to account)
     lost = np.count_nonzero(scaled, axis=-1) < np.count_nonzero(v, axis=-1)
     if np.any(lost):
-        scale = np.where(lost[..., None], 1.0, scale)
-        scaled = v * scale
-    return scaled, scale
+        shift = np.where(lost[..., None], 0, shift)
+        scaled = np.ldexp(v, shift)
+    return scaled, shift
 
 
 def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
@@ -238,7 +239,7 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     curvature = ("convex" if np.all(np.asarray(Ks) >= 3) else
                  "concave" if np.all(np.asarray(Ks) <= 3) else "mixed")
     # the fast convex path is rescaled only where it must be (it reads v twice at most)
-    v, scale = _rescaled(problem, every_row=curvature == "mixed")
+    v, shift = _rescaled(problem, every_row=curvature == "mixed")
     cert = None
     if problem.batched:
         if curvature == "convex":
@@ -264,7 +265,7 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
         C, nit, cert = _solve_one(v, Ks, d, curvature)
     # certified on the given importances: levels h range like v, so nothing overflows
     v0 = problem.importance
-    fresh = cert is None or snapped or scale is not None
+    fresh = cert is None or snapped or shift is not None
     T, loss, kkt = _kernels.certificate(v0, K, C, d) if fresh else cert
     if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
         C, T, loss, kkt = _robust(v, v0, K, Ks, d, C, T, loss, kkt)

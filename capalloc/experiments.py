@@ -632,8 +632,6 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
         ``kurtosis``, ``ratio``, ``label`` (trained), ``capacity`` (trained) and
         ``exact_label``, ``exact_capacity`` from the solver.
     """
-    from .models.torch_models import train_model
-
     pts = np.asarray(points, dtype=float).reshape(-1, 2)
     K, r = pts[:, 0], pts[:, 1]
     if K.size == 0 or K.min() < 3:
@@ -642,6 +640,8 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
     v = check_importance(importance)
     V = np.tile(v, (K.size, 1))
     V[:, feature] = r * v[feature]
+    from .models.torch_models import train_model  # torch only once the input is valid
+
     run = train_model("quadratic", V, d, 1 - 3 / K, steps=steps, batch_size=batch_size, lr=lr,
                       device=device, seed=seed, cap_tol=cap_tol)
     exact = solve(QuadraticProblem(V, d, K[:, None]))

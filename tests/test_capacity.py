@@ -757,3 +757,15 @@ def test_leverage_accepts_any_torch_float_tensor():
     for dtype in [torch.float16, torch.bfloat16, torch.float32]:
         Wt = torch.tensor(W, dtype=dtype, requires_grad=dtype == torch.float32)
         np.testing.assert_allclose(leverage(Wt), [0.5, 0.5, 1.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("rcond", [-1.0, 1.0, 2.0, float("nan"), True, "0.1"])
+def test_leverage_rejects_bad_rcond(rcond):
+    with pytest.raises(ValueError, match="rcond"):
+        leverage(np.eye(3), rcond=rcond)
+
+
+def test_leverage_rcond_drops_small_singular_values():
+    W = np.diag([1.0, 1e-3, 1e-9])  # leverage 1 per kept direction, 0 for the dropped ones
+    np.testing.assert_allclose(leverage(W, rcond=1e-6), [1.0, 1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(leverage(W, rcond=0.0), [1.0, 1.0, 1.0], atol=1e-12)
