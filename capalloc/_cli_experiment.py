@@ -14,7 +14,6 @@ modules (torch, matplotlib) load inside the handlers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -30,6 +29,8 @@ DEFAULT_OUT_DIR = os.path.join(".capalloc-sweeps", "sparsity")
 DEFAULT_PHASE_POINTS = ((4.0, 0.3), (4.0, 3.0), (6.0, 0.5), (8.0, 2.5), (10.0, 0.7),
                         (15.0, 0.25), (20.0, 1.0), (12.0, 4.0))
 _MODELS = ("quadratic", "relu", "gelu", "relu-ae")
+_CELL_BYTES = 400  # peak memory of phase-diagram per grid cell (measured: ~310 bytes)
+_MAX_DPI = 2400  # the 11-inch figure stays below matplotlib's 2**16 pixels a side
 
 
 def _positive(kind: type) -> Any:
@@ -184,10 +185,25 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _training_bytes(seeds: int, n: int, d: int, batch_size: int) -> int:
+    """Rough peak memory of training one sweep point (float32 batches, activations, Adam)."""
+    return 16 * seeds * n * (batch_size + 4 * d)
+
+
 def _cmd_sparsity(args: argparse.Namespace) -> int:
+    from ._io import check_memory
+    from ._validation import short
+    from .cli import _figure_path, _print_json
     from .experiments import plot_block_sizes, plot_sparsity_sweep, sparsity_sweep
     from .models.torch_models import resolve_device
 
+    sizes = " ".join(f"--{k} {short(getattr(args, k.replace('-', '_')), 24)}"
+                     for k in ("seeds", "n", "d", "batch-size"))
+    check_memory(_training_bytes(args.seeds, args.n, args.d, args.batch_size),
+                 f"training with {sizes}")
+    plot = _figure_path(args.plot, "sparsity_sweep.png", "--plot") if args.plot else None
+    plot_blocks = (_figure_path(args.plot_blocks, "block_sizes.png", "--plot-blocks")
+                   if args.plot_blocks else None)
     resolve_device(args.device)  # fail early, before any worker starts
     start = time.perf_counter()
     rows = sparsity_sweep(args.model, args.sparsities, args.seeds, n=args.n, d=args.d,
@@ -196,14 +212,14 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
                           out_dir=args.out_dir, workers=args.workers,
                           progress=not args.no_progress and sys.stderr.isatty())
     elapsed = time.perf_counter() - start
-    if args.plot:
+    if plot:
         ax = plot_sparsity_sweep(rows)
-        ax.figure.savefig(args.plot, dpi=100, bbox_inches="tight")
-    if args.plot_blocks:
+        ax.figure.savefig(plot, dpi=100, bbox_inches="tight")
+    if plot_blocks:
         ax = plot_block_sizes(rows, min_sparsity=0.5)
-        ax.figure.savefig(args.plot_blocks, dpi=100, bbox_inches="tight")
+        ax.figure.savefig(plot_blocks, dpi=100, bbox_inches="tight")
     if args.json:
-        print(json.dumps(rows, indent=1))
+        _print_json(rows, indent=1)
     else:
         print(_table(rows))
         print(f"\n{len(rows)} rows in {elapsed:.1f} s (results kept in {args.out_dir})")
@@ -213,11 +229,19 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
 def _cmd_phase_diagram(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ._io import check_memory
+    from ._validation import short
+    from .cli import _figure_path, _print_json
     from .experiments import phase_diagram, plot_phase_diagram, train_phase_points
 
     res = args.resolution
     if args.k_max <= 1.2:
         raise ValueError(f"--k-max must exceed 1.2, got {args.k_max!r}")
+    if args.dpi > _MAX_DPI:
+        raise ValueError(f"--dpi must be at most {_MAX_DPI}, got {short(args.dpi)}")
+    check_memory(res * res * _CELL_BYTES,
+                 f"--resolution {short(res)}: solving {short(res * res)} grid cells")
+    output = _figure_path(args.output, "phase_diagram.png", "-o")
     diagram = phase_diagram(np.linspace(1.2, args.k_max, res), np.geomspace(0.1, 10.0, res))
     trained = None
     if args.trained:
@@ -227,20 +251,20 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
         pts = [p for p in DEFAULT_PHASE_POINTS if p[0] <= args.k_max]
         trained = train_phase_points(pts, steps=args.steps, device=args.device)
     fig = plot_phase_diagram(diagram, trained)
-    fig.savefig(args.output, dpi=args.dpi)
+    fig.savefig(output, dpi=args.dpi)
     summary = {
-        "output": args.output, "grid": list(diagram.regime.shape),
+        "output": output, "grid": list(diagram.regime.shape),
         "solve_seconds": diagram.elapsed,
         "cells": {lab: int(np.sum(diagram.labels == lab))
                   for lab in ("monosemantic", "polysemantic", "ignored")},
         "trained": trained,
     }
     if args.json:
-        print(json.dumps(summary, indent=1))
+        _print_json(summary, indent=1)
     else:
         cells = ", ".join(f"{k} {v}" for k, v in summary["cells"].items())
         print(f"phase diagram {res}x{res} solved in {diagram.elapsed:.2f} s ({cells}); "
-              f"saved {args.output}")
+              f"saved {output}")
         if trained:
             agree = sum(t["label"] == t["exact_label"] for t in trained)
             print(f"trained points agreeing with the exact regime: {agree}/{len(trained)}")

@@ -33,15 +33,21 @@ Examples
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import struct
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
-__all__ = ["load_arrays", "load_matrix", "load_vector", "read_safetensors_header"]
+__all__ = ["check_file", "check_memory", "load_arrays", "load_matrix", "load_vector",
+           "read_safetensors_header"]
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv")
@@ -52,6 +58,148 @@ _SAFETENSORS_DTYPES = {
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory this process may still allocate (``None`` where unknown).
+
+    ``MemAvailable`` of ``/proc/meminfo``, lowered to the room left under a cgroup
+    v2 limit; elsewhere the free physical pages.
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            room = int(limit) - int(f.read())
+        avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    return avail
+
+
+def _bytes_text(nbytes: int) -> str:
+    for power, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB")):
+        if nbytes >= 2**power:
+            if nbytes >= 2**60:
+                return f"about 10^{len(str(int(nbytes))) - 1} bytes"
+            return f"{nbytes / 2**power:.3g} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Raise ``ValueError`` when ``what`` needs more than the available memory (``nbytes``).
+
+    Examples
+    --------
+    >>> from capalloc._io import check_memory
+    >>> check_memory(10**30, "a (10**29,) float64 array")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: a (10**29,) float64 array needs about 10^30 bytes of memory; only ... available
+    """
+    avail = _available_memory()
+    if avail is not None and nbytes > avail:
+        raise ValueError(f"{what} needs {_bytes_text(nbytes)} of memory; only "
+                         f"{_bytes_text(avail)} available")
+
+
+def check_file(path: str | os.PathLike) -> int:
+    """Size in bytes of the regular file ``path``; ``OSError`` naming what it is otherwise.
+
+    A missing path gives ``FileNotFoundError``, a directory ``IsADirectoryError``,
+    a FIFO, socket or device ``OSError`` (none is opened, so a FIFO cannot block).
+    """
+    path = os.fspath(path)
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{path}: no such file") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(f"{path}: is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path}: is not a regular file (a FIFO, socket or device)")
+    return info.st_size
+
+
+def _npy_header(fh: IO[bytes], name: str, size: int) -> None:
+    """Check the ``.npy`` stream ``fh`` (at its start, ``size`` bytes long) before reading it.
+
+    Refuses, without allocating, a bad header, pickled objects, data shorter than
+    the header's shape claims and arrays larger than the available memory.
+    """
+    if size == 0:
+        raise ValueError(f"{name}: empty file (0 bytes), not a .npy array")
+    try:
+        version = npy_format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):  # 3.0 differs in utf-8 field names only
+            shape, _, dtype = npy_format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown format version {version}")
+    except (zipfile.BadZipFile, zlib.error):  # a damaged .npz: reported by _load_npz
+        raise
+    except Exception as exc:  # noqa: BLE001 - the header parser raises many kinds
+        raise ValueError(f"{name}: not a .npy array ({_reason(exc)})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{name}: holds Python objects (pickled data), which are not loaded")
+    nbytes = math.prod(shape) * dtype.itemsize
+    have = size - fh.tell()
+    if nbytes > have:
+        raise ValueError(f"{name}: truncated or corrupt .npy: the header claims shape "
+                         f"{_short_shape(shape)} {dtype} ({nbytes} bytes of data) but only "
+                         f"{have} bytes follow")
+    check_memory(nbytes, f"{name}: array of shape {_short_shape(shape)} {dtype}")
+
+
+def _short_shape(shape: tuple[int, ...]) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _load_npy(path: str, size: int) -> np.ndarray:
+    with open(path, "rb") as fh:
+        _npy_header(fh, path, size)
+        fh.seek(0)
+        try:
+            return npy_format.read_array(fh, allow_pickle=False)
+        except (ValueError, EOFError) as exc:
+            raise ValueError(f"{path}: cannot read as .npy ({_reason(exc)})") from None
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (zip of ``.npy``), each member checked before it is read."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                name = f"{path}: member {key!r}"
+                with zf.open(info) as fh:
+                    _npy_header(fh, name, info.file_size)
+                with zf.open(info) as fh:
+                    out[key] = npy_format.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError) as exc:  # corrupt offsets, encryption, unknown compression
+        raise ValueError(f"{path}: not a valid .npz archive ({_reason(exc)})") from None
+    except ValueError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: cannot read as .npz ({_reason(exc)})") from None
+    return out
 
 
 def _suffix(path: str) -> str:
@@ -115,8 +263,13 @@ def _safetensors_tensor(path: str, header: dict[str, Any], name: str) -> np.ndar
     shape = tuple(int(s) for s in info["shape"])
     code = info["dtype"]
     offset = header["__header_size__"] + start
+    if not 0 <= start <= stop or offset + stop - start > os.path.getsize(path):
+        raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
     if code == "BF16":
         count = (stop - start) // 2
+        if count != math.prod(shape):
+            raise ValueError(f"{path}: tensor {name!r} has {count} entries for shape {shape}")
+        check_memory(4 * count, f"{path}: tensor {name!r} widened to float32")
         raw = np.memmap(path, dtype="<u2", mode="r", offset=offset, shape=(count,))
         # bfloat16 is the top half of a float32.
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
@@ -124,7 +277,7 @@ def _safetensors_tensor(path: str, header: dict[str, Any], name: str) -> np.ndar
         raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {code}")
     dtype = np.dtype(_SAFETENSORS_DTYPES[code])
     count = (stop - start) // dtype.itemsize
-    if count != int(np.prod(shape)):
+    if count != math.prod(shape):
         raise ValueError(f"{path}: tensor {name!r} has {count} entries for shape {shape}")
     if count == 0:
         return np.zeros(shape, dtype=dtype)
@@ -227,20 +380,12 @@ def load_arrays(path: str | os.PathLike) -> Mapping[str, Any]:
         Single-array formats use the name ``"array"``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise OSError(f"{path}: no such file")
+    size = check_file(path)
     suffix = _suffix(path)
     if suffix == ".npy":
-        try:
-            return {"array": np.load(path, allow_pickle=False)}
-        except ValueError as exc:
-            raise ValueError(f"{path}: cannot read as .npy ({exc})") from None
+        return {"array": _load_npy(path, size)}
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except ValueError as exc:
-            raise ValueError(f"{path}: cannot read as .npz ({exc})") from None
+        return _load_npz(path)
     if suffix == ".safetensors":
         return _LazySafetensors(path)
     if suffix in _TORCH_SUFFIXES:

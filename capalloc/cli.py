@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import short
+from .sweep import SweepError
+
 __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
 
 _BASES = {"gaussian": "Gaussian", "uniform": "Uniform", "rademacher": "Rademacher"}
@@ -54,6 +57,8 @@ _VECTOR_SUFFIXES = (".npy", ".npz", ".txt", ".csv", ".tsv")
 _DEMO = {"n": 12, "ratio": 0.8, "d": 5, "p": 0.2}
 _FLOAT32_WORK = 1e10  # capacity reports costing more multiply-adds use float32 by default
 _RANK_MAX_D = 1024  # numerical rank is computed by default up to this min(d, n)
+_FEATURE_BYTES = 400  # peak memory of `capalloc solve` per feature (measured: ~370 bytes)
+_MAX_D = 2**53  # the solver counts capacity in float64
 
 
 class CliError(ValueError):
@@ -66,9 +71,9 @@ def _positive_int(text: str, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise CliError(f"{what} must be a positive integer, got {text!r}") from None
+        raise CliError(f"{what} must be a positive integer, got {short(text)}") from None
     if value < 1:
-        raise CliError(f"{what} must be a positive integer, got {value}")
+        raise CliError(f"{what} must be a positive integer, got {short(value)}")
     return value
 
 
@@ -76,32 +81,45 @@ def _float(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise CliError(f"{what} must be a number, got {text!r}") from None
+        raise CliError(f"{what} must be a number, got {short(text)}") from None
     if not math.isfinite(value):
-        raise CliError(f"{what} must be finite, got {text!r}")
+        raise CliError(f"{what} must be finite, got {short(text)}")
     return value
 
 
-def _generator(name: str, args: list[str], spec: str) -> np.ndarray:
+def _check_features(n: int, what: str) -> None:
+    """Refuse, before allocating, more features than ``capalloc solve`` can hold in memory."""
+    from ._io import check_memory
+
+    check_memory(n * _FEATURE_BYTES, f"{what}: solving {short(n)} features")
+
+
+def _generator(name: str, args: list[str], spec: str, what: str = "importance") -> np.ndarray:
     usage = ("geometric:RATIO:N, powerlaw:EXPONENT:N, uniform:N[:SEED] or constant:N[:VALUE]")
+    spec = short(spec)
+
+    def size(text: str) -> int:  # N, refused before allocating when it cannot fit in memory
+        n = _positive_int(text, f"N in {spec}")
+        _check_features(n, f"{what} SPEC {spec}")
+        return n
+
     if name == "geometric" and len(args) == 2:
-        ratio = _float(args[0], f"RATIO in {spec!r}")
+        ratio = _float(args[0], f"RATIO in {spec}")
         if ratio <= 0:
-            raise CliError(f"RATIO in {spec!r} must be > 0, got {ratio}")
-        return ratio ** np.arange(_positive_int(args[1], f"N in {spec!r}"), dtype=float)
+            raise CliError(f"RATIO in {spec} must be > 0, got {ratio}")
+        return ratio ** np.arange(size(args[1]), dtype=float)
     if name == "powerlaw" and len(args) == 2:
-        exponent = _float(args[0], f"EXPONENT in {spec!r}")
-        n = _positive_int(args[1], f"N in {spec!r}")
-        return np.arange(1, n + 1, dtype=float) ** -exponent
+        exponent = _float(args[0], f"EXPONENT in {spec}")
+        return np.arange(1, size(args[1]) + 1, dtype=float) ** -exponent
     if name == "uniform" and len(args) in (1, 2):
-        n = _positive_int(args[0], f"N in {spec!r}")
-        seed = int(_float(args[1], f"SEED in {spec!r}")) if len(args) == 2 else 0
+        n = size(args[0])
+        seed = int(_float(args[1], f"SEED in {spec}")) if len(args) == 2 else 0
         return np.random.default_rng(seed).uniform(0.0, 1.0, n)
     if name == "constant" and len(args) in (1, 2):
-        n = _positive_int(args[0], f"N in {spec!r}")
-        value = _float(args[1], f"VALUE in {spec!r}") if len(args) == 2 else 1.0
+        n = size(args[0])
+        value = _float(args[1], f"VALUE in {spec}") if len(args) == 2 else 1.0
         return np.full(n, value)
-    raise CliError(f"bad generator SPEC {spec!r}; use {usage}")
+    raise CliError(f"bad generator SPEC {spec}; use {usage}")
 
 
 def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
@@ -141,7 +159,7 @@ def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
         return load_vector(text)
     if ":" in text:
         name, *args = text.split(":")
-        return _generator(name.strip().lower(), [a.strip() for a in args], text)
+        return _generator(name.strip().lower(), [a.strip() for a in args], text, what)
     items = [item.strip() for item in text.split(",")]
     if any(not item for item in items):
         raise CliError(f"{what} SPEC {text!r} has an empty entry")
@@ -236,8 +254,40 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _print_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(_jsonable(obj), allow_nan=False))
+def _print_json(obj: Any, indent: int | None = None) -> None:
+    print(json.dumps(_jsonable(obj), allow_nan=False, indent=indent))
+
+
+def _figure_path(path: str, default: str, option: str) -> str:
+    """The file a figure option names: ``path``, or ``path/default`` when ``path`` is a directory.
+
+    Checked before any long computation: the directory must exist, an existing
+    ``path`` must be a regular file, and the suffix a format matplotlib writes
+    (``.png`` is added when there is none).
+    """
+    if not path:
+        raise CliError(f"{option} needs a file or directory name")
+    if os.path.isdir(path):
+        path = os.path.join(path, default)
+    elif path.endswith(("/", os.sep)):
+        raise CliError(f"{option} {path}: no such directory")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise CliError(f"{option} {path}: directory {parent} does not exist")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CliError(f"{option} {path}: is not a regular file")
+    if not os.path.splitext(path)[1]:
+        path += ".png"
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:  # _save_figure says so
+        return path
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = os.path.splitext(path)[1][1:].lower()
+    if suffix not in formats:
+        raise CliError(f"{option} {path}: unknown figure format .{suffix}; use one of "
+                       f"{', '.join(sorted(formats))}")
+    return path
 
 
 def _save_figure(path: str, draw: Callable[[Any], None], ncols: int, size: tuple[float, float],
@@ -270,6 +320,7 @@ def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, metho
 
     if importance.ndim != 1:
         raise CliError(f"importance must be a vector, got shape {importance.shape}")
+    _check_features(importance.size, "importance")
     problem = capalloc.QuadraticProblem(importance, d=d, kurtosis=K)
     result = capalloc.solve(problem, method=method)
     kurt = problem.kurtosis
@@ -317,22 +368,31 @@ def _report_solution(problem: Any, result: Any, K_out: Any, counts: dict[str, in
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import distributions
 
+    figure = None if args.no_figure else _figure_path(args.output, "capalloc_demo.png", "-o")
     n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], int(_DEMO["d"]), _DEMO["p"]
     K = distributions.Sparse(distributions.Gaussian(), p=p).kurtosis
     print(f"capalloc demo: {n} features with importance v_i = {ratio}^i share d = {d} "
           f"dimensions;\nsparse Gaussian inputs active with probability p = {p} have "
           f"kurtosis K = 3/p = {K:g} > 3,\nso the optimum mixes monosemantic, polysemantic and "
           "ignored features.\n")
-    figure = None if args.no_figure else args.output
     return _solve_and_report(ratio ** np.arange(n), d, K, f"sparsity S = {1 - p:g}", "auto",
                              False, 0, figure)
 
 
+def _check_max_rows(value: int) -> None:
+    if value < 0:
+        raise CliError(f"--max-rows must be >= 0 (0: all rows), got {short(value)}")
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
+    if not 0 <= args.d <= _MAX_D:
+        raise CliError(f"-d/--d must be an integer in [0, 2**53], got {short(args.d)}")
+    _check_max_rows(args.max_rows)
+    figure = _figure_path(args.plot, "capalloc_solve.png", "--plot") if args.plot else None
     importance = parse_vector(args.importance)
     K, source = _kurtosis(args)
     return _solve_and_report(importance, args.d, K, source, args.method, args.json,
-                             args.max_rows, args.plot)
+                             args.max_rows, figure)
 
 
 # ----------------------------------------------------------------------------- capacity report
@@ -393,8 +453,10 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     from ._capacity import capacity, classify
     from ._io import load_matrix
 
+    _check_max_rows(args.max_rows)
     if args.blocks:  # fail before the long computation, not after it
         _find_blocks(np.eye(1), args.tol)
+    hist = _figure_path(args.hist, "capacity_hist.png", "--hist") if args.hist else None
     A = load_matrix(args.file, args.key)
     rows_, cols_ = A.shape
     axis = args.features_axis
@@ -432,10 +494,10 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     else:
         _print_capacity_report(args, A, axis, d, n, total, rank, stats, counts, dtype_name,
                                seconds, blocks_text)
-    if args.hist:
+    if hist:
         from . import plots
 
-        _save_figure(args.hist, lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
+        _save_figure(hist, lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
                      1, (6.0, 4.0), quiet=args.json)
     return 0
 
@@ -610,10 +672,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 1
-    except (ValueError, TypeError, OSError, KeyError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, KeyError, ImportError, OverflowError,
+            SweepError) as exc:
         if os.environ.get("CAPALLOC_TRACEBACK"):
             raise
         print(f"capalloc: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # a size no check foresaw
+        if os.environ.get("CAPALLOC_TRACEBACK"):
+            raise
+        print(f"capalloc: error: out of memory ({_one_line(exc)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("capalloc: interrupted", file=sys.stderr)

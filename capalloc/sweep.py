@@ -6,7 +6,8 @@ writes each result to its own file in ``out_dir`` as soon as it arrives. A file
 is named by the point's :func:`point_key` (a hash of its sorted JSON), written
 to a temporary name first and then moved into place with :func:`os.replace`,
 so a sweep killed at any moment leaves only complete result files; running the
-same sweep again loads those and computes only the missing points.
+same sweep again loads those and computes only the missing points (and any
+whose file is corrupt, with a :class:`CorruptResultWarning`).
 
 The executor may be a local :class:`~concurrent.futures.ProcessPoolExecutor`
 (the default), a :class:`~concurrent.futures.ThreadPoolExecutor`, or a Dask
@@ -35,11 +36,13 @@ import itertools
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SweepError", "grid", "point_key", "result_path", "load_results", "run_sweep"]
+__all__ = ["SweepError", "CorruptResultWarning", "grid", "point_key", "result_path",
+           "load_results", "run_sweep"]
 
 _SUFFIX = ".json"
 
@@ -47,16 +50,31 @@ _SUFFIX = ".json"
 class SweepError(RuntimeError):
     """Some points of a sweep raised; the others were saved.
 
+    The message names the first failed point and its exception.
+
     Attributes
     ----------
     failures : dict of str -> BaseException
         The exception of each failed point, by :func:`point_key`.
+    points : dict of str -> dict
+        The failed points themselves, by :func:`point_key`.
     """
 
-    def __init__(self, failures: Mapping[str, BaseException]) -> None:
+    def __init__(self, failures: Mapping[str, BaseException],
+                 points: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.failures = dict(failures)
-        first = next(iter(self.failures.values()))
-        super().__init__(f"{len(self.failures)} sweep point(s) failed; first: {first!r}")
+        self.points = {k: dict(p) for k, p in (points or {}).items() if k in self.failures}
+        key, exc = next(iter(self.failures.items()))
+        where = _short(self.points[key]) if key in self.points else f"key {key}"
+        why = " ".join(str(exc).split()) or "(no message)"
+        why = why if len(why) <= 300 else why[:297] + "..."
+        super().__init__(f"{len(self.failures)} sweep point(s) failed; first: {where}: "
+                         f"{type(exc).__name__}: {why}")
+
+
+def _short(point: Any, limit: int = 200) -> str:
+    text = repr(dict(point) if isinstance(point, Mapping) else point)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _canonical(point: Mapping[str, Any]) -> str:
@@ -121,19 +139,40 @@ def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 
 
-def _read(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)["result"]
+class CorruptResultWarning(UserWarning):
+    """A result file of a sweep could not be used; its point is computed again."""
+
+
+def _read(path: Path, point: Mapping[str, Any]) -> tuple[bool, Any]:
+    """``(True, result)`` from the result file of ``point``, ``(False, None)`` without one.
+
+    A file that is not valid JSON, lacks ``point`` or ``result``, or stores a
+    different point than its name promises is reported by a
+    :class:`CorruptResultWarning` and treated as missing.
+    """
+    if not path.exists():
+        return False, None
+    try:
+        if not path.is_file():  # never open a FIFO: it would block
+            raise ValueError("not a regular file")
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if not isinstance(saved, dict) or not {"point", "result"} <= saved.keys():
+            raise ValueError("not an object with 'point' and 'result'")
+        if not isinstance(saved["point"], Mapping) or \
+                _canonical(saved["point"]) != _canonical(point):
+            raise ValueError(f"it holds point {_short(saved['point'])}, not {_short(point)}")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        warnings.warn(f"sweep result file {path} is unusable ({exc}); recomputing its point",
+                      CorruptResultWarning, stacklevel=3)
+        return False, None
+    return True, saved["result"]
 
 
 def load_results(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]
                  ) -> list[Any]:
-    """Saved results of ``points`` (``None`` where a point has no result file yet)."""
-    out = []
-    for point in points:
-        path = result_path(out_dir, point)
-        out.append(_read(path) if path.exists() else None)
-    return out
+    """Saved results of ``points`` (``None`` where a point has no usable result file yet)."""
+    return [_read(result_path(out_dir, point), point)[1] for point in points]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -200,7 +239,10 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
     Only the calling process writes files, each atomically (temporary file,
     ``fsync``, :func:`os.replace`): after a kill at any moment every
     ``<key>.json`` is complete, and rerunning computes only the points without
-    one. Stale ``.tmp-*`` files from a kill are ignored.
+    one. Stale ``.tmp-*`` files from a kill are ignored. A result file that is
+    not valid JSON or stores another point than its key (a hand edit, a copy from
+    another sweep) is named in a :class:`CorruptResultWarning`, recomputed and
+    overwritten.
 
     Examples
     --------
@@ -225,6 +267,8 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
     points = list(points)
     keys = [point_key(p) for p in points]
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {os.fspath(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = {}
@@ -233,8 +277,9 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
         path = out / f"{key}{_SUFFIX}"
         if key in results or key in todo:
             continue
-        if path.exists():
-            results[key] = _read(path)
+        found, value = _read(path, point)
+        if found:
+            results[key] = value
         else:
             todo[key] = point
 
@@ -273,5 +318,5 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
         if own is not None:
             own.shutdown(wait=True, cancel_futures=True)
     if failures and on_error == "raise":
-        raise SweepError(failures)
+        raise SweepError(failures, todo)
     return [results.get(key) for key in keys]

@@ -506,3 +506,240 @@ def test_experiment_subcommand_registration(capsys, monkeypatch):
     assert "experiment" in choices()
     assert main(["experiment", "toy"]) == 0
     assert capsys.readouterr().out.strip() == "ran toy"
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity."""
+    def refuse(name):
+        raise ValueError(f"non-finite JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _bad_file(tmp_path, kind: str) -> str:
+    from numpy.lib import format as npy_format
+
+    if kind == "empty":
+        path = tmp_path / "empty.npy"
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path = tmp_path / "cut.npy"
+        np.save(path, np.ones((4, 6)))
+        path.write_bytes(path.read_bytes()[:-20])
+    elif kind == "corrupt npz":
+        path = tmp_path / "bad.npz"
+        np.savez(path, W=np.ones((4, 6)))
+        path.write_bytes(path.read_bytes()[:150])
+    elif kind == "huge header":
+        path = tmp_path / "huge.npy"
+        with open(path, "wb") as fh:
+            npy_format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False,
+                                                   "shape": (10**6, 10**6)})
+            fh.write(b"\0" * 64)
+    elif kind == "directory":
+        path = tmp_path / "folder.npy"
+        path.mkdir()
+    else:
+        path = tmp_path / "pipe.npy"
+        os.mkfifo(path)
+    return str(path)
+
+
+BAD_FILES = {
+    "empty": "empty file (0 bytes), not a .npy array",
+    "truncated": "truncated or corrupt .npy: the header claims shape (4, 6) float64 "
+                 "(192 bytes of data) but only 172 bytes follow",
+    "corrupt npz": "not a valid .npz archive",
+    "huge header": "truncated or corrupt .npy: the header claims shape (1000000, 1000000) "
+                   "float64 (8000000000000 bytes of data) but only 64 bytes follow",
+    "directory": "is a directory, not a file",
+    "fifo": "is not a regular file (a FIFO, socket or device)",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+@pytest.mark.parametrize("command", ["capacity", "solve"])
+def test_damaged_or_odd_files_are_one_line_errors(tmp_path, capsys, kind, command):
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    path = _bad_file(tmp_path, kind)
+    argv = (["capacity", path] if command == "capacity" else
+            ["solve", "--importance", path, "-d", "1", "-K", "4"])
+    line = _error(capsys, argv)
+    assert line.startswith(f"capalloc: error: {path}: {BAD_FILES[kind]}"), line
+    assert "no such file" not in line
+
+
+# ----------------------------------------------------------------------------- absurd sizes
+
+@pytest.fixture
+def memory_16g(monkeypatch):
+    """Pretend 16 GiB are available, so the refusals do not depend on this machine."""
+    import capalloc._io
+
+    monkeypatch.setattr(capalloc._io, "_available_memory", lambda: 16 * 2**30)
+
+
+def test_d_with_400_digits(capsys):
+    line = _error(capsys, ["solve", "-v", "1,2,3", "-d", "9" * 400, "-K", "3"])
+    assert line.startswith("capalloc: error: -d/--d must be an integer in [0, 2**53], got 999")
+    assert len(line) < 200
+
+
+def test_too_many_features_are_refused_before_allocating(capsys, memory_16g, monkeypatch):
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated")
+
+    monkeypatch.setattr(np, "full", no_alloc)
+    line = _error(capsys, ["solve", "--importance", "constant:1000000000", "-d", "3",
+                           "-K", "3"])
+    assert line == ("capalloc: error: importance SPEC 'constant:1000000000': solving "
+                    "1000000000 features needs 373 GiB of memory; only 16 GiB available")
+    line = _error(capsys, ["solve", "-v", f"geometric:0.5:{'9' * 400}", "-d", "3", "-K", "3"])
+    assert "needs about 10^402 bytes of memory; only 16 GiB available" in line
+    assert len(line) < 400
+    line = _error(capsys, ["solve", "-v", "1,2", "-d", "1", "-K", f"constant:{10**9}"])
+    assert line.startswith("capalloc: error: kurtosis SPEC 'constant:1000000000': solving")
+
+
+def test_too_many_features_from_a_file(tmp_path, capsys, monkeypatch):
+    import capalloc._io
+
+    path = tmp_path / "v.npy"
+    np.save(path, np.ones(1000))
+    monkeypatch.setattr(capalloc._io, "_available_memory", lambda: 100_000)
+    line = _error(capsys, ["solve", "-v", str(path), "-d", "1", "-K", "3"])
+    assert line == ("capalloc: error: importance: solving 1000 features needs 400000 bytes of "
+                    "memory; only 100000 bytes available")
+
+
+def test_negative_max_rows(tmp_path, capsys):
+    line = _error(capsys, ["solve", "-v", "1,2", "-d", "1", "-K", "3", "--max-rows", "-5"])
+    assert line == "capalloc: error: --max-rows must be >= 0 (0: all rows), got -5"
+    path = tmp_path / "w.npy"
+    np.save(path, np.eye(3))
+    assert "--max-rows" in _error(capsys, ["capacity", str(path), "--max-rows", "-1"])
+
+
+def test_phase_diagram_resolution_and_dpi(tmp_path, capsys, memory_16g):
+    out = str(tmp_path / "pd.png")
+    line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--resolution", "200000"])
+    assert line == ("capalloc: error: --resolution 200000: solving 40000000000 grid cells needs "
+                    "14.6 TiB of memory; only 16 GiB available")
+    line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--resolution", "9" * 400])
+    assert "needs about 10^802 bytes" in line and len(line) < 400
+    line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--dpi", "9" * 400])
+    assert line.startswith("capalloc: error: --dpi must be at most 2400, got 999")
+    assert not os.path.exists(out)
+
+
+def test_sparsity_sizes_are_checked_before_training(tmp_path, capsys, memory_16g):
+    pytest.importorskip("torch")
+    line = _error(capsys, ["experiment", "sparsity", "--n", "100000000", "--workers", "0",
+                           "--out-dir", str(tmp_path / "sweep")])
+    assert line == ("capalloc: error: training with --seeds 3 --n 100000000 --d 10 "
+                    "--batch-size 1024 needs 4.64 TiB of memory; only 16 GiB available")
+    assert not (tmp_path / "sweep").exists()
+
+
+# ----------------------------------------------------------------------------- sweeps via CLI
+
+def _fake_sparsity_point(monkeypatch, fail_at=None):
+    import capalloc.experiments
+
+    def point(model, sparsity, **kw):
+        if sparsity == fail_at:
+            raise RuntimeError("loss diverged")
+        return {"model": model, "sparsity": sparsity, "kurtosis": 3 / (1 - sparsity),
+                "polysemantic_fraction": float("nan"), "polysemantic_fraction_all": 0.5,
+                "capacity_held_by_poly": float("inf"), "loss": 1.0, "block_shapes": {}}
+
+    monkeypatch.setattr(capalloc.experiments, "sparsity_point", point)
+
+
+def _sparsity_argv(tmp_path):
+    return ["experiment", "sparsity", "--sparsities", "0.5", "0.9", "--workers", "0",
+            "--no-exact", "--no-progress", "--out-dir", str(tmp_path / "sweep")]
+
+
+def test_failed_sweep_point_names_the_point_and_the_reason(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    _fake_sparsity_point(monkeypatch, fail_at=0.9)
+    line = _error(capsys, _sparsity_argv(tmp_path))
+    assert line.startswith("capalloc: error: 1 sweep point(s) failed; first: "
+                           "{'model': 'quadratic', 'sparsity': 0.9, ")
+    assert line.endswith("RuntimeError: loss diverged")
+
+
+def test_sparsity_json_is_strict_json(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    _fake_sparsity_point(monkeypatch)
+    capsys.readouterr()
+    assert main([*_sparsity_argv(tmp_path), "--json"]) == 0
+    rows = _strict_json(capsys.readouterr().out)
+    assert [r["sparsity"] for r in rows] == [0.5, 0.9]
+    assert rows[0]["polysemantic_fraction"] is None and rows[0]["capacity_held_by_poly"] is None
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # v**2 overflows: loss is inf
+def test_solve_json_with_infinite_loss_is_strict_json(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["solve", "-v", "1e300,1e300", "-d", "1", "-K", "3", "--json",
+                 "--plot", str(tmp_path)]) == 0
+    data = _strict_json(capsys.readouterr().out)  # figure message went to stderr
+    assert data["loss"] is None and data["capacity"] == [0.5, 0.5]
+
+
+# ----------------------------------------------------------------------------- -o DIR
+
+needs_mpl = pytest.mark.skipif(not _has("matplotlib"), reason="needs matplotlib")
+
+
+@needs_mpl
+def test_output_directory_gets_the_default_name(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "capalloc_demo.png").read_bytes()[:8] == PNG_MAGIC
+    assert f"figure written to {tmp_path / 'capalloc_demo.png'}" in capsys.readouterr().out
+    w = tmp_path / "w.npy"
+    np.save(w, np.eye(3, 5))
+    assert main(["capacity", str(w), "--hist", str(tmp_path), "--json"]) == 0
+    _strict_json(capsys.readouterr().out)
+    assert (tmp_path / "capacity_hist.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@needs_mpl
+def test_phase_diagram_into_a_directory_with_json(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["experiment", "phase-diagram", "-o", str(tmp_path), "--resolution", "4",
+                 "--dpi", "30", "--json"]) == 0
+    summary = _strict_json(capsys.readouterr().out)
+    assert summary["output"] == str(tmp_path / "phase_diagram.png")
+    assert summary["grid"] == [4, 4]
+    assert (tmp_path / "phase_diagram.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@needs_mpl
+def test_bad_output_paths_are_refused_before_computing(tmp_path, capsys):
+    missing = tmp_path / "nodir" / "x.png"
+    for argv, message in [
+        (["demo", "-o", str(missing)], f"-o {missing}: directory {missing.parent} does not exist"),
+        (["demo", "-o", str(tmp_path / "nodir") + os.sep],
+         f"-o {tmp_path / 'nodir'}{os.sep}: no such directory"),
+        (["solve", "-v", "1,2", "-d", "1", "-K", "3", "--plot", str(tmp_path / "x.npy")],
+         f"--plot {tmp_path / 'x.npy'}: unknown figure format .npy; use one of "),
+        (["experiment", "phase-diagram", "-o", str(missing)], f"-o {missing}: directory"),
+        (["demo", "-o", ""], "-o needs a file or directory name"),
+    ]:
+        capsys.readouterr()
+        status = main(argv)
+        captured = capsys.readouterr()
+        assert status == 2
+        assert captured.err.startswith(f"capalloc: error: {message}"), captured.err
+        assert captured.out == ""  # refused before the banner or the solve
+    assert list(tmp_path.iterdir()) == []
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "pipe.png"
+        os.mkfifo(fifo)
+        assert _error(capsys, ["demo", "-o", str(fifo)]).endswith("is not a regular file")

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from capalloc.sweep import SweepError, grid, load_results, point_key, result_path, run_sweep
+from capalloc.sweep import (
+    CorruptResultWarning,
+    SweepError,
+    grid,
+    load_results,
+    point_key,
+    result_path,
+    run_sweep,
+)
 
 # A point function that leaves one marker file per call, so tests can count calls.
 HELPER = textwrap.dedent('''
@@ -136,6 +144,75 @@ def test_failures_are_reported_and_retried_on_rerun(tmp_path, helper):
                           progress=False)
     assert [r["x"] for r in fixed] == [0, 1, 2, 3, 4]
     assert _calls(marks) == [0, 1, 1, 1, 2, 3, 3, 3, 4]
+
+
+def test_sweep_error_names_the_failed_point_and_why(tmp_path, helper):
+    marks = tmp_path / "marks"
+    points = [{"x": x, "marks": str(marks), "fail": [2]} for x in range(3)]
+    with ThreadPoolExecutor(1) as pool, pytest.raises(SweepError) as info:
+        run_sweep(helper.work, points, tmp_path / "out", executor=pool, progress=False)
+    text = str(info.value)
+    assert text.startswith("1 sweep point(s) failed; first: {'x': 2, ")
+    assert text.endswith("RuntimeError: point 2 failed")
+    assert info.value.points == {point_key(points[2]): points[2]}
+    assert isinstance(info.value.failures[point_key(points[2])], RuntimeError)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("", "Expecting value"),
+    ('{"point": {"x": 1', "Expecting"),
+    ("[1, 2]", "not an object with 'point' and 'result'"),
+    ('{"result": {"x": 1}}', "not an object with 'point' and 'result'"),
+    ('{"point": {"x": 7, "marks": "elsewhere"}, "result": {"x": 7}}', "it holds point {'x': 7"),
+    ('{"point": 3, "result": {"x": 7}}', "it holds point"),
+    (b"\xff\xfe\x00garbage", "codec"),
+])
+def test_corrupt_or_mismatched_result_file_is_named_and_recomputed(tmp_path, helper, content,
+                                                                    reason):
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    points = [{"x": x, "marks": str(marks)} for x in range(3)]
+    with ThreadPoolExecutor(2) as pool:
+        run_sweep(helper.work, points, out, executor=pool, progress=False)
+        bad = result_path(out, points[1])
+        if isinstance(content, bytes):
+            bad.write_bytes(content)
+        else:
+            bad.write_text(content)
+        with pytest.warns(CorruptResultWarning, match=reason) as record:
+            assert load_results(points, out)[1] is None
+        assert str(bad) in str(record[0].message)
+        with pytest.warns(CorruptResultWarning, match="recomputing") as record:
+            res = run_sweep(helper.work, points, out, executor=pool, progress=False)
+    assert str(bad) in str(record[0].message)
+    assert [r["x"] for r in res] == [0, 1, 2]
+    assert _calls(marks) == [0, 1, 1, 2]  # only the corrupt point ran again
+    saved = json.loads(bad.read_text())  # ... and its file was rewritten
+    assert saved["point"] == points[1] and saved["result"]["square"] == 1
+
+
+def test_matching_point_with_other_number_types_is_not_corrupt(tmp_path):
+    point = {"x": 2.0, "tags": ("a", "b")}  # a tuple is stored as a JSON list
+    with ThreadPoolExecutor(1) as pool:
+        run_sweep(lambda x, tags: {"y": x}, [point], tmp_path, executor=pool, progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_results([point], tmp_path) == [{"y": 2.0}]
+
+
+def test_result_path_that_is_not_a_file_is_not_opened(tmp_path):
+    point = {"x": 1}
+    result_path(tmp_path, point).mkdir()  # a FIFO here would block a plain open()
+    with pytest.warns(CorruptResultWarning, match="not a regular file"):
+        assert load_results([point], tmp_path) == [None]
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        run_sweep(dict, [{"a": 1}], target, progress=False)
 
 
 def test_non_json_result_is_a_failure_not_a_crash(tmp_path):
