@@ -135,8 +135,8 @@ def _rescaled(problem: QuadraticProblem, every_row: bool = False
     """The importances, and ``None``; or, where a row's largest importance lies outside
     ``[_TINY, _HUGE]`` (its losses ``(K - 1) v^2`` would overflow or underflow), or for
     every row when ``every_row``, the rows scaled by powers of two (exact) that centre
-    the exponents of their largest and smallest positive importance on 0, and those exponents as an ``(..., 1)``
-    array. The allocation is invariant under ``v -> s v`` (results are certified, and
+    the exponents of their largest and smallest positive importance on 0, and those
+    exponents as an ``(..., 1)`` array. The allocation is invariant under ``v -> s v`` (results are certified, and
     their threshold and loss computed, on the importances as given)."""
     v = problem.importance
     if not (every_row or problem.batched) and _TINY <= problem.vmax <= _HUGE:
@@ -144,8 +144,10 @@ def _rescaled(problem: QuadraticProblem, every_row: bool = False
     if v.size == 0:
         return v, None
     top = np.max(v, axis=-1, keepdims=True)
-    bottom = np.min(np.where(v > 0, v, np.inf), axis=-1, keepdims=True)
     out = (every_row | (top > _HUGE) | (top < _TINY)) & (top > 0)
+    if not np.any(out):
+        return v, None
+    bottom = np.min(np.where(v > 0, v, np.inf), axis=-1, keepdims=True)
     # centre the row's range on 1 (in exponent), so squares of both ends stay in range
     middle = (np.frexp(top)[1] + np.frexp(np.where(out, bottom, 1.0))[1]) // 2
     shift = np.where(out, -middle, 0)
