@@ -87,12 +87,12 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     C = np.asarray(capacity, dtype=float)
     T = np.asarray(threshold, dtype=float)
     with np.errstate(all="ignore"):
-        g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
         level = getattr(problem, "benefit_level", None)
         if level is None:
+            g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
             gap = relative_gap(g, T[..., None])
         else:  # compared as levels sqrt(g/2): no square to underflow
-            g = level(np.clip(C, 0.0, 1.0))
+            g = np.asarray(level(np.clip(C, 0.0, 1.0)), dtype=float)
             gap = relative_gap(g, np.sqrt(T / 2)[..., None])
         natural = np.abs(C - np.clip(C + gap, 0.0, 1.0))
         total = np.sum(C, axis=-1)

@@ -518,7 +518,8 @@ def _oracle_row(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
     import math
 
     if np.all(K <= 3) and np.any(K < 3):  # concave (or linear): the top d by loss gain
-        gain = np.where(v > 0, 2 * np.log(np.where(v > 0, v, 1.0)) + np.log(K - 1), -np.inf)
+        with np.errstate(divide="ignore"):  # K = 1: no gain at all
+            gain = np.where(v > 0, 2 * np.log(np.where(v > 0, v, 1.0)) + np.log(K - 1), -np.inf)
         C = np.zeros(v.size)
         C[np.argsort(-gain, kind="stable")[:d]] = 1.0
         return np.where(np.isfinite(gain), C, 0.0)
