@@ -114,6 +114,10 @@ def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
     return arr
 
 
+#: The largest budget or count accepted: integers above it are not exact as floats.
+MAX_COUNT = 2**53
+
+
 def check_budget(value: Any, name: str = "d") -> int:
     """A non-negative integer budget (number of embedding dimensions); ``2.0`` is taken as 2."""
     if isinstance(value, (bool, np.bool_)):  # a Real with an integer value, yet never a count
@@ -125,6 +129,8 @@ def check_budget(value: Any, name: str = "d") -> int:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if value > MAX_COUNT:  # beyond exact float arithmetic (and any real embedding)
+        raise ValueError(f"{name} must be at most 2**53, got {short(value)}")
     return int(value)
 
 

@@ -262,3 +262,10 @@ def test_readonly():
     assert w.dtype == np.float64 and not w.flags.writeable
     assert readonly(3.0) == 3.0
     assert readonly("label") == "label"
+
+
+def test_check_budget_refuses_counts_beyond_exact_floats():
+    assert check_budget(2**53) == 2**53
+    for value in (2**53 + 1, 10**400):
+        with pytest.raises(ValueError, match=r"d must be at most 2\*\*53"):
+            check_budget(value)
