@@ -61,6 +61,17 @@ _GRID_MAX = 4096  # cap on grid thresholds
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _nadd(total, comp, x):  # pragma: no cover - compiled
+    """Neumaier-compensated ``total + x``: the new ``(total, comp)``."""
+    t = total + x
+    if abs(total) >= abs(x):
+        comp += (total - t) + x
+    else:
+        comp += (x - t) + total
+    return t, comp
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _quad_excess(log_mu, v, K, d):  # pragma: no cover - compiled
     """``sum_i C_i(mu) - d`` for features with ``K >= 3`` (``K = 3``: a unit step at ``v``)."""
     mu = math.exp(log_mu)
@@ -102,8 +113,8 @@ def _quad_segment(v, K, mu):  # pragma: no cover - compiled
             m += 1
         elif (Ki - 1.0) * vi > 2.0 * mu:
             npoly += 1
-            A, cA = _kernels._add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-            B, cB = _kernels._add(B, cB, 2.0 / (Ki - 3.0))
+            A, cA = _nadd(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
+            B, cB = _nadd(B, cB, 2.0 / (Ki - 3.0))
     return m, npoly, A + cA, B + cB
 
 
@@ -139,6 +150,77 @@ def _quad_caps(v: np.ndarray, K: np.ndarray, mu: float) -> np.ndarray:
     return np.where(v > 0, c, 0.0)
 
 
+def _stable_caps(v: np.ndarray, K: np.ndarray, mu: float) -> np.ndarray:
+    r"""Capacities :math:`C_i(\mu)` (``K >= 3``) in the form ``x + 2 (x - 1)/(K - 3)``,
+    ``x = v/mu``: ``x - 1`` is exact near the breakpoint ``x = 1``, so features with ``K``
+    near 3 carry only the rounding of ``x`` (a step at ``x > 1`` where ``K = 3``)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        x = v / mu
+        c = x + 2 * (x - 1) / (K - 3)
+    c = np.where(K == 3, (x > 1).astype(float), np.nan_to_num(c, nan=1.0))
+    return np.where(v > 0, np.clip(c, 0.0, 1.0), 0.0)
+
+
+def _restore_budget(C: np.ndarray, K: np.ndarray, target: float,
+                    movable: np.ndarray | None = None) -> np.ndarray:
+    r"""Move the fractional convex features of ``movable`` so that ``sum(C) = target`` (in place).
+
+    On one segment :math:`dC_i/d(1/\mu) = \mu (C_i + 2/(K_i - 3))`, so a step ``s`` in
+    ``1/mu`` moves feature ``i`` by :math:`s\,w_i`, :math:`w_i \propto C_i + 2/(K_i-3)`,
+    and every level :math:`h_i` by the same relative amount: the features stay on one
+    water level while the budget is met to rounding, however steep :math:`C(\mu)` is
+    near ``K = 3`` (where no representable ``mu`` meets it). Features with ``K = 3``
+    exactly, when fractional, are the infinitely steep ones and share the step
+    equally. Sums are :func:`math.fsum`.
+    """
+    live = (C > 0) & (C < 1) & (K >= 3)
+    if movable is not None:
+        live &= movable
+    for _ in range(3):
+        idx = np.flatnonzero(live & (C > 0) & (C < 1))
+        rest = target - math.fsum(C)
+        if not idx.size or rest == 0 or not math.isfinite(rest):
+            break
+        k3 = K[idx] - 3
+        if np.any(k3 == 0):
+            w = (k3 == 0).astype(float)
+        else:
+            kappa = float(k3.min())
+            w = kappa * C[idx] + 2 * (kappa / k3)  # (C_i + 2/(K_i-3)) scaled by min(K-3)
+        C[idx] = np.clip(C[idx] + (rest / math.fsum(w)) * w, 0.0, 1.0)
+    return C
+
+
+def _gain_order(v: np.ndarray, K: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    r"""``idx`` sorted by :math:`\ell_i(0) - \ell_i(1) = (K_i - 1) v_i^2` descending (ties:
+    lower index first), keeping only positive gains; compared as the exponent and
+    mantissa of :math:`\sqrt{K_i - 1}\, v_i`, so no square over- or underflows."""
+    idx = idx[(v[idx] > 0) & (K[idx] > 1)]
+    m, e = np.frexp(v[idx])
+    m2, e2 = np.frexp(m * np.sqrt(K[idx] - 1))
+    return idx[np.lexsort((idx, -m2, -(e.astype(np.int64) + e2)))]
+
+
+def _quad_vertex(v: np.ndarray, K: np.ndarray, d: int) -> np.ndarray:
+    """Concave (``K <= 3``) row: the ``d`` largest gains get capacity 1."""
+    C = np.zeros(v.size)
+    C[_gain_order(v, K, np.arange(v.size))[:d]] = 1.0
+    return C
+
+
+def _centred(v: np.ndarray) -> np.ndarray:
+    """``v`` times an exact power of two centring the exponents of its positive entries
+    (the solution is scale free), so that squares of both ends stay in range where
+    the row spans fewer than ~1000 binary orders; the top is kept below ``2**500``."""
+    pos = v[v > 0]
+    if not pos.size:
+        return v
+    e = np.frexp(pos)[1]
+    lo, hi = int(e.min()), int(e.max())
+    shift = max((lo + hi) // 2, hi - 500)
+    return np.ldexp(v, -shift)
+
+
 def _quad_finish(v: np.ndarray, K: np.ndarray, d: int, mu: float) -> np.ndarray:
     """Capacities from an approximate root ``mu``: make it exact, or resolve ``K = 3`` ties.
 
@@ -169,7 +251,8 @@ def _quad_convex(v: np.ndarray, K: np.ndarray, d: int, xtol: float,
     """One convex row with ``0 < d < #{v > 0}``: ``(C, brentq iterations, converged)``."""
     pos = v > 0
     lo = math.log(v[pos].min()) - 1.0  # every feature monosemantic: S = #{v > 0} > d
-    hi = math.log(((K[pos] - 1) * v[pos]).max() / 2) + 1.0  # every feature ignored: S = 0
+    # every feature ignored: S = 0 (logs, as (K - 1) v may overflow)
+    hi = float(np.max(np.log(K[pos] - 1) + np.log(v[pos]))) - math.log(2.0) + 1.0
     x, info = optimize.brentq(_quad_excess, lo, hi, args=(v, K, float(d)), xtol=xtol,
                               rtol=_RTOL, maxiter=maxiter, full_output=True, disp=False)
     mu = math.exp(x)
@@ -332,20 +415,28 @@ class _MixedSearch:
         self.view, self.d = view, d
         self.X = mask_x & (view.g0 > 0)  # convex features that can ever take capacity
         self.xtol, self.maxiter = xtol, maxiter
-        gain = view.gain
-        self.V = np.flatnonzero(mask_v & (gain > 0))
-        self.V = self.V[np.argsort(-gain[self.V], kind="stable")]  # by gain, descending
-        self.cg = np.concatenate([[0.0], np.cumsum(gain[self.V])])
+        self.V = self._order(mask_v)  # by gain, descending
         self.nit = 0
         self.ok = True
+
+    def _order(self, mask_v: np.ndarray) -> np.ndarray:
+        """Features of ``mask_v`` with positive gain, by gain descending (ties: lower index)."""
+        gain = self.view.gain
+        V = np.flatnonzero(mask_v & (gain > 0))
+        return V[np.argsort(-gain[V], kind="stable")]
+
+    def _dual(self, budget: int) -> np.ndarray:
+        """Optimal convex capacities (on ``X``) for an integer budget."""
+        C, _, nit, ok = _convex_dual(self.view, self.X, budget, self.xtol, self.maxiter)
+        self.nit += nit
+        self.ok &= ok
+        return C
 
     def solve(self) -> np.ndarray:
         best_C: np.ndarray | None = None
         best = math.inf
         for k in range(min(self.d, self.V.size) + 1):
-            C, _, nit, ok = _convex_dual(self.view, self.X, self.d - k, self.xtol, self.maxiter)
-            self.nit += nit
-            self.ok &= ok
+            C = self._dual(self.d - k)
             C[self.V[:k]] = 1.0
             val = float(self.view.loss(C).sum())
             if val < best:
@@ -437,8 +528,92 @@ class _MixedSearch:
                                   maxiter=self.maxiter, full_output=True, disp=False)
         self.nit += info.iterations
         self.ok &= info.converged
+        return self._finish(k, col, j, x)
+
+    def _finish(self, k: int, col: int, j: int, x: float) -> np.ndarray | None:
+        """Capacities at the bracketed root ``x``; ``None`` if ``t_j`` is not in (0, 1)."""
         C, t = self._assemble(k, col, j, x)
         return C if 0 < t < 1 else None
+
+
+class _QuadMixedSearch(_MixedSearch):
+    r""":class:`_MixedSearch` on a quadratic row, exact on the active set of each root.
+
+    Between breakpoints the convex budget is :math:`S_X = m + A/\mu - B`
+    (:math:`a_i = (K_i-1) v_i/(K_i-3)`, :math:`b_i = 2/(K_i-3)` summed afresh over the
+    fractional features), so once ``brentq`` has bracketed a root its segment gives
+    the root in closed form, and the budget is restored by a step in :math:`1/\mu`
+    (:func:`_restore_budget`): near ``K = 3``, where :math:`S_X` jumps by far more than
+    1e-9 between neighbouring doubles ``mu``, no threshold alone meets the budget.
+    The concave order compares :math:`\sqrt{K_i-1}\, v_i` (no squares).
+    """
+
+    def __init__(self, view: _QuadView, mask_x: np.ndarray, mask_v: np.ndarray, d: int,
+                 xtol: float, maxiter: int) -> None:
+        self.qv = view
+        super().__init__(view, mask_x, mask_v, d, xtol, maxiter)
+
+    def _order(self, mask_v: np.ndarray) -> np.ndarray:
+        return _gain_order(self.qv.v, self.qv.K, np.flatnonzero(mask_v))
+
+    def _dual(self, budget: int) -> np.ndarray:
+        C = np.zeros(self.view.n)
+        X = np.flatnonzero(self.X)
+        v, K = self.qv.v[X], self.qv.K[X]
+        if budget >= np.count_nonzero(v):
+            C[X] = (v > 0).astype(float)
+        elif budget > 0:
+            CX, nit, ok = _quad_convex(v, K, budget, self.xtol, self.maxiter)
+            self.nit += nit
+            self.ok &= ok
+            C[X] = _restore_budget(np.array(CX, dtype=float), K, float(budget))
+        return C
+
+    def _segment(self, mu: float) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (over all features) of the convex features at 1 and fractional at ``mu``."""
+        v, K = self.qv.v, self.qv.K
+        with np.errstate(over="ignore"):
+            mono = self.X & (v >= mu)
+            poly = self.X & ~mono & ((K - 1) * v > 2 * mu)
+        return mono, poly
+
+    def _finish(self, k: int, col: int, j: int, x: float) -> np.ndarray | None:
+        fallback = super()._finish(k, col, j, x)
+        v, K, d = self.qv.v, self.qv.K, self.d
+        mu0 = math.sqrt(math.exp(x) / 2)
+        mono, poly = self._segment(mu0)
+        m = int(np.count_nonzero(mono))
+        A = math.fsum((K[poly] - 1) * v[poly] / (K[poly] - 3))
+        B = math.fsum(2 / (K[poly] - 3))
+        # t_j = c0 - A u (u = 1/mu) and h_j(t_j) = mu: linear in u
+        c0 = d - k - m + B
+        Kj, vj = float(K[j]), float(v[j])
+        num = 2 + (Kj - 3) * c0
+        den = (Kj - 1) * vj + (Kj - 3) * A
+        u = num / den if den != 0 else math.nan
+        if not (u > 0 and math.isfinite(u) and math.isfinite(1 / u)):
+            return fallback
+        mu = 1 / u
+        mono2, poly2 = self._segment(mu)
+        if not (np.array_equal(mono, mono2) and np.array_equal(poly, poly2)):
+            return fallback
+        t = ((Kj - 1) * vj * u - 2) / (Kj - 3) if Kj != 3 else c0 - A * u
+        if not 0 < t < 1:
+            return fallback
+        C = np.zeros(self.view.n)
+        C[self.X] = _stable_caps(v[self.X], K[self.X], mu)
+        others = np.delete(self.V, col)
+        C[others[:k]] = 1.0
+        # the budget's rounding goes to the steeper side: the convex features (capacity
+        # moving by B per unit of mu/mu) or j (by 2/|K_j - 3|, large for K_j near 3)
+        if np.any(poly) and (Kj == 3 or 2 / abs(Kj - 3) <= B):
+            _restore_budget(C, K, d - t, movable=self.X)  # C holds the k concave ones
+        else:
+            t = d - math.fsum(C)
+            if not 0 < t < 1:
+                return fallback
+        C[j] = t
+        return C
 
 
 def _mixed(view: _View, kinds: np.ndarray, d: int, xtol: float, maxiter: int
@@ -450,7 +625,8 @@ def _mixed(view: _View, kinds: np.ndarray, d: int, xtol: float, maxiter: int
             f"n <= {MAX_SLSQP_N}) or, for a QuadraticProblem, method='waterfill'"
         )
     convex = (kinds == "convex") & ~view.linear
-    search = _MixedSearch(view, convex, ~convex, d, xtol, maxiter)
+    cls = _QuadMixedSearch if isinstance(view, _QuadView) else _MixedSearch
+    search = cls(view, convex, ~convex, d, xtol, maxiter)
     return search.solve(), search.nit, search.ok
 
 
@@ -463,9 +639,9 @@ def _quad_row(v: np.ndarray, K: np.ndarray, d: int, xtol: float,
         return np.zeros_like(v), 0, True
     if np.all(K >= 3):
         return _quad_convex(v, K, d, xtol, maxiter)
-    view = _QuadView(v, K)
     if np.all(K <= 3):
-        return _vertex(view, np.ones(v.size, bool), d), 0, True
+        return _quad_vertex(v, K, d), 0, True
+    view = _QuadView(_centred(v), K)
     kinds = np.where(K > 3, "convex", np.where(K < 3, "concave", "linear"))
     return _mixed(view, kinds, d, xtol, maxiter)
 
@@ -511,7 +687,7 @@ def _quad_row_safe(v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: i
         return np.zeros_like(v), 0, False
     if np.all(K >= 3) and 0 < d < np.count_nonzero(v):
         # K within 1e-12 of 3 was solved as 3: one Newton step restores the true budget
-        C = _kernels.polish(np.array(C, dtype=float), K, float(d))
+        C = _restore_budget(np.array(C, dtype=float), K, float(d))
     return C, nit, ok
 
 
