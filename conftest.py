@@ -11,7 +11,7 @@ fixtures live in ``tests/conftest.py``.
 from __future__ import annotations
 
 #: Modules (relative to this directory) importable only with torch installed.
-TORCH_ONLY = ["capalloc/models/torch_models.py"]
+TORCH_ONLY = ["capalloc/training/torch_models.py"]
 
 collect_ignore: list[str] = []
 

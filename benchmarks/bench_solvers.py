@@ -1,7 +1,7 @@
 """Benchmark of the allocation methods: time and error against water-filling by size.
 
 Run as a script, ``python benchmarks/bench_solvers.py [--quick] [--max-n N]``, to print
-a table (the logic lives in :mod:`capalloc._bench`, shared with ``capalloc bench``), or
+a table (the logic lives in :mod:`capalloc.experiments.bench`, shared with ``capalloc bench``), or
 let asv collect the classes below: ``params``/``setup``/``time_*``/``track_*``, with a
 ``NotImplementedError`` from ``setup`` marking the sizes a reference method skips.
 """
@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import capalloc
-from capalloc import _bench
+from capalloc.experiments.reproductions import bench as _bench
 
 
 class Solvers:

@@ -3,7 +3,7 @@
 For each size the script times
 
 - ``solve``: :func:`capalloc.solve` (exact water-filling), best of several runs;
-- ``exact``: :func:`capalloc.train.train_quadratic` with L-BFGS-B on the exact
+- ``exact``: :func:`capalloc.training.train.train_quadratic` with L-BFGS-B on the exact
   expected loss, up to the first iteration whose loss is within ``1e-6``
   (relative) of the solver's optimum (one restart, no Newton polish; the
   iteration is found by a first run, and a second, timed run stops there: the
@@ -59,7 +59,7 @@ if __name__ == "__main__":  # thread counts must be fixed before numpy loads
 import numpy as np  # noqa: E402
 
 import capalloc  # noqa: E402
-from capalloc.train import train_quadratic  # noqa: E402
+from capalloc.training.train import train_quadratic  # noqa: E402
 
 SIZES = [(50, 10), (200, 40), (1000, 100)]
 QUICK_SIZES = [(50, 10), (200, 40)]

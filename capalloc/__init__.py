@@ -10,37 +10,53 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import distributions
-from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC, capacity, classify, leverage
-from ._problems import QuadraticProblem, SeparableProblem
-from ._result import AllocationResult, AllocationWarning, kkt_residual
-from ._solve import get_method, methods, register_method, solve
-from ._waterfill import waterfill
-from .models.quadratic import capacity_form_loss, optimal_bias, quadratic_loss, quadratic_loss_grad
+from capalloc import distributions
+from capalloc._capacity import (
+    IGNORED,
+    LABELS,
+    MONOSEMANTIC,
+    POLYSEMANTIC,
+    capacity,
+    classify,
+    leverage,
+)
+from capalloc.allocation.methods.waterfill import waterfill
+from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
+from capalloc.allocation.result import AllocationResult, AllocationWarning, kkt_residual
+from capalloc.allocation.solve import get_method, methods, register_method, solve
+from capalloc.quadratic.model import (
+    capacity_form_loss,
+    optimal_bias,
+    quadratic_loss,
+    quadratic_loss_grad,
+)
 
 __version__ = "0.1.0"
 
-# Names whose modules are heavy or optional: loaded on first access.
+# Names whose modules are heavy or optional, loaded on first access: a module path
+# (a public module of capalloc), or the module that defines the name.
 _LAZY = {
-    "theory": None,
-    "testing": None,
-    "plots": None,
-    "experiments": None,
-    "sweep": None,
-    "sensitivity": None,
-    "train": None,
-    "geometry": None,
-    "solve_scipy": "_scipy_methods",
-    "solve_slsqp": "_scipy_methods",
-    "solve_cvxpy": "_cvxpy_method",
-    "train_quadratic": "train",
-    "TrainResult": "train",
-    "find_blocks": "geometry",
-    "Block": "geometry",
-    "is_block_semi_orthogonal": "geometry",
-    "realize": "geometry",
-    "tight_frame": "geometry",
+    "theory": "capalloc.theory",
+    "testing": "capalloc.testing",
+    "plots": "capalloc.plots",
+    "experiments": "capalloc.experiments",
+    "sweep": "capalloc.experiments.sweep",
+    "sensitivity": "capalloc.allocation.sensitivity",
+    "train": "capalloc.training.train",
+    "geometry": "capalloc.geometry",
+    "solve_scipy": "capalloc.allocation.methods.scipy_methods",
+    "solve_slsqp": "capalloc.allocation.methods.scipy_methods",
+    "solve_cvxpy": "capalloc.allocation.methods.cvxpy_method",
+    "train_quadratic": "capalloc.training.train",
+    "TrainResult": "capalloc.training.train",
+    "find_blocks": "capalloc.geometry",
+    "Block": "capalloc.geometry",
+    "is_block_semi_orthogonal": "capalloc.geometry",
+    "realize": "capalloc.geometry",
+    "tight_frame": "capalloc.geometry",
 }
+_MODULES = {"theory", "testing", "plots", "experiments", "sweep", "sensitivity", "train",
+            "geometry"}
 
 __all__ = [
     "AllocationResult",
@@ -73,11 +89,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'capalloc' has no attribute {name!r}")
-    module = _LAZY[name]
-    if module is None:
-        value = importlib.import_module(f"capalloc.{name}")
-    else:
-        value = getattr(importlib.import_module(f"capalloc.{module}"), name)
+    module = importlib.import_module(_LAZY[name])
+    value = module if name in _MODULES else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array, check_positive
+from capalloc._lib.validation import as_float_array, check_positive
 
 __all__ = [
     "capacity",

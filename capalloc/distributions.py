@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_kurtosis, check_probability
+from capalloc._lib.validation import check_kurtosis, check_probability
 
 __all__ = [
     "InputLaw",

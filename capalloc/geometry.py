@@ -33,9 +33,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from ._capacity import capacity
-from ._result import AllocationResult
-from ._validation import as_float_array, check_budget, readonly, short
+from capalloc._capacity import capacity
+from capalloc._lib.validation import as_float_array, check_budget, readonly, short
+from capalloc.allocation.result import AllocationResult
 
 __all__ = ["Block", "find_blocks", "ignored_features", "is_block_semi_orthogonal", "realize",
            "tight_frame"]

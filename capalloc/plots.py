@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC, classify
+from capalloc._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC, classify
 
 __all__ = [
     "LABEL_COLORS",
@@ -240,8 +240,7 @@ def plot_loss_curves(v: float = 1.0, K: float | Sequence[float] = (1.8, 3.0, 15.
     ----------
     .. [1] Scherlis et al., arXiv:2210.01892.
     """
-    from ._problems import QuadraticProblem
-
+    from capalloc.allocation.problems import QuadraticProblem
     kurtoses = np.atleast_1d(np.asarray(K, dtype=float))
     if kurtoses.ndim != 1 or kurtoses.size == 0:
         raise ValueError(f"K must be a number or a non-empty sequence, got {K!r}")
@@ -265,7 +264,7 @@ def plot_loss_curves(v: float = 1.0, K: float | Sequence[float] = (1.8, 3.0, 15.
 def _block_of_features(W: np.ndarray, tol: float | None) -> dict[int, int] | None:
     """Feature index -> block number from :func:`capalloc.geometry.find_blocks`, if available."""
     try:
-        from .geometry import find_blocks
+        from capalloc.geometry import find_blocks
     except ImportError:
         return None
     blocks = find_blocks(W) if tol is None else find_blocks(W, tol)

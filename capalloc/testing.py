@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._capacity import LABELS, classify
-from ._problems import QuadraticProblem, SeparableProblem
-from ._result import kkt_residual
+from capalloc._capacity import LABELS, classify
+from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
+from capalloc.allocation.result import kkt_residual
 
 __all__ = [
     "check_kkt",

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._validation import as_float_array, check_importance, check_kurtosis, short
+from capalloc._lib.validation import as_float_array, check_importance, check_kurtosis, short
 
 __all__ = [
     "CompiledLoss",

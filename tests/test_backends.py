@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import capalloc
 from capalloc import AllocationWarning, QuadraticProblem, SeparableProblem
-from capalloc import _scipy_methods as sm
+from capalloc.allocation.methods import scipy_methods as sm
 
 # capacity tolerance against waterfill on convex problems, per method
 C_TOL = {"scipy": 1e-9, "cvxpy": 2e-5, "slsqp": 5e-6}
@@ -182,8 +182,7 @@ def test_batched_rows(method):
 
 
 def test_cvxpy_importance_scaling():
-    from capalloc._cvxpy_method import solve_cvxpy
-
+    from capalloc.allocation.methods.cvxpy_method import solve_cvxpy
     rng = np.random.default_rng(11)
     v, s = rng.uniform(0.1, 1.0, 30), 1e3
     a = solve_cvxpy(QuadraticProblem(v, d=8, kurtosis=7.0))
@@ -417,8 +416,7 @@ def test_from_sympy():
 
 
 def test_wrong_problem_types():
-    from capalloc._cvxpy_method import solve_cvxpy
-
+    from capalloc.allocation.methods.cvxpy_method import solve_cvxpy
     sep = squares_problem(np.ones(3), 1)
     with pytest.raises(ValueError, match="cvxpy"):
         capalloc.solve(sep, method="cvxpy")

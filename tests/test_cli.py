@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import capalloc
-from capalloc.cli import build_parser, main, parse_vector, sparse_kurtosis
+from capalloc.cli.main import build_parser, main, parse_vector, sparse_kurtosis
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +49,7 @@ def _error(capsys, argv) -> str:
 
 def _console_command() -> list[str]:
     exe = shutil.which("capalloc")
-    return [exe] if exe else [sys.executable, "-m", "capalloc.cli"]
+    return [exe] if exe else [sys.executable, "-m", "capalloc.cli.main"]
 
 
 def test_console_script_demo(tmp_path):
@@ -468,7 +468,7 @@ def test_version_and_help(capsys):
 
 def test_bench_uses_bench_module(capsys, monkeypatch):
     calls = []
-    fake = types.ModuleType("capalloc._bench")
+    fake = types.ModuleType("capalloc.experiments.bench")
 
     def run_solver_benchmark(quick, progress=False):
         calls.append((quick, progress))
@@ -476,14 +476,14 @@ def test_bench_uses_bench_module(capsys, monkeypatch):
 
     fake.run_solver_benchmark = run_solver_benchmark
     fake.format_table = lambda rows: f"TABLE {rows[0]['method']} {len(rows)}"
-    monkeypatch.setitem(sys.modules, "capalloc._bench", fake)
+    monkeypatch.setitem(sys.modules, "capalloc.experiments.bench", fake)
     assert main(["bench", "--quick"]) == 0
     assert capsys.readouterr().out.strip() == "TABLE waterfill 1"
     assert calls == [(True, True)]
 
 
 def test_bench_missing_module_is_an_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "capalloc._bench", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "capalloc.experiments.bench", None)  # import raises ImportError
     line = _error(capsys, ["bench"])
     assert "bench" in line
 
@@ -492,9 +492,9 @@ def test_experiment_subcommand_registration(capsys, monkeypatch):
     def choices():
         return build_parser()._subparsers._group_actions[0].choices
 
-    if not _has("capalloc._cli_experiment"):
+    if not _has("capalloc.cli.experiment"):
         assert "experiment" not in choices()
-    fake = types.ModuleType("capalloc._cli_experiment")
+    fake = types.ModuleType("capalloc.cli.experiment")
 
     def add_experiment_parser(subparsers):
         p = subparsers.add_parser("experiment", help="fake")
@@ -502,7 +502,7 @@ def test_experiment_subcommand_registration(capsys, monkeypatch):
         p.set_defaults(func=lambda args: print(f"ran {args.name}") or 0)
 
     fake.add_experiment_parser = add_experiment_parser
-    monkeypatch.setitem(sys.modules, "capalloc._cli_experiment", fake)
+    monkeypatch.setitem(sys.modules, "capalloc.cli.experiment", fake)
     assert "experiment" in choices()
     assert main(["experiment", "toy"]) == 0
     assert capsys.readouterr().out.strip() == "ran toy"
@@ -577,9 +577,9 @@ def test_damaged_or_odd_files_are_one_line_errors(tmp_path, capsys, kind, comman
 @pytest.fixture
 def memory_16g(monkeypatch):
     """Pretend 16 GiB are available, so the refusals do not depend on this machine."""
-    import capalloc._io
+    import capalloc.io
 
-    monkeypatch.setattr(capalloc._io, "_available_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(capalloc.io, "_available_memory", lambda: 16 * 2**30)
 
 
 def test_d_with_400_digits(capsys):
@@ -605,11 +605,11 @@ def test_too_many_features_are_refused_before_allocating(capsys, memory_16g, mon
 
 
 def test_too_many_features_from_a_file(tmp_path, capsys, monkeypatch):
-    import capalloc._io
+    import capalloc.io
 
     path = tmp_path / "v.npy"
     np.save(path, np.ones(1000))
-    monkeypatch.setattr(capalloc._io, "_available_memory", lambda: 100_000)
+    monkeypatch.setattr(capalloc.io, "_available_memory", lambda: 100_000)
     line = _error(capsys, ["solve", "-v", str(path), "-d", "1", "-K", "3"])
     assert line == ("capalloc: error: importance: solving 1000 features needs 400000 bytes of "
                     "memory; only 100000 bytes available")
@@ -647,7 +647,7 @@ def test_sparsity_sizes_are_checked_before_training(tmp_path, capsys, memory_16g
 # ----------------------------------------------------------------------------- sweeps via CLI
 
 def _fake_sparsity_point(monkeypatch, fail_at=None):
-    import capalloc.experiments
+    import capalloc.experiments.reproductions
 
     def point(model, sparsity, **kw):
         if sparsity == fail_at:
@@ -656,7 +656,7 @@ def _fake_sparsity_point(monkeypatch, fail_at=None):
                 "polysemantic_fraction": float("nan"), "polysemantic_fraction_all": 0.5,
                 "capacity_held_by_poly": float("inf"), "loss": 1.0, "block_shapes": {}}
 
-    monkeypatch.setattr(capalloc.experiments, "sparsity_point", point)
+    monkeypatch.setattr(capalloc.experiments.reproductions, "sparsity_point", point)
 
 
 def _sparsity_argv(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 import capalloc
 from capalloc import distributions as D
-from capalloc.train import train_quadratic
+from capalloc.training.train import train_quadratic
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

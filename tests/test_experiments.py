@@ -1,4 +1,4 @@
-"""Tests of capalloc.experiments and the ``capalloc experiment`` CLI handlers."""
+"""Tests of capalloc.experiments.reproductions and the ``capalloc experiment`` CLI handlers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import capalloc
-from capalloc import experiments as ex
+from capalloc.experiments import reproductions as ex
 
 mpl = pytest.importorskip("matplotlib")
 mpl.use("Agg")
@@ -202,8 +202,7 @@ def test_plot_sparsity_sweep_and_block_sizes():
 # ----------------------------------------------------------------------------- CLI handlers
 
 def _parse(argv):
-    from capalloc._cli_experiment import add_experiment_parser
-
+    from capalloc.cli.experiment import add_experiment_parser
     top = argparse.ArgumentParser(prog="capalloc")
     add_experiment_parser(top.add_subparsers())
     return top.parse_args(argv)
@@ -268,7 +267,7 @@ def test_cli_rejects_bad_arguments(argv):
 
 
 def test_cli_via_main(tmp_path, capsys):
-    cli = pytest.importorskip("capalloc.cli")
+    cli = pytest.importorskip("capalloc.cli.main")
     status = cli.main(["experiment", "phase-diagram", "-o", str(tmp_path / "x.png"),
                        "--resolution", "20"])
     assert status == 0 and "solved in" in capsys.readouterr().out

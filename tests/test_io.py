@@ -1,4 +1,4 @@
-"""capalloc._io on damaged, huge and odd files: clear errors, nothing allocated first."""
+"""capalloc.io on damaged, huge and odd files: clear errors, nothing allocated first."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from capalloc import _io
-from capalloc._io import check_file, check_memory, load_arrays, load_matrix, load_vector
+from capalloc import io as _io
+from capalloc.io import check_file, check_memory, load_arrays, load_matrix, load_vector
 
 LOADERS = [load_arrays, load_matrix, load_vector]
 

@@ -1,4 +1,4 @@
-"""Numba kernels of :mod:`capalloc._kernels` against their plain-numpy twins.
+"""Numba kernels of :mod:`capalloc.allocation.methods.kernels` against their plain-numpy twins.
 
 Every kernel is compared on hypothesis-generated inputs with its twin (or with
 the numpy form it fuses), the large-``n`` bracketed path is compared with one
@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capalloc import QuadraticProblem, _kernels, kkt_residual, waterfill
-from capalloc._result import smallest_threshold
-from capalloc._waterfill import convex_mu
+from capalloc import QuadraticProblem, kkt_residual, waterfill
+from capalloc.allocation.methods import kernels as _kernels
+from capalloc.allocation.methods.waterfill import convex_mu
+from capalloc.allocation.result import smallest_threshold
 
 # the plain-numpy twin divides by breakpoints at zero importance (harmless inf/nan)
 pytestmark = [pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),

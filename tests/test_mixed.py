@@ -1,4 +1,4 @@
-"""Exact mixed-curvature search (:mod:`capalloc._mixed`).
+"""Exact mixed-curvature search (:mod:`capalloc.allocation.methods.mixed`).
 
 References: the brute force of :mod:`capalloc.testing` (n <= 7), hand-derived
 problems, a multistart SLSQP written here for larger problems, and the pure
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from capalloc import QuadraticProblem, _mixed, waterfill
-from capalloc._mixed import mixed_capacities
+from capalloc import QuadraticProblem, waterfill
+from capalloc.allocation.methods import mixed as _mixed
+from capalloc.allocation.methods.mixed import mixed_capacities
 from capalloc.testing import REFERENCE_PROBLEMS, brute_force, check_kkt, random_quadratic_problem
 
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`capalloc.models.quadratic` (spec section 3, checkable facts 4 and 5).
+"""Tests of :mod:`capalloc.quadratic.model` (spec section 3, checkable facts 4 and 5).
 
 References used here: Monte Carlo means of the squared error, a brute-force
 loss through the full ``(n, n)`` Gram matrix, central finite differences, and
@@ -24,7 +24,7 @@ from capalloc import (
     quadratic_loss_grad,
 )
 from capalloc import distributions as D
-from capalloc.models.quadratic import predict, target
+from capalloc.quadratic.model import predict, target
 
 # ---------------------------------------------------------------------------
 # Independent references

@@ -1,4 +1,4 @@
-"""Tests of capalloc.sensitivity against finite differences of capalloc.solve."""
+"""Tests of capalloc.allocation.sensitivity against finite differences of capalloc.solve."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import capalloc
 from capalloc import QuadraticProblem
-from capalloc.sensitivity import Sensitivity, sensitivity
+from capalloc.allocation.sensitivity import Sensitivity, sensitivity
 
 
 def _solve(v, d, K):

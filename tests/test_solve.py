@@ -610,7 +610,6 @@ def test_brute_force_reproduces_reference_problems():
 
 def test_random_generators():
     from capalloc.testing import random_kurtosis, random_quadratic_problem
-
     rng = np.random.default_rng(0)
     for kind in ("convex", "concave", "mixed"):
         for _ in range(20):

@@ -1,4 +1,4 @@
-"""Tests of capalloc.sweep: keys, grids, atomic result files, resume after a kill, Dask."""
+"""Tests of capalloc.experiments.sweep: keys, grids, atomic result files, resume after a kill, Dask."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from capalloc.sweep import (
+from capalloc.experiments.sweep import (
     CorruptResultWarning,
     SweepError,
     grid,
@@ -263,7 +263,7 @@ def test_default_process_pool(tmp_path, helper):
 KILL_SCRIPT = textwrap.dedent('''
     import sys
     sys.path.insert(0, {mod_dir!r})
-    from capalloc.sweep import run_sweep
+    from capalloc.experiments.sweep import run_sweep
     from sweep_helper import work
 
     if __name__ == "__main__":

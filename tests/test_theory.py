@@ -372,7 +372,6 @@ def test_curvature_class_mixed_parameters_and_validation():
 
 def test_separable_problem_from_sympy_uses_theory():
     from capalloc import SeparableProblem
-
     prob = SeparableProblem.from_sympy(D.per_feature_loss, C, {v: [3.0, 2.0, 1.0], K: 5.0}, d=1)
     assert prob.curvature.tolist() == ["convex"] * 3
     cc = np.array([0.2, 0.5, 0.9])

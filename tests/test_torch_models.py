@@ -1,4 +1,4 @@
-"""Tests of capalloc.models.torch_models: forward passes, samplers, training, summaries."""
+"""Tests of capalloc.training.torch_models: forward passes, samplers, training, summaries."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import capalloc  # noqa: E402
 from capalloc.models import torch_models as tm  # noqa: E402
-from capalloc.models.torch_models import (  # noqa: E402
+
+import capalloc  # noqa: E402
+from capalloc.training.torch_models import (  # noqa: E402
     build_model,
     default_importance,
     effective_capacity,

@@ -1,4 +1,4 @@
-"""Tests of :mod:`capalloc.train` (spec sections 5-6, checkable facts 10 and 11).
+"""Tests of :mod:`capalloc.training.train` (spec sections 5-6, checkable facts 10 and 11).
 
 Training is checked against :func:`capalloc.solve` (an independent method: the
 exact allocation problem rather than descent on ``W``); the geometry of the
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import capalloc
 from capalloc import distributions as D
 from capalloc.geometry import find_blocks, ignored_features, is_block_semi_orthogonal
-from capalloc.train import TrainResult, train_methods, train_quadratic
+from capalloc.training.train import TrainResult, train_methods, train_quadratic
 
 
 def _torch():
@@ -132,8 +132,7 @@ def test_exact_result_fields():
 
 
 def test_hessian_vector_product_matches_finite_differences():
-    from capalloc.train import _hessp
-
+    from capalloc.training.train import _hessp
     rng = np.random.default_rng(0)
     W, V = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     v, K = rng.uniform(0.1, 1, 5), rng.uniform(1.5, 9, 5)
@@ -350,9 +349,9 @@ def test_sampled_without_torch(monkeypatch):
 
 def test_torch_models_without_torch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "capalloc.models.torch_models", raising=False)
+    monkeypatch.delitem(sys.modules, "capalloc.training.torch_models", raising=False)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'capalloc\[torch\]'") as info:
-        import capalloc.models.torch_models  # noqa: F401
+        import capalloc.training.torch_models  # noqa: F401
     assert info.value.name == "torch"
 
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`capalloc._validation`: every checker with good and bad values.
+"""Tests of :mod:`capalloc._lib.validation`: every checker with good and bad values.
 
 Each error must name the argument, so every ``pytest.raises`` matches the name
 passed in (a made-up one, so that it cannot come from anywhere else).
@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from capalloc._validation import (
+from capalloc._lib.validation import (
     as_float_array,
     check_budget,
     check_importance,

@@ -3,12 +3,12 @@ r"""Reproduction experiments: polysemanticity versus sparsity, the phase diagram
 Three experiments from Scherlis et al. (arXiv:2210.01892):
 
 * :func:`sparsity_sweep` trains the four toy models of
-  :mod:`capalloc.models.torch_models` (quadratic, ReLU and GeLU variants, ReLU
+  :mod:`capalloc.training.torch_models` (quadratic, ReLU and GeLU variants, ReLU
   autoencoder) over a range of input sparsities and reports how many of the
   represented features are polysemantic; for the quadratic model the exact curve
   from :func:`capalloc.solve` is added (sparse Gaussian inputs have kurtosis
   :math:`K = 3/(1 - S)`). Points run through the resumable
-  :func:`capalloc.sweep.run_sweep`.
+  :func:`capalloc.experiments.sweep.run_sweep`.
 * :func:`phase_diagram` maps the regime (monosemantic, polysemantic, ignored) of
   one feature of the quadratic model over kurtosis and relative importance,
   exactly, with a single batched :class:`~capalloc.QuadraticProblem`.
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC
-from ._problems import QuadraticProblem
-from ._solve import solve
-from ._validation import check_importance, check_kurtosis, readonly, short
+from capalloc._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC
+from capalloc._lib.validation import check_importance, check_kurtosis, readonly, short
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.solve import solve
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -75,7 +75,7 @@ _MODEL_STYLE = {"quadratic": ("C0", "o"), "relu": ("C2", "s"), "gelu": ("C4", "^
 
 def _label_colors() -> dict[str, str]:
     try:
-        from .plots import LABEL_COLORS
+        from capalloc.plots import LABEL_COLORS
     except ImportError:  # plots is optional
         return dict(_FALLBACK_COLORS)
     return dict(LABEL_COLORS)
@@ -139,7 +139,7 @@ def exact_sparsity_curve(sparsities: Any, importance: Any, d: int, *,
 
     Examples
     --------
-    >>> from capalloc.experiments import exact_sparsity_curve
+    >>> from capalloc.experiments.reproductions import exact_sparsity_curve
     >>> curve = exact_sparsity_curve([0.0, 0.9], 0.9 ** np.arange(20), d=10)
     >>> curve["polysemantic_fraction"].round(3).tolist()
     [0.0, 0.85]
@@ -188,8 +188,7 @@ def sparsity_point(model: str, sparsity: float, seeds: int = 3, n: int = 20, d: 
         count over seeds; ``None`` without :mod:`capalloc.geometry`) and
         ``elapsed`` seconds.
     """
-    from .models.torch_models import default_importance, train_model
-
+    from capalloc.training.torch_models import default_importance, train_model
     start = time.perf_counter()
     run = train_model(model, default_importance(n, importance_decay), d, float(sparsity),
                       instances=seeds, steps=steps, batch_size=batch_size, lr=lr,
@@ -244,7 +243,7 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
                    workers: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
     r"""Polysemantic fraction of trained toy models as a function of input sparsity.
 
-    Every (model, sparsity) pair is one point of :func:`capalloc.sweep.run_sweep`
+    Every (model, sparsity) pair is one point of :func:`capalloc.experiments.sweep.run_sweep`
     (run by :func:`sparsity_point`), training ``seeds`` instances in one tensor
     program; with ``out_dir`` a rerun after an interruption computes only the
     missing points.
@@ -252,7 +251,7 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
     Parameters
     ----------
     models : sequence of str, default all four
-        Names from :func:`capalloc.models.torch_models.available_models`.
+        Names from :func:`capalloc.training.torch_models.available_models`.
     sparsities : sequence of float, default :data:`DEFAULT_SPARSITIES`
         Sparsities :math:`S \in [0, 1)` (probability that a feature is zero).
     seeds : int, default 3
@@ -261,7 +260,7 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
         Features and embedding dimension.
     importance_decay : float, default 0.9
         Importances :math:`v_i = \text{decay}^i` (also used by the exact curve).
-    steps, batch_size, lr : training settings, see :func:`~capalloc.models.torch_models.train_model`
+    steps, batch_size, lr : training settings, see :func:`~capalloc.training.torch_models.train_model`
     device : str, default "cpu"
     seed : int, default 0
     exact : bool, default True
@@ -288,9 +287,8 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
     ----------
     .. [1] Scherlis et al., arXiv:2210.01892: polysemanticity rises with sparsity.
     """
-    from .models.torch_models import available_models
-    from .sweep import grid, run_sweep
-
+    from capalloc.experiments.sweep import grid, run_sweep
+    from capalloc.training.torch_models import available_models
     S = _check_sparsities(sparsities)
     models = [models] if isinstance(models, str) else list(models)
     valid = available_models()
@@ -407,7 +405,7 @@ def block_size_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, i
 
     Examples
     --------
-    >>> from capalloc.experiments import block_size_table
+    >>> from capalloc.experiments.reproductions import block_size_table
     >>> rows = [{"model": "relu", "block_shapes": {"1x1": 3, "1x2": 1}},
     ...         {"model": "relu", "block_shapes": {"1x1": 2}}]
     >>> block_size_table(rows)
@@ -570,7 +568,7 @@ def phase_diagram(kurtosis_grid: Any = None, ratio_grid: Any = None, *,
 
     Examples
     --------
-    >>> from capalloc.experiments import phase_diagram
+    >>> from capalloc.experiments.reproductions import phase_diagram
     >>> pd = phase_diagram([2.0, 4.0, 10.0], [0.5, 0.9, 2.0])
     >>> pd.labels.tolist()  # doctest: +NORMALIZE_WHITESPACE
     [['ignored', 'ignored', 'monosemantic'],
@@ -612,7 +610,7 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
                        cap_tol: float = 0.05) -> list[dict[str, Any]]:
     r"""Train the quadratic model at chosen (kurtosis, ratio) points, all in one batch.
 
-    Each point is one instance of :class:`~capalloc.models.torch_models.QuadraticModel`
+    Each point is one instance of :class:`~capalloc.training.torch_models.QuadraticModel`
     with sparse Gaussian inputs of sparsity :math:`1 - 3/K` (so :math:`K \ge 3`)
     and the chosen feature's importance scaled by the ratio.
 
@@ -622,7 +620,7 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
     importance, d, feature
         As in :func:`phase_diagram`.
     steps, batch_size, lr, device, seed
-        Training settings (see :func:`~capalloc.models.torch_models.train_model`).
+        Training settings (see :func:`~capalloc.training.torch_models.train_model`).
     cap_tol : float, default 0.05
         Labelling tolerance for the trained capacities.
 
@@ -640,7 +638,7 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
     v = check_importance(importance)
     V = np.tile(v, (K.size, 1))
     V[:, feature] = r * v[feature]
-    from .models.torch_models import train_model  # torch only once the input is valid
+    from capalloc.training.torch_models import train_model  # torch only once the input is valid
 
     run = train_model("quadratic", V, d, 1 - 3 / K, steps=steps, batch_size=batch_size, lr=lr,
                       device=device, seed=seed, cap_tol=cap_tol)

@@ -41,11 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from ._capacity import capacity
-from ._problems import QuadraticProblem
-from ._validation import check_budget, readonly, short
-from .distributions import Gaussian, InputLaw, PerFeature, ThreePoint, from_kurtosis
-from .models.quadratic import quadratic_loss, quadratic_loss_grad
+from capalloc._capacity import capacity
+from capalloc._lib.registry import Registry
+from capalloc._lib.validation import check_budget, readonly, short
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.distributions import Gaussian, InputLaw, PerFeature, ThreePoint, from_kurtosis
+from capalloc.quadratic.model import quadratic_loss, quadratic_loss_grad
 
 __all__ = ["TrainResult", "train_quadratic", "train_methods"]
 
@@ -60,7 +61,7 @@ def _scalar_or_array(x: np.ndarray) -> Any:
     return float(x) if np.ndim(x) == 0 else x
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class TrainResult:
     """Outcome of :func:`train_quadratic`.
 
@@ -133,15 +134,8 @@ def _check_positive_float(value: Any, name: str) -> float:
 # Method registry
 # ---------------------------------------------------------------------------
 
-_METHODS: dict[str, Callable[..., TrainResult]] = {}
-
-
-def _register(name: str) -> Callable[[Callable[..., TrainResult]], Callable[..., TrainResult]]:
-    def wrap(function: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
-        _METHODS[name] = function
-        return function
-
-    return wrap
+_METHODS: Registry[Callable[..., TrainResult]] = Registry("method")
+_register = _METHODS.register
 
 
 def train_methods() -> list[str]:
@@ -149,11 +143,11 @@ def train_methods() -> list[str]:
 
     Examples
     --------
-    >>> from capalloc.train import train_methods
+    >>> from capalloc.training.train import train_methods
     >>> train_methods()
     ['exact', 'sampled']
     """
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def train_quadratic(problem: QuadraticProblem, method: str = "exact", *, d: int | None = None,
@@ -254,7 +248,7 @@ def train_quadratic(problem: QuadraticProblem, method: str = "exact", *, d: int 
     --------
     >>> import numpy as np
     >>> import capalloc
-    >>> from capalloc.train import train_quadratic
+    >>> from capalloc.training.train import train_quadratic
     >>> problem = capalloc.QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0)
     >>> res = train_quadratic(problem, restarts=2)
     >>> res.capacity.round(4).tolist()

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ._problems import QuadraticProblem
-from ._solve import solve
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.solve import solve
 
 __all__ = ["SIZES", "QUICK_SIZES", "power_law_problem", "runs", "run_solver_benchmark",
            "sum_ratio",
@@ -56,7 +56,7 @@ def power_law_problem(n: int, *, kurtosis: Any = 10.0, seed: int = 0,
 
     Examples
     --------
-    >>> from capalloc._bench import power_law_problem
+    >>> from capalloc.experiments.bench import power_law_problem
     >>> power_law_problem(1000)
     QuadraticProblem(n=1000, d=100, kurtosis in [10, 10])
     """
@@ -71,7 +71,7 @@ def runs(method: str, n: int) -> bool:
 
     Examples
     --------
-    >>> from capalloc._bench import runs
+    >>> from capalloc.experiments.bench import runs
     >>> runs("waterfill", 10**7), runs("slsqp", 1000)
     (True, False)
     """
@@ -131,7 +131,7 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
 
     Examples
     --------
-    >>> from capalloc._bench import run_solver_benchmark
+    >>> from capalloc.experiments.bench import run_solver_benchmark
     >>> rows = run_solver_benchmark(quick=True, max_n=100, progress=False)
     >>> sorted({r["method"] for r in rows if r["n"] == 100 and r["m"] is None})
     ['cvxpy', 'numpy.sum', 'scipy', 'slsqp', 'waterfill']
@@ -233,7 +233,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     Examples
     --------
-    >>> from capalloc._bench import format_table
+    >>> from capalloc.experiments.bench import format_table
     >>> print(format_table([{"case": "power law, K=10", "n": 100, "m": None,
     ...                      "method": "waterfill", "time_s": 2e-5, "speedup_vs_cvxpy": 900.0,
     ...                      "max_dC": None, "note": ""}]))
@@ -272,7 +272,7 @@ def sum_ratio(n: int = 10**7, calls: int = 15) -> dict[str, float]:
 
     Examples
     --------
-    >>> from capalloc._bench import sum_ratio
+    >>> from capalloc.experiments.bench import sum_ratio
     >>> sorted(sum_ratio(10**4, calls=3))
     ['best_ratio', 'median_ratio', 'sum_ms', 'waterfill_ms']
     """

@@ -6,7 +6,7 @@ Both solve
 
     \min_C \sum_i \ell_i(C_i) \quad \text{s.t.} \quad 0 \le C_i \le 1,\ \sum_i C_i \le d
 
-by routes independent of the water-filling sweep of :mod:`capalloc._waterfill`, so
+by routes independent of the water-filling sweep of :mod:`capalloc.allocation.methods.waterfill`, so
 that the methods can check each other.
 
 ``"scipy"`` (exact) works on the dual. With marginal benefits
@@ -35,10 +35,16 @@ import numba
 import numpy as np
 from scipy import optimize
 
-from . import _kernels
-from ._problems import QuadraticProblem, SeparableProblem
-from ._result import NOT_CONVERGED, SUCCESS, AllocationResult, make_result, smallest_threshold
-from ._solve import register_method
+from capalloc.allocation.methods import kernels as _kernels
+from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
+from capalloc.allocation.result import (
+    NOT_CONVERGED,
+    SUCCESS,
+    AllocationResult,
+    make_result,
+    smallest_threshold,
+)
+from capalloc.allocation.solve import register_method
 
 __all__ = ["solve_scipy", "solve_slsqp", "MAX_MIXED_N", "MAX_SLSQP_N"]
 
@@ -754,7 +760,7 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
     Examples
     --------
     >>> from capalloc import QuadraticProblem
-    >>> from capalloc._scipy_methods import solve_scipy
+    >>> from capalloc.allocation.methods.scipy_methods import solve_scipy
     >>> res = solve_scipy(QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0))
     >>> res.capacity.round(4).tolist()
     [1.0, 0.7619, 0.2381, 0.0]
@@ -875,7 +881,7 @@ def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8
     Examples
     --------
     >>> from capalloc import QuadraticProblem
-    >>> from capalloc._scipy_methods import solve_slsqp
+    >>> from capalloc.allocation.methods.scipy_methods import solve_slsqp
     >>> res = solve_slsqp(QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0))
     >>> res.capacity.round(4).tolist()
     [1.0, 0.7619, 0.2381, 0.0]

@@ -25,10 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from ._problems import QuadraticProblem
-from ._result import NOT_CONVERGED, SUCCESS, AllocationResult, make_result, smallest_threshold
-from ._scipy_methods import APPROX_TOL
-from ._solve import register_method
+from capalloc.allocation.methods.scipy_methods import APPROX_TOL
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.result import (
+    NOT_CONVERGED,
+    SUCCESS,
+    AllocationResult,
+    make_result,
+    smallest_threshold,
+)
+from capalloc.allocation.solve import register_method
 
 __all__ = ["solve_cvxpy"]
 
@@ -153,7 +159,7 @@ def solve_cvxpy(problem: QuadraticProblem, *, solver: str | None = None,
     Examples
     --------
     >>> from capalloc import QuadraticProblem
-    >>> from capalloc._cvxpy_method import solve_cvxpy
+    >>> from capalloc.allocation.methods.cvxpy_method import solve_cvxpy
     >>> res = solve_cvxpy(QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0))
     >>> res.capacity.round(4).tolist()
     [1.0, 0.7619, 0.2381, 0.0]

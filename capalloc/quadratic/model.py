@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array, check_importance, check_kurtosis
+from capalloc._lib.validation import as_float_array, check_importance, check_kurtosis
 
 __all__ = [
     "quadratic_loss",

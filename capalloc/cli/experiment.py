@@ -1,4 +1,4 @@
-"""The ``capalloc experiment`` subcommands (registered by :mod:`capalloc.cli`).
+"""The ``capalloc experiment`` subcommands (registered by :mod:`capalloc.cli.main`).
 
 ``capalloc experiment sparsity``
     Train toy models over input sparsities (resumable sweep) and print the
@@ -84,15 +84,14 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     Examples
     --------
     >>> import argparse
-    >>> from capalloc._cli_experiment import add_experiment_parser
+    >>> from capalloc.cli.experiment import add_experiment_parser
     >>> top = argparse.ArgumentParser(prog="capalloc")
     >>> _ = add_experiment_parser(top.add_subparsers())
     >>> args = top.parse_args(["experiment", "sparsity", "--model", "relu", "--seeds", "2"])
     >>> args.model, args.seeds, args.func.__name__
     (['relu'], 2, '_cmd_sparsity')
     """
-    from .experiments import DEFAULT_SPARSITIES
-
+    from capalloc.experiments.reproductions import DEFAULT_SPARSITIES
     exp = subparsers.add_parser(
         "experiment", help="reproduction experiments (sparsity sweep, phase diagram)",
         description="Reproduction experiments of Scherlis et al. (arXiv:2210.01892).")
@@ -191,12 +190,15 @@ def _training_bytes(seeds: int, n: int, d: int, batch_size: int) -> int:
 
 
 def _cmd_sparsity(args: argparse.Namespace) -> int:
-    from ._io import check_memory
-    from ._validation import short
-    from .cli import _figure_path, _print_json
-    from .experiments import plot_block_sizes, plot_sparsity_sweep, sparsity_sweep
-    from .models.torch_models import resolve_device
-
+    from capalloc._lib.validation import short
+    from capalloc.cli.main import _figure_path, _print_json
+    from capalloc.experiments.reproductions import (
+        plot_block_sizes,
+        plot_sparsity_sweep,
+        sparsity_sweep,
+    )
+    from capalloc.io import check_memory
+    from capalloc.training.torch_models import resolve_device
     sizes = " ".join(f"--{k} {short(getattr(args, k.replace('-', '_')), 24)}"
                      for k in ("seeds", "n", "d", "batch-size"))
     check_memory(_training_bytes(args.seeds, args.n, args.d, args.batch_size),
@@ -229,11 +231,14 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
 def _cmd_phase_diagram(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._io import check_memory
-    from ._validation import short
-    from .cli import _figure_path, _print_json
-    from .experiments import phase_diagram, plot_phase_diagram, train_phase_points
-
+    from capalloc._lib.validation import short
+    from capalloc.cli.main import _figure_path, _print_json
+    from capalloc.experiments.reproductions import (
+        phase_diagram,
+        plot_phase_diagram,
+        train_phase_points,
+    )
+    from capalloc.io import check_memory
     res = args.resolution
     if args.k_max <= 1.2:
         raise ValueError(f"--k-max must exceed 1.2, got {args.k_max!r}")
@@ -245,8 +250,7 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
     diagram = phase_diagram(np.linspace(1.2, args.k_max, res), np.geomspace(0.1, 10.0, res))
     trained = None
     if args.trained:
-        from .models.torch_models import resolve_device
-
+        from capalloc.training.torch_models import resolve_device
         resolve_device(args.device)
         pts = [p for p in DEFAULT_PHASE_POINTS if p[0] <= args.k_max]
         trained = train_phase_points(pts, steps=args.steps, device=args.device)

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._problems import QuadraticProblem, SeparableProblem
-from ._result import AllocationResult
+from capalloc._lib.registry import Registry
+from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
+from capalloc.allocation.result import AllocationResult
 
 __all__ = ["solve", "methods", "register_method", "get_method", "MethodInfo"]
 
@@ -24,9 +25,9 @@ class MethodInfo:
     summary: str
 
 
-_REGISTRY: dict[str, MethodInfo] = {}
+_REGISTRY: Registry[MethodInfo] = Registry("method")
 # Modules that register methods when imported (light ones first).
-_METHOD_MODULES = ("capalloc._waterfill", "capalloc._scipy_methods", "capalloc._cvxpy_method")
+_METHOD_MODULES = ("capalloc.allocation.methods.waterfill", "capalloc.allocation.methods.scipy_methods", "capalloc.allocation.methods.cvxpy_method")
 
 
 def register_method(name: str, *, problems: tuple[type, ...] = (QuadraticProblem,),
@@ -48,7 +49,7 @@ def register_method(name: str, *, problems: tuple[type, ...] = (QuadraticProblem
 
     def wrap(function: Callable[..., AllocationResult]) -> Callable[..., AllocationResult]:
         summary = (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
-        _REGISTRY[name] = MethodInfo(name, function, problems, exact, batched, summary)
+        _REGISTRY.add(name, MethodInfo(name, function, problems, exact, batched, summary))
         return function
 
     return wrap
@@ -63,12 +64,8 @@ def _load_all() -> None:
         return
     import importlib
 
-    for module in _METHOD_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a module not written yet, or a missing optional dep
-            if not exc.name or not exc.name.startswith("capalloc"):
-                raise
+    for module in _METHOD_MODULES:  # each registers its methods (heavy imports stay lazy)
+        importlib.import_module(module)
     _LOADED = True
 
 
@@ -82,14 +79,14 @@ def methods() -> list[str]:
     True
     """
     _load_all()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_method(name: str) -> MethodInfo:
     """The :class:`MethodInfo` registered under ``name`` (``ValueError`` listing valid names)."""
     _load_all()
     if name not in _REGISTRY:
-        raise ValueError(f"method must be one of {['auto', *sorted(_REGISTRY)]}, got {name!r}")
+        raise ValueError(f"method must be one of {['auto', *_REGISTRY.names()]}, got {name!r}")
     return _REGISTRY[name]
 
 

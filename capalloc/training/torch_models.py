@@ -34,7 +34,7 @@ References
 
 Examples
 --------
->>> from capalloc.models.torch_models import train_model
+>>> from capalloc.training.torch_models import train_model
 >>> run = train_model("quadratic", d=2, n=4, sparsity=0.5, instances=2, steps=50)
 >>> run.W.shape, run.capacities.shape, run.loss.shape
 ((2, 2, 4), (2, 4), (2,))
@@ -56,11 +56,12 @@ try:
 except ModuleNotFoundError as exc:
     if exc.name != "torch":
         raise
-    raise ModuleNotFoundError("capalloc.models.torch_models needs torch, which is not "
+    raise ModuleNotFoundError("capalloc.training.torch_models needs torch, which is not "
                               "installed: pip install 'capalloc[torch]'", name="torch") from exc
 
-from .._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC, capacity
-from .._validation import check_importance, check_positive, short
+from capalloc._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC, capacity
+from capalloc._lib.registry import Registry
+from capalloc._lib.validation import check_importance, check_positive, short
 
 __all__ = [
     "ToyModel",
@@ -79,22 +80,17 @@ __all__ = [
     "train_model",
 ]
 
-_REGISTRY: dict[str, Callable[..., ToyModel]] = {}
+_MODELS: Registry[Callable[..., ToyModel]] = Registry("model_name")
 
 
 def register_model(name: str) -> Callable[[Callable[..., ToyModel]], Callable[..., ToyModel]]:
-    """Decorator registering a model factory under ``name``.
+    """Decorator registering a model factory under ``name`` (a name is registered once).
 
     The factory is called as ``factory(importance, sparsity, d, generator=...)``
     with ``importance`` of shape ``(m, n)`` and ``sparsity`` of shape ``(m,)``
     (tensors on the target device) and returns a :class:`ToyModel`.
     """
-
-    def wrap(factory: Callable[..., ToyModel]) -> Callable[..., ToyModel]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+    return _MODELS.register(name)
 
 
 def available_models() -> list[str]:
@@ -102,18 +98,16 @@ def available_models() -> list[str]:
 
     Examples
     --------
-    >>> from capalloc.models.torch_models import available_models
+    >>> from capalloc.training.torch_models import available_models
     >>> available_models()
     ['gelu', 'quadratic', 'relu', 'relu-ae']
     """
-    return sorted(_REGISTRY)
+    return _MODELS.names()
 
 
 def get_model(name: str) -> Callable[..., ToyModel]:
     """The factory registered under ``name`` (``ValueError`` listing the valid names)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"model_name must be one of {available_models()}, got {name!r}")
-    return _REGISTRY[name]
+    return _MODELS[name]
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -121,7 +115,7 @@ def resolve_device(device: Any) -> torch.device:
 
     Examples
     --------
-    >>> from capalloc.models.torch_models import resolve_device
+    >>> from capalloc.training.torch_models import resolve_device
     >>> resolve_device("cpu")
     device(type='cpu')
     """
@@ -139,7 +133,7 @@ def default_importance(n: int, decay: float = 0.9) -> np.ndarray:
 
     Examples
     --------
-    >>> from capalloc.models.torch_models import default_importance
+    >>> from capalloc.training.torch_models import default_importance
     >>> default_importance(3).tolist()
     [1.0, 0.9, 0.81]
     """
@@ -242,7 +236,7 @@ class QuadraticModel(_ScalarOutput):
     Examples
     --------
     >>> import torch
-    >>> from capalloc.models.torch_models import QuadraticModel
+    >>> from capalloc.training.torch_models import QuadraticModel
     >>> model = QuadraticModel(torch.ones(1, 3), torch.zeros(1), d=2)
     >>> model(torch.zeros(1, 5, 3)).shape
     torch.Size([1, 5])
@@ -297,7 +291,7 @@ class ReluAutoencoder(ToyModel):
     Examples
     --------
     >>> import torch
-    >>> from capalloc.models.torch_models import ReluAutoencoder
+    >>> from capalloc.training.torch_models import ReluAutoencoder
     >>> model = ReluAutoencoder(torch.ones(2, 4), torch.full((2,), 0.5), d=2)
     >>> model(model.sample(8)).shape
     torch.Size([2, 8, 4])
@@ -346,7 +340,7 @@ def effective_capacity(W: Any, norm_tol: float = 1e-2) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from capalloc.models.torch_models import effective_capacity
+    >>> from capalloc.training.torch_models import effective_capacity
     >>> W = np.array([[1.0, 0.0, 0.05], [0.0, 1.0, 0.05]])
     >>> effective_capacity(W).round(3).tolist()
     [1.0, 1.0, 0.0]
@@ -384,7 +378,7 @@ def trained_labels(W: Any, *, cap_tol: float = 0.05, norm_tol: float = 1e-2) -> 
     Examples
     --------
     >>> import numpy as np
-    >>> from capalloc.models.torch_models import trained_labels
+    >>> from capalloc.training.torch_models import trained_labels
     >>> W = np.array([[1.0, 0.0, 0.6, 0.001], [0.0, 1.0, -0.6, 0.0]])
     >>> trained_labels(W).tolist()
     ['polysemantic', 'polysemantic', 'polysemantic', 'ignored']
@@ -496,7 +490,7 @@ def _find_blocks(W: np.ndarray, labels: np.ndarray, tol: float) -> tuple[list[An
     exactly one block.
     """
     try:
-        from ..geometry import find_blocks
+        from capalloc.geometry import find_blocks
     except ImportError:
         return None
     out = []
@@ -629,7 +623,7 @@ def train_model(model_name: str, importance: Any = None, d: int = 10, sparsity: 
 
     Examples
     --------
-    >>> from capalloc.models.torch_models import train_model
+    >>> from capalloc.training.torch_models import train_model
     >>> run = train_model("relu-ae", n=5, d=2, sparsity=[0.0, 0.9], steps=20)
     >>> run.instances, run.polysemantic_fraction.shape
     (2, (2,))

@@ -126,7 +126,7 @@ def _stab_sums(lo: np.ndarray, hi: np.ndarray, w: np.ndarray, size: int) -> np.n
     return tree[N:N + size]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Convex:
     """Water-filling of the convex features, segment by segment in the level ``mu``.
 
@@ -321,7 +321,7 @@ def mixed_capacities(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, 
     --------
     A concave feature (``K = 2.5``) sharing one dimension with a convex one:
 
-    >>> from capalloc._mixed import mixed_capacities
+    >>> from capalloc.allocation.methods.mixed import mixed_capacities
     >>> C, _ = mixed_capacities([1.0, 0.6], [2.5, 5.0], 1)
     >>> C.round(12).tolist()
     [0.666666666667, 0.333333333333]

@@ -1,10 +1,10 @@
-"""Toy models whose trained embeddings capalloc analyses.
+r"""The quadratic toy model (paper, section 3): exact expected loss and its gradient.
 
-``quadratic`` is pure numpy (exact expected loss); the torch models live in
-``capalloc.models.torch_models`` and load torch only when imported.
+Pure numpy; every other layer above this one sees the model only through these
+functions and the per-feature closed forms.
 """
 
-from .quadratic import (
+from capalloc.quadratic.model import (
     capacity_form_loss,
     optimal_bias,
     predict,

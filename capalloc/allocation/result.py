@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from ._capacity import classify
-from ._validation import readonly
+from capalloc._capacity import classify
+from capalloc._lib.validation import readonly
 
 __all__ = [
     "AllocationResult",
@@ -108,7 +108,7 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
     return float(res) if np.ndim(res) == 0 else res
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class AllocationResult:
     """Outcome of :func:`capalloc.solve`.
 
@@ -150,14 +150,16 @@ class AllocationResult:
     nit: int
     kkt_residual: Any
     label_tol: float = 1e-9
-    #: the norms, or a function of no arguments computing them (see ``norms``)
-    norms_source: Any = field(default=None, repr=False, compare=False)
+    #: the model of the optimal norms, ``norm_model(capacity)`` (``problem.optimal_norms``):
+    #: norms are always derived from the capacities held, so ``replace`` cannot stale them
+    norm_model: Any = field(default=None, repr=False)
 
     @cached_property
     def norms(self) -> np.ndarray:
         """Optimal squared column norms (see the class docstring)."""
-        source = self.norms_source() if callable(self.norms_source) else self.norms_source
-        return readonly(np.asarray(source, dtype=float), copy=not callable(self.norms_source))
+        if self.norm_model is None:
+            return readonly(np.full(np.shape(self.capacity), np.nan))
+        return readonly(np.asarray(self.norm_model(self.capacity), dtype=float), copy=False)
 
     @cached_property
     def labels(self) -> np.ndarray:
@@ -183,7 +185,7 @@ class AllocationResult:
 
 def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
                 status: int = SUCCESS, message: str | None = None, nit: int = 0,
-                loss: Any = None, norms: Any = None, kkt: Any = None,
+                loss: Any = None, kkt: Any = None,
                 atol: float = 1e-9, certify: float = CERTIFY_TOL,
                 copy: bool = True) -> AllocationResult:
     """Assemble an :class:`AllocationResult`, certified: loss, norms and KKT residual are
@@ -194,7 +196,7 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
     becomes ``NOT_CONVERGED``; every result that is not a success is reported by an
     :class:`AllocationWarning`. No result is labelled optimal without its certificate.
     ``copy=False``: the caller hands over ``capacity`` (a fresh array), which is frozen
-    in place instead of copied. Without ``norms`` they are computed on first access.
+    in place instead of copied. Norms are computed from the capacities on first access.
     """
     C = np.asarray(capacity, dtype=float)
     threshold = float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
@@ -221,7 +223,7 @@ def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: s
         nit=int(nit),
         kkt_residual=readonly(kkt if np.ndim(kkt) else float(kkt)),
         label_tol=atol,
-        norms_source=partial(problem.optimal_norms, C) if norms is None else norms,
+        norm_model=problem.optimal_norms,
     )
 
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC
-from ._problems import QuadraticProblem
-from ._result import AllocationResult
-from ._validation import readonly
+from capalloc._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC
+from capalloc._lib.validation import readonly
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.result import AllocationResult
 
 __all__ = ["Sensitivity", "sensitivity"]
 
@@ -163,7 +163,7 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
     Examples
     --------
     >>> import capalloc
-    >>> from capalloc.sensitivity import sensitivity
+    >>> from capalloc.allocation.sensitivity import sensitivity
     >>> p = capalloc.QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0)
     >>> s = sensitivity(p)
     >>> s
@@ -184,8 +184,7 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         raise ValueError(f"kurtosis must be > 3 for every feature (the convex case), "
                          f"got min {K.min()!r}")
     if result is None:
-        from ._solve import solve
-
+        from capalloc.allocation.solve import solve
         result = solve(problem)
     C = np.asarray(result.capacity, dtype=float)
     if C.shape != problem.importance.shape:

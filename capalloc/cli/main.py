@@ -13,7 +13,7 @@ Subcommands
 ``capalloc bench``
     Solver benchmark table.
 ``capalloc experiment``
-    Reproduction experiments (when :mod:`capalloc._cli_experiment` is installed).
+    Reproduction experiments (when :mod:`capalloc.cli.experiment` is installed).
 
 Every subcommand handler takes the parsed arguments and returns an exit
 code. Bad input ends with one line ``capalloc: error: ...`` on stderr and exit
@@ -21,7 +21,7 @@ status 2 (set ``CAPALLOC_TRACEBACK=1`` to see the traceback instead).
 
 Examples
 --------
->>> from capalloc.cli import main, parse_vector
+>>> from capalloc.cli.main import main, parse_vector
 >>> parse_vector("geometric:0.5:4").tolist()
 [1.0, 0.5, 0.25, 0.125]
 >>> main(["solve", "--importance", "3,2,1", "--d", "1", "--kurtosis", "10"])  # doctest: +ELLIPSIS
@@ -39,7 +39,6 @@ import inspect
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import short
-from .sweep import SweepError
+from capalloc._lib.validation import short
+from capalloc.experiments.sweep import SweepError
 
 __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
 
@@ -89,8 +88,7 @@ def _float(text: str, what: str) -> float:
 
 def _check_features(n: int, what: str) -> None:
     """Refuse, before allocating, more features than ``capalloc solve`` can hold in memory."""
-    from ._io import check_memory
-
+    from capalloc.io import check_memory
     check_memory(n * _FEATURE_BYTES, f"{what}: solving {short(n)} features")
 
 
@@ -150,8 +148,7 @@ def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
     >>> parse_vector("1, 0.5,0.25").tolist()
     [1.0, 0.5, 0.25]
     """
-    from ._io import load_vector
-
+    from capalloc.io import load_vector
     text = str(spec).strip()
     if not text:
         raise CliError(f"{what} SPEC is empty")
@@ -182,8 +179,7 @@ def sparse_kurtosis(sparsity: float, base: str = "gaussian") -> float:
     >>> sparse_kurtosis(0.5, base="uniform")
     3.6
     """
-    from . import distributions
-
+    from capalloc import distributions
     if not 0.0 <= sparsity < 1.0:
         raise CliError(f"--sparsity must lie in [0, 1) (fraction of zeros), got {sparsity!r}")
     if base not in _BASES:
@@ -230,8 +226,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int)
 
 
 def _counts(labels: np.ndarray) -> dict[str, int]:
-    from ._capacity import LABELS
-
+    from capalloc._capacity import LABELS
     return {lab: int(np.sum(labels == lab)) for lab in LABELS}
 
 
@@ -328,8 +323,7 @@ def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, metho
     counts = _counts(result.labels)
     _report_solution(problem, result, K_out, counts, source, as_json, max_rows)
     if figure:
-        from . import plots
-
+        from capalloc import plots
         def draw(axes: Any) -> None:
             plots.plot_capacities(result, ax=axes[0])
             plots.plot_marginal_benefit(problem, result, ax=axes[1])
@@ -366,8 +360,7 @@ def _report_solution(problem: Any, result: Any, K_out: Any, counts: dict[str, in
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import distributions
-
+    from capalloc import distributions
     figure = None if args.no_figure else _figure_path(args.output, "capalloc_demo.png", "-o")
     n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], int(_DEMO["d"]), _DEMO["p"]
     K = distributions.Sparse(distributions.Gaussian(), p=p).kurtosis
@@ -412,7 +405,7 @@ def _numerical_rank(W: np.ndarray) -> int:
 
 def _find_blocks(W: np.ndarray, tol: float | None) -> list[Any]:
     try:
-        from .geometry import find_blocks
+        from capalloc.geometry import find_blocks
     except ImportError:
         raise CliError("--blocks needs capalloc.geometry, which this installation lacks") from None
     return list(find_blocks(W) if tol is None else find_blocks(W, tol))
@@ -450,9 +443,8 @@ def _blocks_report(blocks: list[Any], max_rows: int) -> tuple[str, list[dict[str
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
-    from ._capacity import capacity, classify
-    from ._io import load_matrix
-
+    from capalloc._capacity import capacity, classify
+    from capalloc.io import load_matrix
     _check_max_rows(args.max_rows)
     if args.blocks:  # fail before the long computation, not after it
         _find_blocks(np.eye(1), args.tol)
@@ -495,8 +487,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         _print_capacity_report(args, A, axis, d, n, total, rank, stats, counts, dtype_name,
                                seconds, blocks_text)
     if hist:
-        from . import plots
-
+        from capalloc import plots
         _save_figure(hist, lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
                      1, (6.0, 4.0), quiet=args.json)
     return 0
@@ -528,11 +519,11 @@ def _print_capacity_report(args: argparse.Namespace, A: np.ndarray, axis: int, d
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
-        _bench = importlib.import_module("capalloc._bench")
+        _bench = importlib.import_module("capalloc.experiments.bench")
     except ModuleNotFoundError as exc:
-        if exc.name != "capalloc._bench":
+        if exc.name != "capalloc.experiments.bench":
             raise
-        raise CliError("capalloc bench needs capalloc._bench, which this installation lacks") \
+        raise CliError("capalloc bench needs capalloc.experiments.bench, which this installation lacks") \
             from None
     run = _bench.run_solver_benchmark
     kwargs = {"progress": True} if "progress" in inspect.signature(run).parameters else {}
@@ -545,8 +536,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``capalloc`` command (subcommands included)."""
-    from . import __version__
-
+    from capalloc import __version__
     parser = argparse.ArgumentParser(
         prog="capalloc",
         description="Optimal allocation of feature capacity in neural networks "
@@ -625,9 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     try:
-        _cli_experiment = importlib.import_module("capalloc._cli_experiment")
+        _cli_experiment = importlib.import_module("capalloc.cli.experiment")
     except ModuleNotFoundError as exc:
-        if exc.name != "capalloc._cli_experiment":
+        if exc.name != "capalloc.cli.experiment":
             raise
     else:
         _cli_experiment.add_experiment_parser(sub)
@@ -687,119 +677,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("capalloc: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
-
-
-# ----------------------------------------------------------------------------- API reference
-
-_API_GROUPS = (
-    ("Problems and results", ("QuadraticProblem", "SeparableProblem", "AllocationResult",
-                              "AllocationWarning", "kkt_residual")),
-    ("Solving", ("solve", "methods", "get_method", "register_method", "waterfill")),
-    ("Capacity", ("capacity", "leverage", "classify")),
-    ("Quadratic model", ("quadratic_loss", "quadratic_loss_grad", "optimal_bias",
-                         "capacity_form_loss")),
-    ("Modules", ("distributions", "theory", "testing", "plots", "experiments", "geometry",
-                 "train")),
-)
-_API_CONSTANTS = {
-    "MONOSEMANTIC": "label of a feature with capacity 1 (orthogonal to all others)",
-    "POLYSEMANTIC": "label of a feature with capacity strictly between 0 and 1",
-    "IGNORED": "label of a feature with capacity 0 (zero column)",
-    "LABELS": "the three labels in order of decreasing capacity",
-    "__version__": "the package version",
-}
-_API_SUBMODULES = ("distributions", "plots", "theory", "geometry", "train", "testing",
-                   "experiments")
-
-
-def _summary(obj: Any) -> str:
-    """First line of the docstring of ``obj`` ('' without one)."""
-    doc = inspect.getdoc(obj) or ""
-    lines = doc.strip().splitlines()
-    return lines[0].strip() if lines else ""
-
-
-def _markdown_inline(text: str) -> str:
-    """reST inline markup as Markdown: ``:func:`~a.b``` and ````x```` become ```b``` and ```x```."""
-    def role(match: re.Match[str]) -> str:
-        short, target = match.groups()
-        return f"`{target.rsplit('.', 1)[-1] if short else target}`"
-
-    text = re.sub(r":[a-z]+:`(~?)([^`]+)`", role, text)
-    return re.sub(r"``([^`]+)``", r"`\1`", text)
-
-
-def _api_markdown() -> str:
-    """Markdown text of ``docs/api.md``, generated from the docstrings (``docs/make_api.py``)."""
-    import capalloc
-
-    out = ["# API reference", "",
-           "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand "
-           "(`tests/test_docs.py` checks that every summary matches its docstring). "
-           "Full documentation: `help(capalloc.NAME)`.", ""]
-
-    def entry(qualname: str, obj: Any) -> str:
-        return f"- **`{qualname}`** — {_markdown_inline(_summary(obj))}"
-
-    names = list(capalloc.__all__)
-    placed = {n for _, group in _API_GROUPS for n in group} | set(_API_CONSTANTS)
-    groups = [*_API_GROUPS, ("Other", tuple(n for n in names if n not in placed))]
-    out += ["## `import capalloc`", ""]
-    for title, group in groups:
-        present = [n for n in group if n in names]
-        if not present:
-            continue
-        out += [f"### {title}", ""]
-        for name in present:
-            try:
-                obj = getattr(capalloc, name)
-            except (ImportError, AttributeError):
-                out.append(f"- **`capalloc.{name}`** — *(not available in this installation)*")
-                continue
-            out.append(entry(f"capalloc.{name}", obj))
-        out.append("")
-    out += ["### Constants", ""]
-    for name, text in _API_CONSTANTS.items():
-        if name in names:
-            out.append(f"- **`capalloc.{name}`** = `{getattr(capalloc, name)!r}` — {text}")
-    out.append("")
-
-    out += ["## Solver methods", "",
-            "Names accepted by `capalloc.solve(problem, method=...)` (`capalloc.methods()`); "
-            '`"auto"` picks `waterfill` for quadratic problems and `scipy` for separable ones.', ""]
-    for name in capalloc.methods():
-        info = capalloc.get_method(name)
-        traits = ", ".join(t for t, on in (("exact", info.exact), ("batched", info.batched)) if on)
-        kinds = "/".join(p.__name__ for p in info.problems)
-        out.append(f'- **`"{name}"`** — {_markdown_inline(info.summary)} '
-                   f'*({kinds}; {traits or "approximate"})*')
-    out.append("")
-
-    for mod_name in _API_SUBMODULES:
-        try:
-            module = importlib.import_module(f"capalloc.{mod_name}")
-        except ImportError:
-            continue
-        public = list(getattr(module, "__all__", []))
-        if not public:
-            continue
-        out += [f"## `capalloc.{mod_name}`", "", _markdown_inline(_summary(module)), ""]
-        for name in public:
-            obj = getattr(module, name)
-            if inspect.ismodule(obj) or callable(obj):
-                out.append(entry(f"capalloc.{mod_name}.{name}", obj))
-            else:
-                out.append(f"- **`capalloc.{mod_name}.{name}`** — data ({type(obj).__name__})")
-        out.append("")
-
-    parser = build_parser()
-    out += ["## Command line", "", "```text", parser.format_usage().strip()]
-    # argparse internals: build_parser always adds sub-commands, whose choices are a dict
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
-        for sub in action.choices.values():  # type: ignore[union-attr]
-            out += ["", " ".join(sub.format_usage().split())]
-    out += ["```", "", "See `capalloc COMMAND --help` for details.", ""]
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

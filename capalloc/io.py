@@ -23,7 +23,7 @@ that array; otherwise the error lists the candidates and their shapes.
 Examples
 --------
 >>> import numpy as np, tempfile, os
->>> from capalloc._io import load_matrix
+>>> from capalloc.io import load_matrix
 >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
 >>> np.savez(path, W=np.eye(2, 3), b=np.zeros(2))
 >>> load_matrix(path).shape
@@ -104,7 +104,7 @@ def check_memory(nbytes: int, what: str) -> None:
 
     Examples
     --------
-    >>> from capalloc._io import check_memory
+    >>> from capalloc.io import check_memory
     >>> check_memory(10**30, "a (10**29,) float64 array")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_budget, check_importance, check_kurtosis, readonly, short
-from .distributions import InputLaw
+from capalloc._lib.validation import check_budget, check_importance, check_kurtosis, readonly, short
+from capalloc.distributions import InputLaw
 
 __all__ = ["QuadraticProblem", "SeparableProblem", "Problem"]
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class QuadraticProblem:
     r"""Capacity allocation for the quadratic model.
 
@@ -126,7 +126,7 @@ class QuadraticProblem:
                 f"QuadraticProblem({batch}n=0, d={self.d})")
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class SeparableProblem:
     r"""Capacity allocation for any separable per-feature loss.
 
@@ -204,8 +204,7 @@ class SeparableProblem:
         d : int
             Capacity budget.
         """
-        from .theory import compile_separable, curvature_class
-
+        from capalloc.theory import compile_separable, curvature_class
         symbols = list(params)
         values = [np.asarray(params[s], dtype=float) for s in symbols]
         n = int(np.broadcast_shapes(*(v.shape for v in values), (1,))[0]) if values else 1

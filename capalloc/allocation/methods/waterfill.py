@@ -1,18 +1,18 @@
 r"""Exact water-filling for the quadratic model (method ``"waterfill"``).
 
 For features with :math:`K_i \ge 3` the optimum is :math:`C_i(\mu)` of
-:mod:`capalloc._kernels` with :math:`\sum_i C_i(\mu) = d`; the segment of the
+:mod:`capalloc.allocation.methods.kernels` with :math:`\sum_i C_i(\mu) = d`; the segment of the
 piecewise form :math:`m + A/\mu - B` holding ``d`` is located among the
 breakpoints and its linear equation in :math:`1/\mu` solved exactly. For
 :math:`K_i \le 3` the objective is concave and the top-``d`` features by
 :math:`\ell_i(0) - \ell_i(1) = (K_i - 1) v_i^2` are monosemantic. Mixed
-curvature is solved exactly by :mod:`capalloc._mixed`.
+curvature is solved exactly by :mod:`capalloc.allocation.methods.mixed`.
 
 Large problems first solve a strided sample (itself the same way) to bracket
 :math:`\mu`, then one pass over all features verifies the bracket and keeps only
 the features with a breakpoint inside it; a few such rounds leave a small set to
 sort. A last pass writes the capacities with the loss, threshold and KKT
-certificate (:func:`capalloc._kernels.finish`), so a solve reads the importances
+certificate (:func:`capalloc.allocation.methods.kernels.finish`), so a solve reads the importances
 about twice (expected :math:`O(n)`). A bracket that fails verification is retried
 wider once, then the sweep runs on what is left: the result is exact either way.
 
@@ -27,10 +27,10 @@ import math
 
 import numpy as np
 
-from . import _kernels
-from ._problems import QuadraticProblem
-from ._result import CERTIFY_TOL, AllocationResult, make_result
-from ._solve import register_method
+from capalloc.allocation.methods import kernels as _kernels
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.result import CERTIFY_TOL, AllocationResult, make_result
+from capalloc.allocation.solve import register_method
 
 __all__ = ["waterfill"]
 
@@ -70,7 +70,7 @@ def convex_levels(v, K, budgets, m0=0.0, A0=0.0, B0=0.0, top=math.inf):
     """``(mu, share, nseg)`` for each of ``budgets``, and the number of narrowing rounds.
 
     Features above ``top`` are summarised by the aggregate ``(m0, A0, B0)`` (see
-    :mod:`capalloc._kernels`). Large inputs are narrowed first: each round solves a
+    :mod:`capalloc.allocation.methods.kernels`). Large inputs are narrowed first: each round solves a
     strided sample (recursively, the same way) for two budgets a few standard
     deviations beyond the requested ones, verifies that bracket exactly with one
     pass over the features, and keeps only those with a breakpoint inside it. A
@@ -178,18 +178,16 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
         return (v > 0).astype(float), 0, None
     if curvature == "concave":
         return _top_d(v, K, d), 0, None
-    from ._mixed import mixed_capacities
-
+    from capalloc.allocation.methods.mixed import mixed_capacities
     return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
 def _robust(v, v0, K, Ks, d, C, T, loss, kkt):
-    """Re-solve the rows whose certificate failed with :func:`capalloc._mixed.mixed_capacities`
+    """Re-solve the rows whose certificate failed with :func:`capalloc.allocation.methods.mixed.mixed_capacities`
     (exact for any curvature, per-segment sums of positive terms: no running sums) on the
     importances ``v`` (rescaled) and certify them again on ``v0`` (as given); returns the
     updated ``(C, T, loss, kkt)``."""
-    from ._mixed import mixed_capacities
-
+    from capalloc.allocation.methods.mixed import mixed_capacities
     if C.ndim == 1:
         Cr = mixed_capacities(v, np.broadcast_to(Ks, v.shape).astype(float), d)[0]
         return Cr, *_kernels.certificate(v0, K, Cr, d)

@@ -19,7 +19,7 @@ Examples
 --------
 >>> import tempfile
 >>> from concurrent.futures import ThreadPoolExecutor
->>> from capalloc.sweep import grid, run_sweep
+>>> from capalloc.experiments.sweep import grid, run_sweep
 >>> def square(x, offset):
 ...     return {"y": x * x + offset}
 >>> points = grid(x=[1, 2, 3], offset=[0])
@@ -94,7 +94,7 @@ def point_key(point: Mapping[str, Any]) -> str:
 
     Examples
     --------
-    >>> from capalloc.sweep import point_key
+    >>> from capalloc.experiments.sweep import point_key
     >>> point_key({"a": 1, "b": "x"}) == point_key({"b": "x", "a": 1})
     True
     >>> len(point_key({"a": 1}))
@@ -124,7 +124,7 @@ def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
 
     Examples
     --------
-    >>> from capalloc.sweep import grid
+    >>> from capalloc.experiments.sweep import grid
     >>> grid(model=["relu", "gelu"], sparsity=[0.5, 0.9])  # doctest: +NORMALIZE_WHITESPACE
     [{'model': 'relu', 'sparsity': 0.5}, {'model': 'relu', 'sparsity': 0.9},
      {'model': 'gelu', 'sparsity': 0.5}, {'model': 'gelu', 'sparsity': 0.9}]
@@ -248,7 +248,7 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
     --------
     >>> import tempfile
     >>> from concurrent.futures import ThreadPoolExecutor
-    >>> from capalloc.sweep import run_sweep
+    >>> from capalloc.experiments.sweep import run_sweep
     >>> def add(a, b):
     ...     return {"sum": a + b}
     >>> with tempfile.TemporaryDirectory() as out, ThreadPoolExecutor(1) as pool:

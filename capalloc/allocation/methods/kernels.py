@@ -729,7 +729,7 @@ def certify(v, K, C, d):  # pragma: no cover - compiled
     """Certificate of any capacities ``C``: ``(T, loss, kkt_residual)``.
 
     ``T = 2 level^2`` is the smallest valid threshold (``level = max h`` over ``C < 1``);
-    the fused form of :func:`capalloc._result.smallest_threshold`, ``problem.loss`` and
+    the fused form of :func:`capalloc.allocation.result.smallest_threshold`, ``problem.loss`` and
     :func:`capalloc.kkt_residual`, on levels (their numpy forms are the twins).
     """
     n = v.size

@@ -1,0 +1,1 @@
+"""Shared infrastructure below every layer: input validation and the method registry."""
