@@ -154,13 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     else:
         d, sizes = 256, [1_000, 10_000, 100_000, 1_000_000]
 
-    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
+    threads = (
+        os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
+    )
     print(f"capalloc.capacity vs naive (n, n) Gram formula, d = {d}")
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, BLAS threads: {threads}; "
-          "time: best of 3 (1 run if n > 1e4); extra: peak allocation inside the call "
-          "(tracemalloc)")
-    header = (f"{'n':>9} {'d':>4} {'capacity [s]':>13} {'naive [s]':>10} {'speed-up':>9} "
-              f"{'max |dC|':>9} {'extra [MiB]':>12} {'naive extra [MiB]':>18}")
+    print(
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, BLAS threads: {threads}; "
+        "time: best of 3 (1 run if n > 1e4); extra: peak allocation inside the call "
+        "(tracemalloc)"
+    )
+    header = (
+        f"{'n':>9} {'d':>4} {'capacity [s]':>13} {'naive [s]':>10} {'speed-up':>9} "
+        f"{'max |dC|':>9} {'extra [MiB]':>12} {'naive extra [MiB]':>18}"
+    )
     print(header)
     print("-" * len(header))
     capacity(random_embedding(d, 10))  # warm-up (imports, BLAS threads)
@@ -174,22 +180,30 @@ def main(argv: list[str] | None = None) -> None:
             t_naive = best_time(lambda W=W: naive_capacity(W), repeat)
             ref, naive_extra = traced_peak(lambda W=W: naive_capacity(W))
             diff = np.max(np.abs(C - ref))
-            row += (f" {t_naive:10.4f} {t_naive / t_fast:8.1f}x {diff:9.1e} "
-                    f"{extra / 2**20:12.1f} {naive_extra / 2**20:18.1f}")
+            row += (
+                f" {t_naive:10.4f} {t_naive / t_fast:8.1f}x {diff:9.1e} "
+                f"{extra / 2**20:12.1f} {naive_extra / 2**20:18.1f}"
+            )
             del ref
         else:
-            row += (f" {'skipped':>10} {'-':>9} {'-':>9} {extra / 2**20:12.1f} "
-                    f"{'(' + format(8 * n * n / 2**30, ',.0f') + ' GiB)':>18}")
+            row += (
+                f" {'skipped':>10} {'-':>9} {'-':>9} {extra / 2**20:12.1f} "
+                f"{'(' + format(8 * n * n / 2**30, ',.0f') + ' GiB)':>18}"
+            )
         print(row)
         if n == sizes[-1]:
             print()
             print(f"largest case, n = {n:,}, d = {d}:")
             print(f"  W itself                        {W.nbytes / 2**30:7.3f} GiB")
             print(f"  extra peak inside capacity()    {extra / 2**30:7.3f} GiB  (tracemalloc)")
-            print(f"  process max RSS so far          {max_rss_bytes() / 2**30:7.3f} GiB  "
-                  "(getrusage; includes W and the naive runs above)")
-            print(f"  sum C = {np.sum(C):.4f} <= d = {d};  0 <= C <= 1: "
-                  f"{bool(np.all((C >= 0) & (C <= 1)))}")
+            print(
+                f"  process max RSS so far          {max_rss_bytes() / 2**30:7.3f} GiB  "
+                "(getrusage; includes W and the naive runs above)"
+            )
+            print(
+                f"  sum C = {np.sum(C):.4f} <= d = {d};  0 <= C <= 1: "
+                f"{bool(np.all((C >= 0) & (C <= 1)))}"
+            )
         del W, C
 
 

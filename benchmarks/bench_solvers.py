@@ -34,8 +34,9 @@ class Solvers:
 
     def track_max_abs_dC(self, n, method):
         ref = capalloc.solve(self.problem, method="waterfill").capacity
-        res = capalloc.solve(self.problem, method=method,
-                             **_bench._OPTIONS.get(method, {})).capacity
+        res = capalloc.solve(
+            self.problem, method=method, **_bench._OPTIONS.get(method, {})
+        ).capacity
         return float(np.max(np.abs(res - ref)))
 
     track_max_abs_dC.unit = "capacity"
@@ -92,14 +93,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 1e5, fewer repeats")
     parser.add_argument("--max-n", type=int, default=None, help="skip sizes above N")
-    parser.add_argument("--sum-ratio", action="store_true",
-                        help="only time waterfill against numpy.sum at n = 1e7, alternately")
+    parser.add_argument(
+        "--sum-ratio",
+        action="store_true",
+        help="only time waterfill against numpy.sum at n = 1e7, alternately",
+    )
     args = parser.parse_args(argv)
     if args.sum_ratio:
         r = _bench.sum_ratio()
-        print(f"n = 1e7: numpy.sum {r['sum_ms']:.2f} ms, waterfill {r['waterfill_ms']:.2f} ms "
-              f"(medians of 15 alternating calls): {r['median_ratio']:.1f}x "
-              f"(best/best {r['best_ratio']:.1f}x)")
+        print(
+            f"n = 1e7: numpy.sum {r['sum_ms']:.2f} ms, waterfill {r['waterfill_ms']:.2f} ms "
+            f"(medians of 15 alternating calls): {r['median_ratio']:.1f}x "
+            f"(best/best {r['best_ratio']:.1f}x)"
+        )
         return
     rows = _bench.run_solver_benchmark(args.quick, max_n=args.max_n)
     print(_bench.format_table(rows))

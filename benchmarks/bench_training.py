@@ -43,8 +43,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and short schedules")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS / torch CPU threads (set before numpy is imported)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS / torch CPU threads (set before numpy is imported)",
+    )
     parser.add_argument("--kurtosis", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -66,7 +70,9 @@ QUICK_SIZES = [(50, 10), (200, 40)]
 GAP = 1e-6
 
 
-def make_problem(n: int, d: int, kurtosis: float = 10.0, seed: int = 0) -> capalloc.QuadraticProblem:
+def make_problem(
+    n: int, d: int, kurtosis: float = 10.0, seed: int = 0
+) -> capalloc.QuadraticProblem:
     """Importances uniform in [0.1, 1]: a mix of mono, poly and ignored features."""
     rng = np.random.default_rng(seed)
     return capalloc.QuadraticProblem(rng.uniform(0.1, 1.0, n), d=d, kurtosis=kurtosis)
@@ -110,8 +116,9 @@ class TrainingSuite:
     param_names = ["size"]
     timeout = 1200
 
-    def setup(self, size, quick: bool = False, device: str = "cpu", kurtosis: float = 10.0,
-              seed: int = 0) -> None:
+    def setup(
+        self, size, quick: bool = False, device: str = "cpu", kurtosis: float = 10.0, seed: int = 0
+    ) -> None:
         n, d = size
         self.problem = make_problem(n, d, kurtosis, seed)
         capalloc.solve(make_problem(20, 5, kurtosis, seed))  # JIT warm-up, outside timing
@@ -125,20 +132,28 @@ class TrainingSuite:
         capalloc.solve(self.problem)
 
     def time_exact(self, size) -> None:
-        train_quadratic(self.problem, restarts=1, seed=self.seed, steps=self.exact_iters,
-                        polish=False)
+        train_quadratic(
+            self.problem, restarts=1, seed=self.seed, steps=self.exact_iters, polish=False
+        )
 
     def time_exact_full(self, size) -> None:
         self.full = train_quadratic(self.problem, restarts=1, seed=self.seed)
 
     def time_sampled(self, size) -> None:
-        self.sampled = train_quadratic(self.problem, "sampled", seed=self.seed,
-                                       steps=self.steps, batch_size=self.batch,
-                                       lr=self.lr, device=self.device)
+        self.sampled = train_quadratic(
+            self.problem,
+            "sampled",
+            seed=self.seed,
+            steps=self.steps,
+            batch_size=self.batch,
+            lr=self.lr,
+            device=self.device,
+        )
 
     def track_exact_gap(self, size) -> float:
-        out = train_quadratic(self.problem, restarts=1, seed=self.seed, steps=self.exact_iters,
-                              polish=False)
+        out = train_quadratic(
+            self.problem, restarts=1, seed=self.seed, steps=self.exact_iters, polish=False
+        )
         return (out.loss - self.result.loss) / self.result.loss
 
     def track_sampled_gap(self, size) -> float:
@@ -160,30 +175,36 @@ def main(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     sizes = QUICK_SIZES if args.quick else SIZES
-    print(f"quadratic model, K = {args.kurtosis}, importances U[0.1, 1]; sampled on "
-          f"device={device}; numpy {np.__version__}; "
-          f"threads={args.threads or 'default'}")
-    head = (f"{'n':>5} {'d':>4} | {'solve s':>9} | {'exact s':>8} {'iters':>5} {'gap':>8} "
-            f"{'speed-up':>9} | {'full s':>7} {'max|dC|':>8} | {'sampled s':>9} {'steps':>5} "
-            f"{'gap':>8} {'max|dC|':>8} {'speed-up':>9}")
+    print(
+        f"quadratic model, K = {args.kurtosis}, importances U[0.1, 1]; sampled on "
+        f"device={device}; numpy {np.__version__}; "
+        f"threads={args.threads or 'default'}"
+    )
+    head = (
+        f"{'n':>5} {'d':>4} | {'solve s':>9} | {'exact s':>8} {'iters':>5} {'gap':>8} "
+        f"{'speed-up':>9} | {'full s':>7} {'max|dC|':>8} | {'sampled s':>9} {'steps':>5} "
+        f"{'gap':>8} {'max|dC|':>8} {'speed-up':>9}"
+    )
     print(head)
     print("-" * len(head))
     for n, d in sizes:
         suite = TrainingSuite()
-        suite.setup((n, d), quick=args.quick, device=device, kurtosis=args.kurtosis,
-                    seed=args.seed)
+        suite.setup((n, d), quick=args.quick, device=device, kurtosis=args.kurtosis, seed=args.seed)
         t_solve = best_time(functools.partial(suite.time_solve, (n, d)))
         t0 = time.perf_counter()
-        out = train_quadratic(suite.problem, restarts=1, seed=args.seed, steps=suite.exact_iters,
-                              polish=False)
+        out = train_quadratic(
+            suite.problem, restarts=1, seed=args.seed, steps=suite.exact_iters, polish=False
+        )
         t_exact = time.perf_counter() - t0
         gap_exact = (out.loss - suite.result.loss) / suite.result.loss
         t0 = time.perf_counter()
         suite.time_exact_full((n, d))
         t_full = time.perf_counter() - t0
         dC_full = np.abs(suite.full.capacity - suite.result.capacity).max()
-        row = (f"{n:>5} {d:>4} | {t_solve:>9.2e} | {t_exact:>8.3f} {suite.exact_iters:>5} "
-               f"{gap_exact:>8.1e} {t_exact / t_solve:>9.0f}x | {t_full:>7.2f} {dC_full:>8.1e} |")
+        row = (
+            f"{n:>5} {d:>4} | {t_solve:>9.2e} | {t_exact:>8.3f} {suite.exact_iters:>5} "
+            f"{gap_exact:>8.1e} {t_exact / t_solve:>9.0f}x | {t_full:>7.2f} {dC_full:>8.1e} |"
+        )
         if device == "none":
             print(row + " torch not installed")
             continue
@@ -192,8 +213,11 @@ def main(args: argparse.Namespace) -> None:
         t_sampled = time.perf_counter() - t0
         gap_s = (suite.sampled.loss - suite.result.loss) / suite.result.loss
         dC = np.abs(suite.sampled.capacity - suite.result.capacity).max()
-        print(row + f" {t_sampled:>9.2f} {suite.steps:>5} {gap_s:>8.1e} {dC:>8.1e} "
-                    f"{t_sampled / t_solve:>9.0f}x", flush=True)
+        print(
+            row + f" {t_sampled:>9.2f} {suite.steps:>5} {gap_s:>8.1e} {dC:>8.1e} "
+            f"{t_sampled / t_solve:>9.0f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,7 @@ def main(argv=None):
                 failures.append((k, profile, method, repr(problem), why))
         if (k + 1) % 500 == 0:
             done = ", ".join(f"{m} {o}: {c}" for (m, o), c in sorted(counts.items()))
-            print(f"[{k + 1}/{args.count}, {time.perf_counter() - start:.0f} s] {done}",
-                  flush=True)
+            print(f"[{k + 1}/{args.count}, {time.perf_counter() - start:.0f} s] {done}", flush=True)
     print(f"{args.count} problems, seed {args.seed}, {time.perf_counter() - start:.0f} s")
     for (method, outcome), c in sorted(counts.items()):
         print(f"  {method:10s} {outcome:28s} {c}")

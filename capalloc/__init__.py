@@ -55,8 +55,16 @@ _LAZY = {
     "realize": "capalloc.geometry",
     "tight_frame": "capalloc.geometry",
 }
-_MODULES = {"theory", "testing", "plots", "experiments", "sweep", "sensitivity", "train",
-            "geometry"}
+_MODULES = {
+    "theory",
+    "testing",
+    "plots",
+    "experiments",
+    "sweep",
+    "sensitivity",
+    "train",
+    "geometry",
+}
 
 __all__ = [
     "AllocationResult",

@@ -67,8 +67,16 @@ class InputLaw(ABC):
     @abstractmethod
     def _draw_torch(self, gen: Any, shape: tuple[int, ...], device: Any, dtype: Any) -> Any: ...
 
-    def sample(self, n_samples: int, n_features: int, seed: Any = None, *,
-               backend: str = "numpy", device: Any = "cpu", dtype: Any = None) -> Any:
+    def sample(
+        self,
+        n_samples: int,
+        n_features: int,
+        seed: Any = None,
+        *,
+        backend: str = "numpy",
+        device: Any = "cpu",
+        dtype: Any = None,
+    ) -> Any:
         """Draw an ``(n_samples, n_features)`` array of independent features.
 
         Parameters

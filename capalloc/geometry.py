@@ -37,17 +37,28 @@ from capalloc._capacity import capacity
 from capalloc._lib.validation import as_float_array, check_budget, readonly, short
 from capalloc.allocation.result import AllocationResult
 
-__all__ = ["Block", "find_blocks", "ignored_features", "is_block_semi_orthogonal", "realize",
-           "tight_frame"]
+__all__ = [
+    "Block",
+    "find_blocks",
+    "ignored_features",
+    "is_block_semi_orthogonal",
+    "realize",
+    "tight_frame",
+]
 
 _GRAM_ENTRIES = 1 << 22  # cosine entries formed at once (chunks of rows of the Gram matrix)
 _MONO_ATOL = 1e-12  # capacity within this of 1 is monosemantic in realize
 _GROUP_RTOL = 1e-9  # polysemantic features whose N/C agree to this share a block in realize
 _SUM_ATOL = 1e-9  # per feature: slack allowed when rounding a block's capacity sum
 
+
 def _check_tol(tol: Any, name: str = "tol") -> float:
-    if (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol)
-            or not 0 < cast(float, tol) < 1):  # stubs: Real does not compare with int
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, numbers.Real)
+        or not math.isfinite(tol)
+        or not 0 < cast(float, tol) < 1
+    ):  # stubs: Real does not compare with int
         raise ValueError(f"{name} must lie in (0, 1), got {short(tol)}")
     return float(tol)
 
@@ -96,8 +107,10 @@ class Block:
     def __repr__(self) -> str:
         feats = self.features.tolist()
         text = str(feats) if len(feats) <= 8 else f"[{', '.join(map(str, feats[:6]))}, ...]"
-        return (f"Block(features={text}, dim={self.dim}, scale={self.scale:.6g}, "
-                f"capacity_sum={self.capacity_sum:.6g}, residual={self.residual:.2g})")
+        return (
+            f"Block(features={text}, dim={self.dim}, scale={self.scale:.6g}, "
+            f"capacity_sum={self.capacity_sum:.6g}, residual={self.residual:.2g})"
+        )
 
 
 def _kept(W: np.ndarray, tol: float) -> np.ndarray:
@@ -147,7 +160,7 @@ def _components(U: np.ndarray, tol: float) -> np.ndarray:
     root = nodes.copy()  # a representative node of each node's component
     step = max(1, _GRAM_ENTRIES // max(k, 1))
     for start in range(0, k, step):
-        cos = U[:, start:start + step].T @ U
+        cos = U[:, start : start + step].T @ U
         rows, cols = np.nonzero(np.abs(cos) > tol)
         rows = np.concatenate([rows + start, nodes])
         cols = np.concatenate([cols, root])
@@ -239,8 +252,15 @@ def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
     for members in np.split(order, bounds):
         features = keep[members]  # ascending: keep and the stable sort are ordered
         dim, lam, residual = _block_stats(W[:, features], tol)
-        blocks.append(Block(features=readonly(features), dim=dim, scale=lam,
-                            capacity_sum=float(C[features].sum()), residual=residual))
+        blocks.append(
+            Block(
+                features=readonly(features),
+                dim=dim,
+                scale=lam,
+                capacity_sum=float(C[features].sum()),
+                residual=residual,
+            )
+        )
     blocks.sort(key=lambda b: int(b.features[0]))
     return blocks
 
@@ -384,8 +404,9 @@ def tight_frame(c: Any, r: int | None = None) -> np.ndarray:
     gram_err = np.abs(F @ F.T - np.eye(r)).max()
     norm_err = np.abs(np.einsum("rk,rk->k", F, F) - c).max()
     if gram_err > 1e-10 or norm_err > 1e-10:  # pragma: no cover - a bug, not a user error
-        raise RuntimeError(f"tight_frame failed: |FF^T - I| = {gram_err:.2e}, "
-                           f"|norms - c| = {norm_err:.2e}")
+        raise RuntimeError(
+            f"tight_frame failed: |FF^T - I| = {gram_err:.2e}, |norms - c| = {norm_err:.2e}"
+        )
     return F
 
 
@@ -396,14 +417,19 @@ def _realize_row(C: np.ndarray, N: np.ndarray) -> tuple[list[tuple[np.ndarray, n
     zero = np.flatnonzero(C == 0)
     if np.any(N[zero] > 0):
         i = int(zero[np.argmax(N[zero])])
-        raise ValueError(f"feature {i} has capacity 0 but norms {N[i]!r} > 0: a non-zero column "
-                         f"always has positive capacity")
+        raise ValueError(
+            f"feature {i} has capacity 0 but norms {N[i]!r} > 0: a non-zero column "
+            f"always has positive capacity"
+        )
     if np.any(N[poly] <= 0) or np.any(N[mono] <= 0):
         i = int(np.concatenate([mono, poly])[np.argmin(N[np.concatenate([mono, poly])])])
-        raise ValueError(f"feature {i} has capacity {C[i]!r} > 0 but norms {N[i]!r}: a "
-                         f"feature with positive capacity needs a positive squared norm")
+        raise ValueError(
+            f"feature {i} has capacity {C[i]!r} > 0 but norms {N[i]!r}: a "
+            f"feature with positive capacity needs a positive squared norm"
+        )
     pieces: list[tuple[np.ndarray, np.ndarray]] = [
-        (np.array([i]), np.array([[math.sqrt(N[i])]])) for i in mono]
+        (np.array([i]), np.array([[math.sqrt(N[i])]])) for i in mono
+    ]
     rows = mono.size
     if poly.size:
         lam = N[poly] / C[poly]
@@ -418,7 +444,8 @@ def _realize_row(C: np.ndarray, N: np.ndarray) -> tuple[list[tuple[np.ndarray, n
                 raise ValueError(
                     f"the polysemantic features {short(group)} share N/C = {lam_g:.6g} but their "
                     f"capacities sum to {total!r}, not an integer: a block of capacity sum "
-                    f"d_b needs d_b dimensions, so no embedding has these capacities and norms")
+                    f"d_b needs d_b dimensions, so no embedding has these capacities and norms"
+                )
             F = tight_frame(C[group], r)
             pieces.append((group, F * np.sqrt(N[group] / C[group])))
             rows += r
@@ -511,13 +538,15 @@ def realize(result_or_capacity: Any, norms: Any = None, *, d: int | None = None)
     else:
         d = check_budget(d, "d")
         if d < need:
-            raise ValueError(f"d={d} is too small: the allocation needs {need} dimensions "
-                             f"(monosemantic features plus the rank of each block)")
+            raise ValueError(
+                f"d={d} is too small: the allocation needs {need} dimensions "
+                f"(monosemantic features plus the rank of each block)"
+            )
     W = np.zeros((C2.shape[0], d, C2.shape[1]))
     for row, (pieces, _) in enumerate(parts):
         top = 0
         for features, cols in pieces:
             r = cols.shape[0]
-            W[row][top:top + r, features] = cols
+            W[row][top : top + r, features] = cols
             top += r
     return W if batched else W[0]

@@ -46,17 +46,32 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-__all__ = ["check_file", "check_memory", "load_arrays", "load_matrix", "load_vector",
-           "read_safetensors_header"]
+__all__ = [
+    "check_file",
+    "check_memory",
+    "load_arrays",
+    "load_matrix",
+    "load_vector",
+    "read_safetensors_header",
+]
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv")
 
 # safetensors dtype codes that map directly onto numpy dtypes (little endian).
 _SAFETENSORS_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
 }
 
 
@@ -112,8 +127,9 @@ def check_memory(nbytes: int, what: str) -> None:
     """
     avail = _available_memory()
     if avail is not None and nbytes > avail:
-        raise ValueError(f"{what} needs {_bytes_text(nbytes)} of memory; only "
-                         f"{_bytes_text(avail)} available")
+        raise ValueError(
+            f"{what} needs {_bytes_text(nbytes)} of memory; only {_bytes_text(avail)} available"
+        )
 
 
 def check_file(path: str | os.PathLike) -> int:
@@ -159,9 +175,11 @@ def _npy_header(fh: IO[bytes], name: str, size: int) -> None:
     nbytes = math.prod(shape) * dtype.itemsize
     have = size - fh.tell()
     if nbytes > have:
-        raise ValueError(f"{name}: truncated or corrupt .npy: the header claims shape "
-                         f"{_short_shape(shape)} {dtype} ({nbytes} bytes of data) but only "
-                         f"{have} bytes follow")
+        raise ValueError(
+            f"{name}: truncated or corrupt .npy: the header claims shape "
+            f"{_short_shape(shape)} {dtype} ({nbytes} bytes of data) but only "
+            f"{have} bytes follow"
+        )
     check_memory(nbytes, f"{name}: array of shape {_short_shape(shape)} {dtype}")
 
 
@@ -192,8 +210,14 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
                     _npy_header(fh, name, info.file_size)
                 with zf.open(info) as fh:
                     out[key] = npy_format.read_array(fh, allow_pickle=False)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-            NotImplementedError) as exc:  # corrupt offsets, encryption, unknown compression
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:  # corrupt offsets, encryption, unknown compression
         raise ValueError(f"{path}: not a valid .npz archive ({_reason(exc)})") from None
     except ValueError as exc:
         if str(exc).startswith(f"{path}:"):
@@ -435,8 +459,9 @@ def load_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
         if len(two_d) != 1:
             what = "no 2-D array" if not two_d else "several 2-D arrays"
             names = {k: _Shape(_shape(arrays, k)) for k in arrays}
-            raise ValueError(f"{path} holds {what}; choose one with key (--key) "
-                             f"(arrays: {_describe(names)})")
+            raise ValueError(
+                f"{path} holds {what}; choose one with key (--key) (arrays: {_describe(names)})"
+            )
         key = two_d[0]
     elif key not in arrays:
         names = {k: _Shape(_shape(arrays, k)) for k in arrays}
@@ -480,7 +505,9 @@ def load_vector(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     if key is None:
         if len(arrays) != 1:
             names = {k: _Shape(_shape(arrays, k)) for k in arrays}
-            raise ValueError(f"{path} holds several arrays; choose one (arrays: {_describe(names)})")
+            raise ValueError(
+                f"{path} holds several arrays; choose one (arrays: {_describe(names)})"
+            )
         key = next(iter(arrays))
     elif key not in arrays:
         raise KeyError(f"key {key!r} not found in {path}")

@@ -49,8 +49,18 @@ LABEL_COLORS = {
     IGNORED: "#9e9e9e",
 }
 
-_BLOCK_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                 "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_BLOCK_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def _headless() -> bool:
@@ -84,8 +94,10 @@ def _axes(ax: Any, projection: str | None = None) -> Any:
 
 def _one_problem(values: np.ndarray, name: str) -> np.ndarray:
     if values.ndim != 1:
-        raise ValueError(f"{name} must be one problem (1-D), got shape {values.shape}; "
-                         "plot one row of a batch at a time")
+        raise ValueError(
+            f"{name} must be one problem (1-D), got shape {values.shape}; "
+            "plot one row of a batch at a time"
+        )
     return values
 
 
@@ -102,8 +114,11 @@ def _capacity_and_labels(result: Any) -> tuple[np.ndarray, np.ndarray]:
 def _label_legend(ax: Any, labels: np.ndarray, **kwargs: Any) -> None:
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=LABEL_COLORS[lab], label=f"{lab} ({int(np.sum(labels == lab))})")
-               for lab in LABELS if np.any(labels == lab)]
+    handles = [
+        Patch(facecolor=LABEL_COLORS[lab], label=f"{lab} ({int(np.sum(labels == lab))})")
+        for lab in LABELS
+        if np.any(labels == lab)
+    ]
     ax.legend(handles=handles, **kwargs)
 
 
@@ -137,8 +152,9 @@ def plot_capacities(result: Any, ax: Any = None) -> Any:
     return ax
 
 
-def plot_marginal_benefit(problem: Any, result: Any, ax: Any = None, *,
-                          log: bool | None = None) -> Any:
+def plot_marginal_benefit(
+    problem: Any, result: Any, ax: Any = None, *, log: bool | None = None
+) -> Any:
     r"""Marginal benefit and capacity of every feature against its importance.
 
     For each feature a vertical bar spans the marginal benefits
@@ -180,8 +196,15 @@ def plot_marginal_benefit(problem: Any, result: Any, ax: Any = None, *,
     colors = [LABEL_COLORS.get(str(lab), "k") for lab in labels]
 
     ax = _axes(ax)
-    ax.vlines(x, np.minimum(g0, g1), np.maximum(g0, g1), colors=colors, alpha=0.35, lw=3,
-              label=r"$-\ell_i'(C)$, $C\in[0,1]$")
+    ax.vlines(
+        x,
+        np.minimum(g0, g1),
+        np.maximum(g0, g1),
+        colors=colors,
+        alpha=0.35,
+        lw=3,
+        label=r"$-\ell_i'(C)$, $C\in[0,1]$",
+    )
     ax.scatter(x, g, c=colors, s=22, zorder=3, label=r"$-\ell_i'(C_i)$ at optimum")
     ax.axhline(T, color="k", ls="--", lw=1.2, gid="threshold", label=f"threshold T = {T:.4g}")
     values = np.concatenate([g0, g1, g, [T]])
@@ -195,8 +218,9 @@ def plot_marginal_benefit(problem: Any, result: Any, ax: Any = None, *,
 
     cap_ax = ax.twinx()
     order = np.argsort(x, kind="stable")
-    cap_ax.plot(x[order], C[order], color="0.35", lw=1, marker="s", ms=3, alpha=0.8,
-                label="capacity $C_i$")
+    cap_ax.plot(
+        x[order], C[order], color="0.35", lw=1, marker="s", ms=3, alpha=0.8, label="capacity $C_i$"
+    )
     cap_ax.set_ylim(0.0, 1.08)
     cap_ax.set_ylabel("capacity $C_i$")
     ax.capacity_axes = cap_ax
@@ -207,8 +231,14 @@ def plot_marginal_benefit(problem: Any, result: Any, ax: Any = None, *,
     return ax
 
 
-def plot_loss_curves(v: float = 1.0, K: float | Sequence[float] = (1.8, 3.0, 15.0),
-                     ax: Any = None, *, normalize: bool = True, num: int = 201) -> Any:
+def plot_loss_curves(
+    v: float = 1.0,
+    K: float | Sequence[float] = (1.8, 3.0, 15.0),
+    ax: Any = None,
+    *,
+    normalize: bool = True,
+    num: int = 201,
+) -> Any:
     r"""Optimal per-feature loss :math:`\ell(C)` of the quadratic model for a few kurtoses.
 
     .. math::
@@ -241,6 +271,7 @@ def plot_loss_curves(v: float = 1.0, K: float | Sequence[float] = (1.8, 3.0, 15.
     .. [1] Scherlis et al., arXiv:2210.01892.
     """
     from capalloc.allocation.problems import QuadraticProblem
+
     kurtoses = np.atleast_1d(np.asarray(K, dtype=float))
     if kurtoses.ndim != 1 or kurtoses.size == 0:
         raise ValueError(f"K must be a number or a non-empty sequence, got {K!r}")
@@ -271,8 +302,9 @@ def _block_of_features(W: np.ndarray, tol: float | None) -> dict[int, int] | Non
     return {int(i): b for b, block in enumerate(blocks) for i in block.features}
 
 
-def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
-                   annotate: bool | None = None) -> Any:
+def plot_embedding(
+    W: Any, ax: Any = None, *, tol: float | None = None, annotate: bool | None = None
+) -> Any:
     """Feature vectors (columns of ``W``) as arrows from the origin, for ``d <= 3``.
 
     Arrows are coloured by block (:func:`capalloc.geometry.find_blocks`) when
@@ -301,14 +333,17 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
         raise ValueError(f"W must be 2-D (d, n), got shape {W.shape}")
     d, n = W.shape
     if not 1 <= d <= 3:
-        raise ValueError(f"plot_embedding draws d <= 3 dimensions, got d = {d}; "
-                         "project W first (e.g. onto its top singular vectors)")
+        raise ValueError(
+            f"plot_embedding draws d <= 3 dimensions, got d = {d}; "
+            "project W first (e.g. onto its top singular vectors)"
+        )
     norms = np.sqrt(np.einsum("kn,kn->n", W, W))
     drawn = np.flatnonzero(norms > 0)
     block = _block_of_features(W, tol) or {}
-    colors = {i: _BLOCK_COLORS[block[int(i)] % len(_BLOCK_COLORS)] if i in block
-              else _BLOCK_COLORS[0]
-              for i in drawn}
+    colors = {
+        i: _BLOCK_COLORS[block[int(i)] % len(_BLOCK_COLORS)] if i in block else _BLOCK_COLORS[0]
+        for i in drawn
+    }
     annotate = n <= 30 if annotate is None else annotate
     reach = 1.15 * (norms.max() if drawn.size else 1.0)
 
@@ -323,8 +358,11 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
             if annotate:
                 ax.text(1.08 * x, 1.08 * y, 1.08 * z, str(i), fontsize="small")
         ticks = np.round([-reach / 1.15, 0.0, reach / 1.15], 2)
-        for setlim, setticks in ((ax.set_xlim, ax.set_xticks), (ax.set_ylim, ax.set_yticks),
-                                 (ax.set_zlim, ax.set_zticks)):
+        for setlim, setticks in (
+            (ax.set_xlim, ax.set_xticks),
+            (ax.set_ylim, ax.set_yticks),
+            (ax.set_zlim, ax.set_zticks),
+        ):
             setlim(-reach, reach)
             setticks(ticks)
         ax.set_xlabel("$h_1$")
@@ -339,12 +377,28 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
         ax.axvline(0.0, color="0.85", lw=0.8, zorder=0)
         for i in drawn:
             x, y = P[:, i]
-            ax.add_patch(FancyArrowPatch((0.0, 0.0), (x, y), arrowstyle="-|>", mutation_scale=14,
-                                         color=colors[i], lw=1.6, shrinkA=0, shrinkB=0,
-                                         gid=f"feature-{i}"))
+            ax.add_patch(
+                FancyArrowPatch(
+                    (0.0, 0.0),
+                    (x, y),
+                    arrowstyle="-|>",
+                    mutation_scale=14,
+                    color=colors[i],
+                    lw=1.6,
+                    shrinkA=0,
+                    shrinkB=0,
+                    gid=f"feature-{i}",
+                )
+            )
             if annotate:
-                ax.annotate(str(i), (x, y), xytext=(1.1 * x, 1.1 * y), fontsize="small",
-                            ha="center", va="center")
+                ax.annotate(
+                    str(i),
+                    (x, y),
+                    xytext=(1.1 * x, 1.1 * y),
+                    fontsize="small",
+                    ha="center",
+                    va="center",
+                )
         ax.set_xlim(-reach, reach)
         ax.set_ylim(-reach, reach)
         ax.set_aspect("equal")
@@ -358,8 +412,15 @@ def plot_embedding(W: Any, ax: Any = None, *, tol: float | None = None,
             if i in block:
                 sizes[block[int(i)]] = sizes.get(block[int(i)], 0) + 1
         if 1 < len(sizes) <= 10:
-            handles = [Line2D([], [], color=_BLOCK_COLORS[b % len(_BLOCK_COLORS)],
-                              label=f"block {b} ({k} features)") for b, k in sorted(sizes.items())]
+            handles = [
+                Line2D(
+                    [],
+                    [],
+                    color=_BLOCK_COLORS[b % len(_BLOCK_COLORS)],
+                    label=f"block {b} ({k} features)",
+                )
+                for b, k in sorted(sizes.items())
+            ]
             ax.legend(handles=handles, fontsize="small")
     return ax
 
@@ -387,8 +448,13 @@ def plot_capacity_histogram(C: Any, ax: Any = None, *, bins: int = 20, log: bool
     if isinstance(bins, bool) or int(bins) < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     ax = _axes(ax)
-    ax.hist(np.clip(C, 0.0, 1.0), bins=np.linspace(0.0, 1.0, int(bins) + 1),
-            color=LABEL_COLORS[POLYSEMANTIC], edgecolor="white", log=log)
+    ax.hist(
+        np.clip(C, 0.0, 1.0),
+        bins=np.linspace(0.0, 1.0, int(bins) + 1),
+        color=LABEL_COLORS[POLYSEMANTIC],
+        edgecolor="white",
+        log=log,
+    )
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("capacity $C_i$")
     ax.set_ylabel("features")

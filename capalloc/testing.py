@@ -58,8 +58,9 @@ def _rows(x: Any) -> str:
     return np.array2string(np.asarray(x), threshold=8, precision=4)
 
 
-def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
-              rtol: float = 1e-9) -> None:
+def check_kkt(
+    problem: QuadraticProblem | SeparableProblem, result: Any, rtol: float = 1e-9
+) -> None:
     r"""Assert that ``result`` is a certified optimum of ``problem``.
 
     Checks, row by row for batched problems:
@@ -121,16 +122,22 @@ def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
             fail(f"KKT residual {_rows(res)} > rtol = {rtol:g}")
         reported = np.asarray(result.kkt_residual, dtype=float)
         if reported.shape != res.shape or np.any(~(reported <= rtol)):
-            fail(f"reported kkt_residual {_rows(reported)} > rtol = {rtol:g} (recomputed "
-                 f"{_rows(res)})")
-        npos = (np.count_nonzero(problem.importance > 0, axis=-1)
-                if isinstance(problem, QuadraticProblem)
-                else np.full(shape[:-1], problem.n))
+            fail(
+                f"reported kkt_residual {_rows(reported)} > rtol = {rtol:g} (recomputed "
+                f"{_rows(res)})"
+            )
+        npos = (
+            np.count_nonzero(problem.importance > 0, axis=-1)
+            if isinstance(problem, QuadraticProblem)
+            else np.full(shape[:-1], problem.n)
+        )
         target = np.minimum(d, npos)
         short = (T > 0) & (np.abs(total - target) > rtol * np.maximum(target, 1))
         if np.any(short):
-            fail(f"threshold > 0 but sum(C) - min(d, #positive) = {_rows(total - target)} "
-                 f"(sum(C) = {_rows(total)}, budget used up at an optimum)")
+            fail(
+                f"threshold > 0 but sum(C) - min(d, #positive) = {_rows(total - target)} "
+                f"(sum(C) = {_rows(total)}, budget used up at an optimum)"
+            )
         loss = np.sum(problem.loss(C), axis=-1)
         scale = np.sum(problem.loss(np.zeros(shape)), axis=-1)
         got = np.asarray(result.loss, dtype=float)
@@ -138,8 +145,9 @@ def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
             fail(f"loss {_rows(got)} != sum of per-feature losses {_rows(loss)}")
         if quadratic:
             norms = problem.optimal_norms(C)
-            if np.shape(result.norms) != shape or not np.allclose(result.norms, norms,
-                                                                   rtol=1e-12, atol=0):
+            if np.shape(result.norms) != shape or not np.allclose(
+                result.norms, norms, rtol=1e-12, atol=0
+            ):
                 fail("norms differ from problem.optimal_norms(capacity)")
         labels = np.asarray(result.labels)
         if labels.shape != shape or not set(labels.ravel().tolist()) <= set(LABELS):
@@ -150,8 +158,9 @@ def check_kkt(problem: QuadraticProblem | SeparableProblem, result: Any,
                 fail(f"labels inconsistent with capacities at atol={tol:g}")
     if errors:
         method = getattr(result, "method", "?")
-        raise AssertionError(f"check_kkt failed for {problem!r} (method {method!r}):\n  - "
-                             + "\n  - ".join(errors))
+        raise AssertionError(
+            f"check_kkt failed for {problem!r} (method {method!r}):\n  - " + "\n  - ".join(errors)
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -166,8 +175,14 @@ def _shape(n: int, batched: Any, rng: np.random.Generator) -> tuple[int, ...]:
     return (m, n)
 
 
-def random_importance(rng: np.random.Generator, shape: int | tuple[int, ...], *,
-                      decades: float = 2.0, ties: float = 0.0, zeros: float = 0.0) -> np.ndarray:
+def random_importance(
+    rng: np.random.Generator,
+    shape: int | tuple[int, ...],
+    *,
+    decades: float = 2.0,
+    ties: float = 0.0,
+    zeros: float = 0.0,
+) -> np.ndarray:
     """Log-uniform importances in ``[10**-decades, 10**decades]``.
 
     Parameters
@@ -195,8 +210,13 @@ def random_importance(rng: np.random.Generator, shape: int | tuple[int, ...], *,
     return v
 
 
-def random_kurtosis(rng: np.random.Generator, shape: int | tuple[int, ...],
-                    kind: str = "any", *, linear: float = 0.0) -> np.ndarray:
+def random_kurtosis(
+    rng: np.random.Generator,
+    shape: int | tuple[int, ...],
+    kind: str = "any",
+    *,
+    linear: float = 0.0,
+) -> np.ndarray:
     """Random kurtosis: ``"convex"`` (``K >= 3``), ``"concave"`` (``1 <= K <= 3``),
     ``"mixed"`` (both sides in every row, when a row has two or more features) or
     ``"any"`` (one of the three, or one shared value).
@@ -222,19 +242,27 @@ def random_kurtosis(rng: np.random.Generator, shape: int | tuple[int, ...],
         if shape[-1] >= 2:  # force both sides in every row
             side[..., 0] = True
             side[..., 1] = False
-            side = np.take_along_axis(side, rng.permuted(
-                np.broadcast_to(np.arange(shape[-1]), shape), axis=-1), axis=-1)
+            side = np.take_along_axis(
+                side, rng.permuted(np.broadcast_to(np.arange(shape[-1]), shape), axis=-1), axis=-1
+            )
         K = np.where(side, convex, concave)
     if linear > 0:
         K = np.where(rng.random(shape) < linear, 3.0, K)
     return K
 
 
-def random_quadratic_problem(rng: np.random.Generator, n: int | None = None,
-                             d: int | None = None, kurtosis: str = "any",
-                             batched: bool | int | None = None, *, decades: float = 2.0,
-                             ties: float = 0.0, zeros: float = 0.0,
-                             linear: float = 0.0) -> QuadraticProblem:
+def random_quadratic_problem(
+    rng: np.random.Generator,
+    n: int | None = None,
+    d: int | None = None,
+    kurtosis: str = "any",
+    batched: bool | int | None = None,
+    *,
+    decades: float = 2.0,
+    ties: float = 0.0,
+    zeros: float = 0.0,
+    linear: float = 0.0,
+) -> QuadraticProblem:
     """A random :class:`~capalloc.QuadraticProblem`.
 
     Parameters
@@ -276,8 +304,9 @@ def random_quadratic_problem(rng: np.random.Generator, n: int | None = None,
 HARD_PROFILES = ("loguniform", "geometric", "powerlaw", "decades", "near3", "batched")
 
 
-def random_hard_problem(rng: np.random.Generator, profile: str | None = None, *,
-                        max_n: int = 10_000) -> QuadraticProblem:
+def random_hard_problem(
+    rng: np.random.Generator, profile: str | None = None, *, max_n: int = 10_000
+) -> QuadraticProblem:
     """A convex or concave quadratic problem of the kinds that break water-filling sums.
 
     Profiles: ``"loguniform"`` (importances log-uniform over up to 600 decades, anywhere
@@ -290,9 +319,13 @@ def random_hard_problem(rng: np.random.Generator, profile: str | None = None, *,
     if profile not in HARD_PROFILES:
         raise ValueError(f"profile must be one of {HARD_PROFILES}, got {profile!r}")
     concave = rng.random() < 0.15
-    K: Any = (1 + 2 * rng.random() if concave else
-              3 + 10.0 ** rng.uniform(-3, 6) if rng.random() < 0.6 else
-              3 + 10.0 ** rng.uniform(-3, 6, 1))
+    K: Any = (
+        1 + 2 * rng.random()
+        if concave
+        else 3 + 10.0 ** rng.uniform(-3, 6)
+        if rng.random() < 0.6
+        else 3 + 10.0 ** rng.uniform(-3, 6, 1)
+    )
     if profile == "loguniform":
         n = int(rng.integers(2, 2000))
         lo = rng.uniform(-300, 300)
@@ -302,8 +335,11 @@ def random_hard_problem(rng: np.random.Generator, profile: str | None = None, *,
         n = int(rng.integers(1000, max(max_n, 1001) + 1))
         decades = rng.uniform(30, 300)
         i = np.arange(1, n + 1, dtype=float)
-        v = (10.0 ** (-decades * (i - 1) / (n - 1)) if profile == "geometric"
-             else i ** -(decades / np.log10(n)))
+        v = (
+            10.0 ** (-decades * (i - 1) / (n - 1))
+            if profile == "geometric"
+            else i ** -(decades / np.log10(n))
+        )
         v = v * 10.0 ** rng.uniform(-300 + decades, 300) / v.max()
     elif profile == "decades":
         n = int(rng.integers(2, 300))
@@ -333,12 +369,19 @@ def as_separable(problem: QuadraticProblem) -> SeparableProblem:
         raise ValueError("as_separable needs an unbatched problem")
     K = problem.kurtosis
     curvature = np.where(K > 3, "convex", np.where(K < 3, "concave", "linear"))
-    return SeparableProblem(problem.loss, problem.marginal_benefit, n=problem.n, d=problem.d,
-                            curvature=curvature, norms=problem.optimal_norms)
+    return SeparableProblem(
+        problem.loss,
+        problem.marginal_benefit,
+        n=problem.n,
+        d=problem.d,
+        curvature=curvature,
+        norms=problem.optimal_norms,
+    )
 
 
-def random_separable_problem(rng: np.random.Generator, n: int | None = None,
-                             d: int | None = None, kurtosis: str = "convex") -> SeparableProblem:
+def random_separable_problem(
+    rng: np.random.Generator, n: int | None = None, d: int | None = None, kurtosis: str = "convex"
+) -> SeparableProblem:
     """A random quadratic-model problem wrapped by :func:`as_separable`."""
     return as_separable(random_quadratic_problem(rng, n, d, kurtosis))
 
@@ -355,8 +398,9 @@ class BruteForceResult(NamedTuple):
     loss: Any
 
 
-def _convex_part(v: np.ndarray, K: np.ndarray, budgets: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _convex_part(
+    v: np.ndarray, K: np.ndarray, budgets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact optimum of the strictly convex features (``K > 3``) for each budget.
 
     Direct approach, shared with no solver: the breakpoints of
@@ -425,9 +469,12 @@ def _brute_one(v: np.ndarray, K: np.ndarray, d: int, grid: int) -> tuple[np.ndar
             for i in local:
                 out = minimize_scalar(
                     lambda t, j=j, B=B: float(
-                        ell(j, t) + _convex_part(vM, KM, np.asarray([B - t]))[0][0]),
-                    bounds=(ts[i - 1], ts[i + 1]), method="bounded",
-                    options={"xatol": 1e-13})
+                        ell(j, t) + _convex_part(vM, KM, np.asarray([B - t]))[0][0]
+                    ),
+                    bounds=(ts[i - 1], ts[i + 1]),
+                    method="bounded",
+                    options={"xatol": 1e-13},
+                )
                 cands.append((float(out.fun), float(out.x)))
                 cands.append((float(vals[i]), float(ts[i])))
             frac[jj, B] = min(cands)
@@ -648,8 +695,9 @@ REFERENCE_PROBLEMS: dict[str, ReferenceProblem] = {
     # Three bands (the solve() example): v = 4 monosemantic (v >= mu), v = 2, 1 share one
     # dimension exactly as in the two-feature case (mu = 27/11), v = 0.2 ignored
     # ((K-1)v/2 = 0.9 <= mu) and loses (K-1) v^2 = 0.36.
-    "three_bands": _ref([4.0, 2.0, 1.0, 0.2], 2, 10.0, [1.0, 16 / 21, 5 / 21, 0.0],
-                        468 / 77 + 0.36),
+    "three_bands": _ref(
+        [4.0, 2.0, 1.0, 0.2], 2, 10.0, [1.0, 16 / 21, 5 / 21, 0.0], 468 / 77 + 0.36
+    ),
     # K = 2 < 3: concave, top-d by (K-1) v^2; the ignored feature loses (K-1) v^2 = 1.
     "concave_top_d": _ref([1.0, 3.0, 2.0], 2, 2.0, [0.0, 1.0, 1.0], 1.0),
     # K = 3: linear, top-d; ignored ones lose 2 v^2: 2*1 + 2*4 = 10.

@@ -247,10 +247,24 @@ def derive() -> Derivation:
     c2, e2 = sp.factor(opt[P]), sp.factor(opt[Q])
     beta = sp.factor(sp.simplify(a + b - c2 - e2))
 
-    return Derivation(C=C, v=v, K=K, N=N, loss=loss, optimal_norm=n_star,
-                      per_feature_loss=ell, marginal_benefit=benefit, curvature=curv,
-                      curvature_sign=sign, a=a, b=b, polysemantic_threshold=threshold,
-                      c2=c2, e2=e2, beta=beta)
+    return Derivation(
+        C=C,
+        v=v,
+        K=K,
+        N=N,
+        loss=loss,
+        optimal_norm=n_star,
+        per_feature_loss=ell,
+        marginal_benefit=benefit,
+        curvature=curv,
+        curvature_sign=sign,
+        a=a,
+        b=b,
+        polysemantic_threshold=threshold,
+        c2=c2,
+        e2=e2,
+        beta=beta,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -262,10 +276,14 @@ def derive() -> Derivation:
 def _compiled() -> dict[str, Callable[..., Any]]:
     """Lambdify the derivation once."""
     d = derive()
-    single = {name: sp.lambdify((d.C, d.v, d.K), getattr(d, name), modules="numpy")
-              for name in ("optimal_norm", "per_feature_loss", "marginal_benefit", "curvature")}
-    pair = {name: sp.lambdify((d.a, d.b, d.K), getattr(d, name), modules="numpy")
-            for name in ("c2", "e2", "beta")}
+    single = {
+        name: sp.lambdify((d.C, d.v, d.K), getattr(d, name), modules="numpy")
+        for name in ("optimal_norm", "per_feature_loss", "marginal_benefit", "curvature")
+    }
+    pair = {
+        name: sp.lambdify((d.a, d.b, d.K), getattr(d, name), modules="numpy")
+        for name in ("c2", "e2", "beta")
+    }
     pair["threshold"] = sp.lambdify((d.a, d.b), d.polysemantic_threshold, modules="numpy")
     return {**single, **pair}
 
@@ -448,8 +466,9 @@ def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     below = a < b
     if np.any(below):
         bad_a, bad_b = (float(np.broadcast_to(x, below.shape)[below].ravel()[0]) for x in (a, b))
-        raise ValueError(f"a must be >= b (a is the larger importance), got a={bad_a!r}, "
-                         f"b={bad_b!r}")
+        raise ValueError(
+            f"a must be >= b (a is the larger importance), got a={bad_a!r}, b={bad_b!r}"
+        )
     return a, b
 
 
@@ -590,8 +609,9 @@ def _broadcasting(fn: Callable[..., Any]) -> Callable[..., np.ndarray]:
     return wrapped
 
 
-def compile_separable(expr: Any, C_symbol: sp.Symbol,
-                      param_symbols: Iterable[sp.Symbol] = ()) -> CompiledLoss:
+def compile_separable(
+    expr: Any, C_symbol: sp.Symbol, param_symbols: Iterable[sp.Symbol] = ()
+) -> CompiledLoss:
     r"""Differentiate and compile a per-feature loss :math:`\ell(C; \theta)`.
 
     .. math::
@@ -651,21 +671,28 @@ def compile_separable(expr: Any, C_symbol: sp.Symbol,
 def _compile(expr: sp.Expr, C: sp.Symbol, params: tuple[sp.Symbol, ...]) -> CompiledLoss:
     unknown = expr.free_symbols - {C, *params}
     if unknown:
-        raise ValueError(f"expr has symbols {sorted(map(str, unknown))} that are neither "
-                         f"C_symbol ({C}) nor in param_symbols {list(params)}")
+        raise ValueError(
+            f"expr has symbols {sorted(map(str, unknown))} that are neither "
+            f"C_symbol ({C}) nor in param_symbols {list(params)}"
+        )
     benefit = -sp.diff(expr, C)
     curv = sp.diff(expr, C, 2)
     args = (C, *params)
     return CompiledLoss(
-        expr=expr, C=C, params=params, benefit_expr=benefit, curvature_expr=curv,
+        expr=expr,
+        C=C,
+        params=params,
+        benefit_expr=benefit,
+        curvature_expr=curv,
         loss=_broadcasting(sp.lambdify(args, expr, modules="numpy")),
         marginal_benefit=_broadcasting(sp.lambdify(args, benefit, modules="numpy")),
         curvature=_broadcasting(sp.lambdify(args, curv, modules="numpy")),
     )
 
 
-def _factor_sign(factor: sp.Expr, compiled: CompiledLoss, values: list[np.ndarray],
-                 shape: tuple[int, ...]) -> np.ndarray:
+def _factor_sign(
+    factor: sp.Expr, compiled: CompiledLoss, values: list[np.ndarray], shape: tuple[int, ...]
+) -> np.ndarray:
     """Sign of one factor of the curvature on [0, 1], per feature.
 
     ``+1``: >= 0 on [0, 1] and not identically 0; ``-1``: <= 0 likewise;
@@ -674,8 +701,9 @@ def _factor_sign(factor: sp.Expr, compiled: CompiledLoss, values: list[np.ndarra
     C, params = compiled.C, compiled.params
 
     def at(expr: sp.Expr) -> np.ndarray:
-        return np.broadcast_to(np.asarray(sp.lambdify(params, expr, "numpy")(*values),
-                                          dtype=float), shape)
+        return np.broadcast_to(
+            np.asarray(sp.lambdify(params, expr, "numpy")(*values), dtype=float), shape
+        )
 
     base, p = factor.as_base_exp()
     if not p.is_number or not p.is_real:
@@ -691,16 +719,18 @@ def _factor_sign(factor: sp.Expr, compiled: CompiledLoss, values: list[np.ndarra
         return s
     if p.is_integer:
         if p.is_even:  # base**p >= 0; a negative power of a base vanishing inside is undecided
-            s = np.where(s == 0, 0.0 if p > 0 else np.nan,
-                         np.where(np.isnan(s) & (p < 0), np.nan, 1.0))
+            s = np.where(
+                s == 0, 0.0 if p > 0 else np.nan, np.where(np.isnan(s) & (p < 0), np.nan, 1.0)
+            )
         elif p < 0:
             s = np.where(s == 0, np.nan, s)
         return s
     return np.where(s == 1, 1.0, np.where((s == 0) & (p > 0), 0.0, np.nan))
 
 
-def curvature_class(compiled: CompiledLoss, params_arrays: Sequence[Any],
-                    grid: Any = None, *, rtol: float = 1e-9) -> np.ndarray:
+def curvature_class(
+    compiled: CompiledLoss, params_arrays: Sequence[Any], grid: Any = None, *, rtol: float = 1e-9
+) -> np.ndarray:
     r"""Classify each feature's loss as convex, concave, linear or mixed on :math:`C \in [0, 1]`.
 
     .. math::
@@ -755,8 +785,10 @@ def curvature_class(compiled: CompiledLoss, params_arrays: Sequence[Any],
         raise TypeError(f"compiled must be a CompiledLoss, got {short(compiled)}")
     values = [as_float_array(x, f"params_arrays[{i}]") for i, x in enumerate(params_arrays)]
     if len(values) != len(compiled.params):
-        raise ValueError(f"params_arrays must hold {len(compiled.params)} arrays (one per "
-                         f"{list(compiled.params)}), got {len(values)}")
+        raise ValueError(
+            f"params_arrays must hold {len(compiled.params)} arrays (one per "
+            f"{list(compiled.params)}), got {len(values)}"
+        )
     grid = np.linspace(0.0, 1.0, 257) if grid is None else _check_capacity(grid).ravel()
     if grid.size < 2:
         raise ValueError(f"grid must hold at least 2 capacities, got {short(grid)}")
@@ -783,6 +815,7 @@ def curvature_class(compiled: CompiledLoss, params_arrays: Sequence[Any],
         tol = rtol * np.max(np.abs(vals), axis=0)
         pos, neg = np.any(vals > tol, axis=0), np.any(vals < -tol, axis=0)
         flat = out.reshape(-1)  # a view: out is freshly allocated
-        flat[todo.ravel()] = np.select([pos & neg, pos, neg], ["mixed", "convex", "concave"],
-                                       "linear")
+        flat[todo.ravel()] = np.select(
+            [pos & neg, pos, neg], ["mixed", "convex", "concave"], "linear"
+        )
     return out

@@ -18,14 +18,26 @@ from capalloc.cli.main import build_parser
 # ----------------------------------------------------------------------------- API reference
 
 _API_GROUPS = (
-    ("Problems and results", ("QuadraticProblem", "SeparableProblem", "AllocationResult",
-                              "AllocationWarning", "kkt_residual")),
+    (
+        "Problems and results",
+        (
+            "QuadraticProblem",
+            "SeparableProblem",
+            "AllocationResult",
+            "AllocationWarning",
+            "kkt_residual",
+        ),
+    ),
     ("Solving", ("solve", "methods", "get_method", "register_method", "waterfill")),
     ("Capacity", ("capacity", "leverage", "classify")),
-    ("Quadratic model", ("quadratic_loss", "quadratic_loss_grad", "optimal_bias",
-                         "capacity_form_loss")),
-    ("Modules", ("distributions", "theory", "testing", "plots", "experiments", "geometry",
-                 "train")),
+    (
+        "Quadratic model",
+        ("quadratic_loss", "quadratic_loss_grad", "optimal_bias", "capacity_form_loss"),
+    ),
+    (
+        "Modules",
+        ("distributions", "theory", "testing", "plots", "experiments", "geometry", "train"),
+    ),
 )
 _API_CONSTANTS = {
     "MONOSEMANTIC": "label of a feature with capacity 1 (orthogonal to all others)",
@@ -34,8 +46,15 @@ _API_CONSTANTS = {
     "LABELS": "the three labels in order of decreasing capacity",
     "__version__": "the package version",
 }
-_API_SUBMODULES = ("distributions", "plots", "theory", "geometry", "training", "testing",
-                   "experiments")
+_API_SUBMODULES = (
+    "distributions",
+    "plots",
+    "theory",
+    "geometry",
+    "training",
+    "testing",
+    "experiments",
+)
 
 
 def _summary(obj: Any) -> str:
@@ -47,6 +66,7 @@ def _summary(obj: Any) -> str:
 
 def _markdown_inline(text: str) -> str:
     """reST inline markup as Markdown: ``:func:`~a.b``` and ````x```` become ```b``` and ```x```."""
+
     def role(match: re.Match[str]) -> str:
         short, target = match.groups()
         return f"`{target.rsplit('.', 1)[-1] if short else target}`"
@@ -57,10 +77,14 @@ def _markdown_inline(text: str) -> str:
 
 def api_markdown() -> str:
     """Markdown text of ``docs/api.md``, generated from the docstrings (``docs/make_api.py``)."""
-    out = ["# API reference", "",
-           "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand "
-           "(`tests/test_docs.py` checks that every summary matches its docstring). "
-           "Full documentation: `help(capalloc.NAME)`.", ""]
+    out = [
+        "# API reference",
+        "",
+        "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand "
+        "(`tests/test_docs.py` checks that every summary matches its docstring). "
+        "Full documentation: `help(capalloc.NAME)`.",
+        "",
+    ]
 
     def entry(qualname: str, obj: Any) -> str:
         return f"- **`{qualname}`** — {_markdown_inline(_summary(obj))}"
@@ -88,15 +112,21 @@ def api_markdown() -> str:
             out.append(f"- **`capalloc.{name}`** = `{getattr(capalloc, name)!r}` — {text}")
     out.append("")
 
-    out += ["## Solver methods", "",
-            "Names accepted by `capalloc.solve(problem, method=...)` (`capalloc.methods()`); "
-            '`"auto"` picks `waterfill` for quadratic problems and `scipy` for separable ones.', ""]
+    out += [
+        "## Solver methods",
+        "",
+        "Names accepted by `capalloc.solve(problem, method=...)` (`capalloc.methods()`); "
+        '`"auto"` picks `waterfill` for quadratic problems and `scipy` for separable ones.',
+        "",
+    ]
     for name in capalloc.methods():
         info = capalloc.get_method(name)
         traits = ", ".join(t for t, on in (("exact", info.exact), ("batched", info.batched)) if on)
         kinds = "/".join(p.__name__ for p in info.problems)
-        out.append(f'- **`"{name}"`** — {_markdown_inline(info.summary)} '
-                   f'*({kinds}; {traits or "approximate"})*')
+        out.append(
+            f'- **`"{name}"`** — {_markdown_inline(info.summary)} '
+            f"*({kinds}; {traits or 'approximate'})*"
+        )
     out.append("")
 
     for mod_name in _API_SUBMODULES:
@@ -124,7 +154,6 @@ def api_markdown() -> str:
             out += ["", " ".join(sub.format_usage().split())]
     out += ["```", "", "See `capalloc COMMAND --help` for details.", ""]
     return "\n".join(out)
-
 
 
 if __name__ == "__main__":

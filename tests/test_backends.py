@@ -99,8 +99,10 @@ def test_registered():
 
 
 def test_import_does_not_load_cvxpy():
-    code = ("import sys, capalloc; capalloc.methods(); "
-            "assert 'cvxpy' not in sys.modules, 'cvxpy imported'")
+    code = (
+        "import sys, capalloc; capalloc.methods(); "
+        "assert 'cvxpy' not in sys.modules, 'cvxpy imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -137,8 +139,11 @@ def test_scipy_matches_hand_closed_form(K):
     assert res.kkt_residual < 1e-12
 
 
-@given(v=st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=30),
-       K=st.floats(3.0, 1e4), frac=st.floats(0.01, 0.99))
+@given(
+    v=st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=30),
+    K=st.floats(3.0, 1e4),
+    frac=st.floats(0.01, 0.99),
+)
 def test_scipy_agrees_with_waterfill_property(v, K, frac):
     v = np.array(v)
     d = max(1, int(frac * v.size))
@@ -184,6 +189,7 @@ def test_batched_rows(method):
 
 def test_cvxpy_importance_scaling():
     from capalloc.allocation.methods.cvxpy_method import solve_cvxpy
+
     rng = np.random.default_rng(11)
     v, s = rng.uniform(0.1, 1.0, 30), 1e3
     a = solve_cvxpy(QuadraticProblem(v, d=8, kurtosis=7.0))
@@ -202,10 +208,12 @@ def test_quadratic_kernel_twins():
     K = np.where(rng.random(200) < 0.2, 3.0, rng.uniform(3.0, 30.0, 200))
     for log_mu in np.linspace(-4, 3, 15):
         assert sm._quad_excess(log_mu, v, K, 7.0) == pytest.approx(
-            sm._quad_excess_numpy(log_mu, v, K, 7.0), abs=1e-11)
+            sm._quad_excess_numpy(log_mu, v, K, 7.0), abs=1e-11
+        )
         mu = np.exp(log_mu)
-        np.testing.assert_allclose(sm._quad_capacities(v, K, mu), sm._quad_caps(v, K, mu),
-                                   atol=1e-15)
+        np.testing.assert_allclose(
+            sm._quad_capacities(v, K, mu), sm._quad_caps(v, K, mu), atol=1e-15
+        )
         m, npoly, A, B = sm._quad_segment(v, K, mu)
         m2, npoly2, A2, B2 = sm._quad_segment_numpy(v, K, mu)
         assert (m, npoly) == (m2, npoly2)
@@ -289,8 +297,9 @@ def test_scipy_separable_linear_ties():
 
 def test_scipy_separable_concave():
     w = np.array([1.0, 3.0, 2.0, 0.5])
-    p = SeparableProblem(lambda C: w * (1 - C**2), lambda C: 2 * w * C, n=4, d=2,
-                         curvature="concave")
+    p = SeparableProblem(
+        lambda C: w * (1 - C**2), lambda C: 2 * w * C, n=4, d=2, curvature="concave"
+    )
     np.testing.assert_array_equal(sm.solve_scipy(p).capacity, [0, 1, 1, 0])
 
 
@@ -299,7 +308,10 @@ def mixed_problem(w, concave, d):
     return SeparableProblem(
         lambda C: np.where(concave, w * (1 - C * C), w * (1 - C) ** 2),
         lambda C: np.where(concave, 2 * w * C, 2 * w * (1 - C)),
-        n=w.size, d=d, curvature=np.where(concave, "concave", "convex"))
+        n=w.size,
+        d=d,
+        curvature=np.where(concave, "concave", "convex"),
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -407,8 +419,9 @@ def test_from_sympy():
     q = SeparableProblem.from_sympy(expr, C, {w: ws[:4], a: flags}, d=2)
     assert q.curvature.tolist() == ["convex", "concave", "convex", "concave"]
     res = sm.solve_scipy(q)
-    np.testing.assert_allclose(res.loss, sm.solve_scipy(mixed_problem(ws[:4], flags == 0, 2)).loss,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        res.loss, sm.solve_scipy(mixed_problem(ws[:4], flags == 0, 2)).loss, rtol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -418,6 +431,7 @@ def test_from_sympy():
 
 def test_wrong_problem_types():
     from capalloc.allocation.methods.cvxpy_method import solve_cvxpy
+
     sep = squares_problem(np.ones(3), 1)
     with pytest.raises(ValueError, match="cvxpy"):
         capalloc.solve(sep, method="cvxpy")
@@ -449,8 +463,9 @@ def test_scipy_mixed_size_cap():
 
 
 def test_scipy_rejects_mixed_curvature_feature():
-    p = SeparableProblem(lambda C: np.sin(5 * C), lambda C: -5 * np.cos(5 * C), n=2, d=1,
-                         curvature="mixed")
+    p = SeparableProblem(
+        lambda C: np.sin(5 * C), lambda C: -5 * np.cos(5 * C), n=2, d=1, curvature="mixed"
+    )
     with pytest.raises(ValueError, match="slsqp"):
         sm.solve_scipy(p)
 
@@ -461,10 +476,14 @@ def test_scipy_bad_options(bad):
         sm.solve_scipy(QuadraticProblem([1.0, 2.0], d=1, kurtosis=5.0), **bad)
 
 
-@pytest.mark.parametrize("problem", [
-    QuadraticProblem(np.linspace(0.1, 1.0, 20), d=5, kurtosis=6.0),
-    squares_problem(np.linspace(0.1, 1.0, 20), 5),
-], ids=["quadratic", "separable"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        QuadraticProblem(np.linspace(0.1, 1.0, 20), d=5, kurtosis=6.0),
+        squares_problem(np.linspace(0.1, 1.0, 20), 5),
+    ],
+    ids=["quadratic", "separable"],
+)
 def test_scipy_non_convergence_warns(problem):
     with pytest.warns(AllocationWarning, match="brentq did not converge"):
         res = capalloc.solve(problem, method="scipy", maxiter=1)
@@ -547,8 +566,7 @@ def test_scipy_concave_tiny_and_huge_importances():
     np.testing.assert_array_equal(res.capacity, [1, 0, 1, 0, 1, 0])
 
 
-@pytest.mark.parametrize("profile", ["loguniform", "geometric", "powerlaw", "decades",
-                                     "batched"])
+@pytest.mark.parametrize("profile", ["loguniform", "geometric", "powerlaw", "decades", "batched"])
 @pytest.mark.parametrize("seed", range(3))
 def test_scipy_hard_profiles(profile, seed):
     from capalloc.testing import bisection_reference, random_hard_problem
@@ -558,7 +576,7 @@ def test_scipy_hard_profiles(profile, seed):
     assert_exact(p, sm.solve_scipy(p), bisection_reference(p))
 
 
-@pytest.mark.parametrize("scale", [1e300, 1e-300, 2.0 ** 1000, 2.0 ** -1060])
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 2.0**1000, 2.0**-1060])
 @pytest.mark.parametrize("seed", range(3))
 def test_scipy_mixed_extreme_scale(scale, seed):
     # mixed rows are rescaled by a power of two before squares are taken
@@ -572,15 +590,24 @@ def test_scipy_mixed_extreme_scale(scale, seed):
     assert_exact(big, sm.solve_scipy(big), ref)
 
 
-@pytest.mark.parametrize("v, K, d", [
-    ([0.69, 6.71, 0.69], [3.0000000002934, 1.89, 3.0000000000386], 2),
-    ([0.78, 0.2, 0.78, 0.32], [3.0000000000427, 2.47, 3.0000000001547, 3.0000000000725], 1),
-    ([0.11, 4.7, 2.23, 0.11], [3.000000000707, 1.85, 2.19, 3.0000000009433], 3),
-    ([0.22, 0.21, 0.3, 1.68, 0.22],
-     [3.0000000000216, 1.62, 3.0000000003548, 3.0000000001771, 3.0000000002463], 3),
-    ([0.13, 8.43, 0.13, 2.83, 0.67],
-     [3.0000000000946, 2.6, 3.0000000005067, 2.41, 3.0000000002014], 4),
-])
+@pytest.mark.parametrize(
+    "v, K, d",
+    [
+        ([0.69, 6.71, 0.69], [3.0000000002934, 1.89, 3.0000000000386], 2),
+        ([0.78, 0.2, 0.78, 0.32], [3.0000000000427, 2.47, 3.0000000001547, 3.0000000000725], 1),
+        ([0.11, 4.7, 2.23, 0.11], [3.000000000707, 1.85, 2.19, 3.0000000009433], 3),
+        (
+            [0.22, 0.21, 0.3, 1.68, 0.22],
+            [3.0000000000216, 1.62, 3.0000000003548, 3.0000000001771, 3.0000000002463],
+            3,
+        ),
+        (
+            [0.13, 8.43, 0.13, 2.83, 0.67],
+            [3.0000000000946, 2.6, 3.0000000005067, 2.41, 3.0000000002014],
+            4,
+        ),
+    ],
+)
 def test_scipy_mixed_kurtosis_near_three(v, K, d):
     # convex features with K - 3 ~ 1e-10: S_X(mu) jumps by ~1e-6 between neighbouring
     # doubles mu, so the budget needs the segment-exact root plus a step in 1/mu
@@ -598,8 +625,11 @@ def test_scipy_mixed_fractional_concave_next_to_near_three():
     rng = np.random.default_rng(4)
     for _ in range(20):
         n = int(rng.integers(3, 6))
-        K = np.where(np.arange(n) % 2 == 0, 3 + 10 ** rng.uniform(-11, -9, n),
-                     3 - 10 ** rng.uniform(-11, -9, n))
+        K = np.where(
+            np.arange(n) % 2 == 0,
+            3 + 10 ** rng.uniform(-11, -9, n),
+            3 - 10 ** rng.uniform(-11, -9, n),
+        )
         p = QuadraticProblem(10 ** rng.uniform(-1, 1, n), int(rng.integers(1, n)), K)
         res = sm.solve_scipy(p)
         assert res.status == 0 and res.kkt_residual <= 1e-9

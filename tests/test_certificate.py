@@ -27,8 +27,11 @@ from capalloc.testing import (
 )
 
 TOL = 1e-9
-EXACT = [m for m in capalloc.methods() if capalloc.get_method(m).exact
-         and QuadraticProblem in capalloc.get_method(m).problems]
+EXACT = [
+    m
+    for m in capalloc.methods()
+    if capalloc.get_method(m).exact and QuadraticProblem in capalloc.get_method(m).problems
+]
 
 
 def solve_quietly(problem, method="waterfill"):
@@ -141,16 +144,14 @@ def test_mixed_kurtosis_within_1e_15_of_3():
 
 
 def test_nan_callables_are_not_certified():
-    problem = SeparableProblem(lambda C: np.full(3, np.nan), lambda C: np.full(3, np.nan),
-                               n=3, d=1)
+    problem = SeparableProblem(lambda C: np.full(3, np.nan), lambda C: np.full(3, np.nan), n=3, d=1)
     with pytest.warns(AllocationWarning, match="not certified"):
         res = capalloc.solve(problem)
     assert res.status == 1 and not res.success
 
 
 def test_uncertified_results_warn_from_the_method_itself():
-    problem = SeparableProblem(lambda C: np.full(2, np.nan), lambda C: np.full(2, np.nan),
-                               n=2, d=1)
+    problem = SeparableProblem(lambda C: np.full(2, np.nan), lambda C: np.full(2, np.nan), n=2, d=1)
     with pytest.warns(AllocationWarning):
         res = capalloc.get_method("scipy").function(problem)
     assert res.status == 1
@@ -173,11 +174,17 @@ def test_every_exact_method_against_the_oracle(profile):
 
 
 window = st.tuples(st.floats(-300, 300), st.floats(0, 600)).map(
-    lambda t: (t[0], min(300.0, t[0] + t[1])))
+    lambda t: (t[0], min(300.0, t[0] + t[1]))
+)
 
 
-@given(window=window, n=st.integers(2, 300), frac=st.floats(0.01, 0.99),
-       K=st.one_of(st.floats(3.0, 1e6), st.floats(1.0, 3.0)), seed=st.integers(0, 2**32 - 1))
+@given(
+    window=window,
+    n=st.integers(2, 300),
+    frac=st.floats(0.01, 0.99),
+    K=st.one_of(st.floats(3.0, 1e6), st.floats(1.0, 3.0)),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_loguniform_importances_anywhere_in_the_float_range(window, n, frac, K, seed):
     rng = np.random.default_rng(seed)
     v = 10.0 ** rng.uniform(*window, n)
@@ -189,8 +196,14 @@ def test_loguniform_importances_anywhere_in_the_float_range(window, n, frac, K, 
     assert res.status == 0
 
 
-@given(decades=st.floats(30, 300), n=st.integers(1000, 5000), ratio=st.floats(0.02, 0.9),
-       K=st.floats(3.0, 1e6), power=st.booleans(), top=st.floats(-10, 300))
+@given(
+    decades=st.floats(30, 300),
+    n=st.integers(1000, 5000),
+    ratio=st.floats(0.02, 0.9),
+    K=st.floats(3.0, 1e6),
+    power=st.booleans(),
+    top=st.floats(-10, 300),
+)
 def test_geometric_and_power_law_profiles(decades, n, ratio, K, power, top):
     i = np.arange(1, n + 1, dtype=float)
     v = i ** -(decades / np.log10(n)) if power else 10.0 ** (-decades * (i - 1) / (n - 1))
@@ -201,8 +214,11 @@ def test_geometric_and_power_law_profiles(decades, n, ratio, K, power, top):
     assert relative_excess_loss(problem, res.capacity, bisection_reference(problem)) <= TOL
 
 
-@given(exponents=st.lists(st.integers(-300, 300), min_size=2, max_size=40),
-       K=st.lists(st.floats(3.0, 1e6), min_size=1, max_size=1), seed=st.integers(0, 99))
+@given(
+    exponents=st.lists(st.integers(-300, 300), min_size=2, max_size=40),
+    K=st.lists(st.floats(3.0, 1e6), min_size=1, max_size=1),
+    seed=st.integers(0, 99),
+)
 def test_decade_spaced_importances_with_per_feature_kurtosis(exponents, K, seed):
     rng = np.random.default_rng(seed)
     v = 10.0 ** np.array(exponents, dtype=float)
@@ -213,8 +229,13 @@ def test_decade_spaced_importances_with_per_feature_kurtosis(exponents, K, seed)
     assert relative_excess_loss(problem, res.capacity, bisection_reference(problem)) <= TOL
 
 
-@given(m=st.integers(2, 30), n=st.integers(2, 60), spread=st.floats(0, 280),
-       K=st.floats(3.0, 1e4), seed=st.integers(0, 99))
+@given(
+    m=st.integers(2, 30),
+    n=st.integers(2, 60),
+    spread=st.floats(0, 280),
+    K=st.floats(3.0, 1e4),
+    seed=st.integers(0, 99),
+)
 def test_batched_rows_each_at_its_own_scale(m, n, spread, K, seed):
     rng = np.random.default_rng(seed)
     v = 10.0 ** (rng.uniform(-10, 10, (m, n)) + rng.uniform(-spread, spread, (m, 1)))

@@ -47,14 +47,16 @@ def _error(capsys, argv) -> str:
 
 # ----------------------------------------------------------------------------- demo
 
+
 def _console_command() -> list[str]:
     exe = shutil.which("capalloc")
     return [exe] if exe else [sys.executable, "-m", "capalloc.cli.main"]
 
 
 def test_console_script_demo(tmp_path):
-    proc = subprocess.run([*_console_command(), "demo"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [*_console_command(), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "feature" in proc.stdout and "importance" in proc.stdout
@@ -69,8 +71,11 @@ def test_demo_table_and_summary(tmp_path, capsys):
     out_file = tmp_path / "fig.png"
     assert main(["demo", "-o", str(out_file)]) == 0
     out = capsys.readouterr().out
-    rows = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit() and
-            ln.split()[-1] in capalloc.LABELS]
+    rows = [
+        ln.split()
+        for ln in out.splitlines()
+        if ln.strip()[:1].isdigit() and ln.split()[-1] in capalloc.LABELS
+    ]
     assert len(rows) == 12
     expected = capalloc.solve(capalloc.QuadraticProblem(0.8 ** np.arange(12), d=5, kurtosis=15.0))
     np.testing.assert_allclose([float(r[2]) for r in rows], expected.capacity, atol=1e-4)
@@ -98,15 +103,20 @@ def test_demo_no_figure(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- solve
 
-@pytest.mark.parametrize("spec, d, K", [
-    ("1,0.8,0.64,0.5,0.3,0.1", 3, 15.0),
-    ("geometric:0.9:30", 7, 5.0),
-    ("powerlaw:1.1:50", 10, 2.0),
-    ("uniform:20:3", 4, 3.0),
-])
+
+@pytest.mark.parametrize(
+    "spec, d, K",
+    [
+        ("1,0.8,0.64,0.5,0.3,0.1", 3, 15.0),
+        ("geometric:0.9:30", 7, 5.0),
+        ("powerlaw:1.1:50", 10, 2.0),
+        ("uniform:20:3", 4, 3.0),
+    ],
+)
 def test_solve_json_matches_library(capsys, spec, d, K):
-    data = _run_json(capsys, ["solve", "--importance", spec, "--d", str(d),
-                              "--kurtosis", str(K), "--json"])
+    data = _run_json(
+        capsys, ["solve", "--importance", spec, "--d", str(d), "--kurtosis", str(K), "--json"]
+    )
     v = parse_vector(spec)
     res = capalloc.solve(capalloc.QuadraticProblem(v, d=d, kurtosis=K))
     np.testing.assert_allclose(data["importance"], v)
@@ -123,16 +133,16 @@ def test_solve_json_matches_library(capsys, spec, d, K):
 
 def test_solve_method_option(capsys):
     method = "scipy" if "scipy" in capalloc.methods() else "waterfill"
-    data = _run_json(capsys, ["solve", "-v", "geometric:0.7:10", "-d", "3", "-K", "8",
-                              "-m", method, "--json"])
+    data = _run_json(
+        capsys, ["solve", "-v", "geometric:0.7:10", "-d", "3", "-K", "8", "-m", method, "--json"]
+    )
     assert data["method"] == method
     ref = capalloc.solve(capalloc.QuadraticProblem(0.7 ** np.arange(10), d=3, kurtosis=8.0))
     np.testing.assert_allclose(data["capacity"], ref.capacity, atol=1e-7)
 
 
 def test_solve_text_table_truncates(capsys):
-    assert main(["solve", "-v", "powerlaw:1:100", "-d", "10", "-S", "0.9",
-                 "--max-rows", "10"]) == 0
+    assert main(["solve", "-v", "powerlaw:1:100", "-d", "10", "-S", "0.9", "--max-rows", "10"]) == 0
     out = capsys.readouterr().out
     assert "90 rows omitted" in out
     assert "K = 30" in out and "S = 0.9" in out
@@ -177,16 +187,18 @@ def test_spec_files(tmp_path, capsys, suffix):
 
 @pytest.mark.parametrize("S", [0.0, 0.5, 0.9, 0.99])
 def test_sparsity_gives_kurtosis(capsys, S):
-    data = _run_json(capsys, ["solve", "-v", "1,0.5,0.25", "-d", "1", "--sparsity", str(S),
-                              "--json"])
+    data = _run_json(
+        capsys, ["solve", "-v", "1,0.5,0.25", "-d", "1", "--sparsity", str(S), "--json"]
+    )
     assert data["kurtosis"] == pytest.approx(3.0 / (1.0 - S), rel=1e-12)
     assert sparse_kurtosis(S, "uniform") == pytest.approx(1.8 / (1.0 - S), rel=1e-12)
     assert sparse_kurtosis(S, "rademacher") == pytest.approx(1.0 / (1.0 - S), rel=1e-12)
 
 
 def test_sparsity_base_option(capsys):
-    data = _run_json(capsys, ["solve", "-v", "1,0.5", "-d", "1", "-S", "0.5", "--base",
-                              "uniform", "--json"])
+    data = _run_json(
+        capsys, ["solve", "-v", "1,0.5", "-d", "1", "-S", "0.5", "--base", "uniform", "--json"]
+    )
     assert data["kurtosis"] == pytest.approx(3.6)
 
 
@@ -198,6 +210,7 @@ def test_per_feature_kurtosis(capsys):
 
 
 # ----------------------------------------------------------------------------- capacity
+
 
 def _weights(rng, d=6, n=40):
     W = rng.standard_normal((d, n))
@@ -218,8 +231,10 @@ def _write(tmp_path, fmt, W):
     if fmt == "pt":
         torch = pytest.importorskip("torch")
         path = tmp_path / "w.pt"
-        torch.save({"model": {"embed.weight": torch.tensor(W), "embed.bias": torch.zeros(3)},
-                    "step": 7}, path)
+        torch.save(
+            {"model": {"embed.weight": torch.tensor(W), "embed.bias": torch.zeros(3)}, "step": 7},
+            path,
+        )
         return path, "model.embed.weight"
     if fmt == "safetensors":
         st = pytest.importorskip("safetensors.numpy")
@@ -262,8 +277,9 @@ def test_capacity_safetensors_bf16(tmp_path, capsys, rng):
     path = tmp_path / "bf.safetensors"
     st.save_file({"w": W}, path)
     data = _run_json(capsys, ["capacity", str(path), "--json"])
-    assert data["sum_capacity"] == pytest.approx(capalloc.capacity(W.float().numpy()).sum(),
-                                                 rel=1e-9)
+    assert data["sum_capacity"] == pytest.approx(
+        capalloc.capacity(W.float().numpy()).sum(), rel=1e-9
+    )
 
 
 def test_capacity_features_axis(tmp_path, capsys, rng):
@@ -300,8 +316,23 @@ def test_json_stays_pure_with_figures(tmp_path, capsys, rng):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 40
     assert "figure written" in captured.err
-    assert main(["solve", "-v", "3,2,1", "-d", "1", "-K", "5", "--json", "--plot",
-                 str(tmp_path / "s.png")]) == 0
+    assert (
+        main(
+            [
+                "solve",
+                "-v",
+                "3,2,1",
+                "-d",
+                "1",
+                "-K",
+                "5",
+                "--json",
+                "--plot",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 3
     assert (tmp_path / "s.png").exists() and (tmp_path / "h.png").exists()
@@ -333,8 +364,9 @@ def test_float32_path_matches_capacity(tmp_path, capsys, rng):
 def test_float32_path_with_more_dimensions_than_features(rng):
     W = rng.standard_normal((300, 40)) * np.exp(rng.uniform(-2, 2, 40))
     W[:, 5] = 0.0
-    np.testing.assert_allclose(capalloc.capacity(W, dtype=np.float32), capalloc.capacity(W),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        capalloc.capacity(W, dtype=np.float32), capalloc.capacity(W), atol=2e-5
+    )
 
 
 def test_capacity_blocks(tmp_path, capsys):
@@ -375,6 +407,7 @@ def test_capacity_sae_decoder_size(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_bad_inputs_exit_2(tmp_path, capsys):
     garbage = tmp_path / "garbage.npy"
     garbage.write_bytes(b"not a numpy file")
@@ -404,11 +437,9 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
         "kurtosis < 1": ["solve", "-v", "1,2", "-d", "1", "-K", "0.5"],
         "kurtosis length": ["solve", "-v", "1,2", "-d", "1", "-K", "3,4,5"],
         "sparsity": ["solve", "-v", "1,2", "-d", "1", "-S", "1"],
-        "base without sparsity": ["solve", "-v", "1,2", "-d", "1", "-K", "4", "--base",
-                                  "uniform"],
+        "base without sparsity": ["solve", "-v", "1,2", "-d", "1", "-K", "4", "--base", "uniform"],
         "unknown method": ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-m", "nope"],
-        "missing importance file": ["solve", "-v", str(tmp_path / "v.npy"), "-d", "1",
-                                    "-K", "4"],
+        "missing importance file": ["solve", "-v", str(tmp_path / "v.npy"), "-d", "1", "-K", "4"],
     }
     for name, argv in cases.items():
         line = _error(capsys, argv)
@@ -427,13 +458,16 @@ def test_unknown_method_lists_methods(capsys):
     assert "waterfill" in line
 
 
-@pytest.mark.parametrize("argv", [
-    ["solve", "-v", "1,2", "-d", "x", "-K", "4"],
-    ["solve", "-v", "1,2", "-d", "1"],
-    ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-S", "0.5"],
-    ["frobnicate"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["solve", "-v", "1,2", "-d", "x", "-K", "4"],
+        ["solve", "-v", "1,2", "-d", "1"],
+        ["solve", "-v", "1,2", "-d", "1", "-K", "4", "-S", "0.5"],
+        ["frobnicate"],
+        [],
+    ],
+)
 def test_usage_errors_exit_2(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -441,8 +475,12 @@ def test_usage_errors_exit_2(capsys, argv):
 
 
 def test_bad_input_subprocess_has_no_traceback(tmp_path):
-    proc = subprocess.run([*_console_command(), "capacity", str(tmp_path / "nope.npz")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*_console_command(), "capacity", str(tmp_path / "nope.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("capalloc: error:")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -466,6 +504,7 @@ def test_version_and_help(capsys):
 
 # ----------------------------------------------------------------------------- bench, experiment
 
+
 def test_bench_uses_bench_module(capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("capalloc.experiments.bench")
@@ -483,7 +522,9 @@ def test_bench_uses_bench_module(capsys, monkeypatch):
 
 
 def test_bench_missing_module_is_an_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "capalloc.experiments.bench", None)  # import raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "capalloc.experiments.bench", None
+    )  # import raises ImportError
     line = _error(capsys, ["bench"])
     assert "bench" in line
 
@@ -510,8 +551,10 @@ def test_experiment_subcommand_registration(capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- damaged files
 
+
 def _strict_json(text: str):
     """json.loads that refuses NaN and Infinity."""
+
     def refuse(name):
         raise ValueError(f"non-finite JSON constant {name}")
 
@@ -535,8 +578,9 @@ def _bad_file(tmp_path, kind: str) -> str:
     elif kind == "huge header":
         path = tmp_path / "huge.npy"
         with open(path, "wb") as fh:
-            npy_format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False,
-                                                   "shape": (10**6, 10**6)})
+            npy_format.write_array_header_1_0(
+                fh, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)}
+            )
             fh.write(b"\0" * 64)
     elif kind == "directory":
         path = tmp_path / "folder.npy"
@@ -550,10 +594,10 @@ def _bad_file(tmp_path, kind: str) -> str:
 BAD_FILES = {
     "empty": "empty file (0 bytes), not a .npy array",
     "truncated": "truncated or corrupt .npy: the header claims shape (4, 6) float64 "
-                 "(192 bytes of data) but only 172 bytes follow",
+    "(192 bytes of data) but only 172 bytes follow",
     "corrupt npz": "not a valid .npz archive",
     "huge header": "truncated or corrupt .npy: the header claims shape (1000000, 1000000) "
-                   "float64 (8000000000000 bytes of data) but only 64 bytes follow",
+    "float64 (8000000000000 bytes of data) but only 64 bytes follow",
     "directory": "is a directory, not a file",
     "fifo": "is not a regular file (a FIFO, socket or device)",
 }
@@ -565,14 +609,18 @@ def test_damaged_or_odd_files_are_one_line_errors(tmp_path, capsys, kind, comman
     if kind == "fifo" and not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs here")
     path = _bad_file(tmp_path, kind)
-    argv = (["capacity", path] if command == "capacity" else
-            ["solve", "--importance", path, "-d", "1", "-K", "4"])
+    argv = (
+        ["capacity", path]
+        if command == "capacity"
+        else ["solve", "--importance", path, "-d", "1", "-K", "4"]
+    )
     line = _error(capsys, argv)
     assert line.startswith(f"capalloc: error: {path}: {BAD_FILES[kind]}"), line
     assert "no such file" not in line
 
 
 # ----------------------------------------------------------------------------- absurd sizes
+
 
 @pytest.fixture
 def memory_16g(monkeypatch):
@@ -593,10 +641,11 @@ def test_too_many_features_are_refused_before_allocating(capsys, memory_16g, mon
         raise AssertionError("allocated")
 
     monkeypatch.setattr(np, "full", no_alloc)
-    line = _error(capsys, ["solve", "--importance", "constant:1000000000", "-d", "3",
-                           "-K", "3"])
-    assert line == ("capalloc: error: importance SPEC 'constant:1000000000': solving "
-                    "1000000000 features needs 373 GiB of memory; only 16 GiB available")
+    line = _error(capsys, ["solve", "--importance", "constant:1000000000", "-d", "3", "-K", "3"])
+    assert line == (
+        "capalloc: error: importance SPEC 'constant:1000000000': solving "
+        "1000000000 features needs 373 GiB of memory; only 16 GiB available"
+    )
     line = _error(capsys, ["solve", "-v", f"geometric:0.5:{'9' * 400}", "-d", "3", "-K", "3"])
     assert "needs about 10^402 bytes of memory; only 16 GiB available" in line
     assert len(line) < 400
@@ -611,8 +660,10 @@ def test_too_many_features_from_a_file(tmp_path, capsys, monkeypatch):
     np.save(path, np.ones(1000))
     monkeypatch.setattr(capalloc.io, "_available_memory", lambda: 100_000)
     line = _error(capsys, ["solve", "-v", str(path), "-d", "1", "-K", "3"])
-    assert line == ("capalloc: error: importance: solving 1000 features needs 400000 bytes of "
-                    "memory; only 100000 bytes available")
+    assert line == (
+        "capalloc: error: importance: solving 1000 features needs 400000 bytes of "
+        "memory; only 100000 bytes available"
+    )
 
 
 def test_negative_max_rows(tmp_path, capsys):
@@ -626,8 +677,10 @@ def test_negative_max_rows(tmp_path, capsys):
 def test_phase_diagram_resolution_and_dpi(tmp_path, capsys, memory_16g):
     out = str(tmp_path / "pd.png")
     line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--resolution", "200000"])
-    assert line == ("capalloc: error: --resolution 200000: solving 40000000000 grid cells needs "
-                    "14.6 TiB of memory; only 16 GiB available")
+    assert line == (
+        "capalloc: error: --resolution 200000: solving 40000000000 grid cells needs "
+        "14.6 TiB of memory; only 16 GiB available"
+    )
     line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--resolution", "9" * 400])
     assert "needs about 10^802 bytes" in line and len(line) < 400
     line = _error(capsys, ["experiment", "phase-diagram", "-o", out, "--dpi", "9" * 400])
@@ -637,14 +690,28 @@ def test_phase_diagram_resolution_and_dpi(tmp_path, capsys, memory_16g):
 
 def test_sparsity_sizes_are_checked_before_training(tmp_path, capsys, memory_16g):
     pytest.importorskip("torch")
-    line = _error(capsys, ["experiment", "sparsity", "--n", "100000000", "--workers", "0",
-                           "--out-dir", str(tmp_path / "sweep")])
-    assert line == ("capalloc: error: training with --seeds 3 --n 100000000 --d 10 "
-                    "--batch-size 1024 needs 4.64 TiB of memory; only 16 GiB available")
+    line = _error(
+        capsys,
+        [
+            "experiment",
+            "sparsity",
+            "--n",
+            "100000000",
+            "--workers",
+            "0",
+            "--out-dir",
+            str(tmp_path / "sweep"),
+        ],
+    )
+    assert line == (
+        "capalloc: error: training with --seeds 3 --n 100000000 --d 10 "
+        "--batch-size 1024 needs 4.64 TiB of memory; only 16 GiB available"
+    )
     assert not (tmp_path / "sweep").exists()
 
 
 # ----------------------------------------------------------------------------- sweeps via CLI
+
 
 def _fake_sparsity_point(monkeypatch, fail_at=None):
     import capalloc.experiments.reproductions
@@ -652,24 +719,43 @@ def _fake_sparsity_point(monkeypatch, fail_at=None):
     def point(model, sparsity, **kw):
         if sparsity == fail_at:
             raise RuntimeError("loss diverged")
-        return {"model": model, "sparsity": sparsity, "kurtosis": 3 / (1 - sparsity),
-                "polysemantic_fraction": float("nan"), "polysemantic_fraction_all": 0.5,
-                "capacity_held_by_poly": float("inf"), "loss": 1.0, "block_shapes": {}}
+        return {
+            "model": model,
+            "sparsity": sparsity,
+            "kurtosis": 3 / (1 - sparsity),
+            "polysemantic_fraction": float("nan"),
+            "polysemantic_fraction_all": 0.5,
+            "capacity_held_by_poly": float("inf"),
+            "loss": 1.0,
+            "block_shapes": {},
+        }
 
     monkeypatch.setattr(capalloc.experiments.reproductions, "sparsity_point", point)
 
 
 def _sparsity_argv(tmp_path):
-    return ["experiment", "sparsity", "--sparsities", "0.5", "0.9", "--workers", "0",
-            "--no-exact", "--no-progress", "--out-dir", str(tmp_path / "sweep")]
+    return [
+        "experiment",
+        "sparsity",
+        "--sparsities",
+        "0.5",
+        "0.9",
+        "--workers",
+        "0",
+        "--no-exact",
+        "--no-progress",
+        "--out-dir",
+        str(tmp_path / "sweep"),
+    ]
 
 
 def test_failed_sweep_point_names_the_point_and_the_reason(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     _fake_sparsity_point(monkeypatch, fail_at=0.9)
     line = _error(capsys, _sparsity_argv(tmp_path))
-    assert line.startswith("capalloc: error: 1 sweep point(s) failed; first: "
-                           "{'model': 'quadratic', 'sparsity': 0.9, ")
+    assert line.startswith(
+        "capalloc: error: 1 sweep point(s) failed; first: {'model': 'quadratic', 'sparsity': 0.9, "
+    )
     assert line.endswith("RuntimeError: loss diverged")
 
 
@@ -686,8 +772,12 @@ def test_sparsity_json_is_strict_json(tmp_path, capsys, monkeypatch):
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # v**2 overflows: loss is inf
 def test_solve_json_with_infinite_loss_is_strict_json(tmp_path, capsys):
     capsys.readouterr()
-    assert main(["solve", "-v", "1e300,1e300", "-d", "1", "-K", "3", "--json",
-                 "--plot", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["solve", "-v", "1e300,1e300", "-d", "1", "-K", "3", "--json", "--plot", str(tmp_path)]
+        )
+        == 0
+    )
     data = _strict_json(capsys.readouterr().out)  # figure message went to stderr
     assert data["loss"] is None and data["capacity"] == [0.5, 0.5]
 
@@ -712,8 +802,22 @@ def test_output_directory_gets_the_default_name(tmp_path, capsys):
 @needs_mpl
 def test_phase_diagram_into_a_directory_with_json(tmp_path, capsys):
     capsys.readouterr()
-    assert main(["experiment", "phase-diagram", "-o", str(tmp_path), "--resolution", "4",
-                 "--dpi", "30", "--json"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "phase-diagram",
+                "-o",
+                str(tmp_path),
+                "--resolution",
+                "4",
+                "--dpi",
+                "30",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = _strict_json(capsys.readouterr().out)
     assert summary["output"] == str(tmp_path / "phase_diagram.png")
     assert summary["grid"] == [4, 4]
@@ -725,10 +829,14 @@ def test_bad_output_paths_are_refused_before_computing(tmp_path, capsys):
     missing = tmp_path / "nodir" / "x.png"
     for argv, message in [
         (["demo", "-o", str(missing)], f"-o {missing}: directory {missing.parent} does not exist"),
-        (["demo", "-o", str(tmp_path / "nodir") + os.sep],
-         f"-o {tmp_path / 'nodir'}{os.sep}: no such directory"),
-        (["solve", "-v", "1,2", "-d", "1", "-K", "3", "--plot", str(tmp_path / "x.npy")],
-         f"--plot {tmp_path / 'x.npy'}: unknown figure format .npy; use one of "),
+        (
+            ["demo", "-o", str(tmp_path / "nodir") + os.sep],
+            f"-o {tmp_path / 'nodir'}{os.sep}: no such directory",
+        ),
+        (
+            ["solve", "-v", "1,2", "-d", "1", "-K", "3", "--plot", str(tmp_path / "x.npy")],
+            f"--plot {tmp_path / 'x.npy'}: unknown figure format .npy; use one of ",
+        ),
         (["experiment", "phase-diagram", "-o", str(missing)], f"-o {missing}: directory"),
         (["demo", "-o", ""], "-o needs a file or directory name"),
     ]:

@@ -36,8 +36,7 @@ def test_sampled_training_on_cuda_matches_solver():
     v = np.sort(rng.uniform(0.2, 1.0, (8, 12)), axis=1)[:, ::-1]
     problem = capalloc.QuadraticProblem(v, d=4, kurtosis=10.0)
     res = capalloc.solve(problem)
-    out = train_quadratic(problem, "sampled", steps=4000, batch_size=8192, seed=0,
-                          device="cuda")
+    out = train_quadratic(problem, "sampled", steps=4000, batch_size=8192, seed=0, device="cuda")
     assert out.device.startswith("cuda")
     assert np.abs(out.capacity - res.capacity).max() < 2e-2
     np.testing.assert_allclose(out.loss, res.loss, rtol=2e-3)
@@ -48,7 +47,14 @@ def test_sampled_sparse_inputs_on_cuda_match_solver():
     v = np.array([1.0, 0.9, 0.7, 0.6, 0.4, 0.3])
     problem = capalloc.QuadraticProblem(v, d=3, kurtosis=10.0)
     res = capalloc.solve(problem)
-    out = train_quadratic(problem, "sampled", steps=4000, batch_size=8192, seed=2,
-                          law=D.Sparse(D.Gaussian(), 0.3), device="cuda")
+    out = train_quadratic(
+        problem,
+        "sampled",
+        steps=4000,
+        batch_size=8192,
+        seed=2,
+        law=D.Sparse(D.Gaussian(), 0.3),
+        device="cuda",
+    )
     assert np.abs(out.capacity - res.capacity).max() < 2e-2
     assert out.loss == pytest.approx(res.loss, rel=2e-3)

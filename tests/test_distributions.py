@@ -44,8 +44,9 @@ def _as_numpy(x):
 def _draw(law, backend, seed=0, n_features=N_FEATURES):
     if backend == "torch":
         torch = pytest.importorskip("torch")
-        return _as_numpy(law.sample(N_SAMPLES, n_features, seed=seed, backend="torch",
-                                    dtype=torch.float64))
+        return _as_numpy(
+            law.sample(N_SAMPLES, n_features, seed=seed, backend="torch", dtype=torch.float64)
+        )
     return law.sample(N_SAMPLES, n_features, seed=seed)
 
 

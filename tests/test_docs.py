@@ -73,8 +73,7 @@ def test_docs_have_python_blocks():
         assert _blocks(name), f"{name} has no ```python block"
 
 
-@pytest.mark.parametrize("name, lineno, code", BLOCKS,
-                         ids=[f"{n}:{line}" for n, line, _ in BLOCKS])
+@pytest.mark.parametrize("name, lineno, code", BLOCKS, ids=[f"{n}:{line}" for n, line, _ in BLOCKS])
 def test_doc_block_runs(namespaces, name, lineno, code):
     missing = _missing(code)
     if missing:
@@ -103,8 +102,9 @@ def test_readme_keeps_setup_commands():
 
 
 def test_doc_figures_are_small():
-    text = (ROOT / "README.md").read_text(encoding="utf-8") + (
-        ROOT / "docs/tutorial.md").read_text(encoding="utf-8")
+    text = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "docs/tutorial.md").read_text(
+        encoding="utf-8"
+    )
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
         path = ROOT / target if (ROOT / target).exists() else ROOT / "docs" / target
         assert path.exists(), target

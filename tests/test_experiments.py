@@ -18,13 +18,18 @@ mpl.use("Agg")
 
 # ----------------------------------------------------------------------------- exact curve
 
+
 def test_exact_polysemanticity_rises_with_sparsity():
     v = 0.9 ** np.arange(20)
     S = np.linspace(0.0, 0.995, 400)
     curve = ex.exact_sparsity_curve(S, v, d=10)
     np.testing.assert_allclose(curve["kurtosis"], 3 / (1 - S))
-    for key in ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly",
-                "n_poly"):
+    for key in (
+        "polysemantic_fraction",
+        "polysemantic_fraction_all",
+        "capacity_held_by_poly",
+        "n_poly",
+    ):
         assert np.all(np.diff(curve[key]) >= -1e-12), key
     assert curve["polysemantic_fraction"][0] == 0 and curve["polysemantic_fraction"][-1] >= 0.85
     assert np.all(curve["n_mono"] + curve["n_poly"] + curve["n_ignored"] == 20)
@@ -42,6 +47,7 @@ def test_exact_curve_rejects_bad_sparsity():
 
 
 # ----------------------------------------------------------------------------- phase diagram
+
 
 def _analytic_regime(K, r):
     """Two features, one neuron, importances (1, r): regime of the second feature."""
@@ -92,13 +98,16 @@ def test_phase_diagram_many_features_agrees_with_row_solves():
             assert pd.capacity[i, j] == pytest.approx(res.capacity[2])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(kurtosis_grid=[0.5, 2.0]), "kurtosis"),
-    (dict(ratio_grid=[0.0, 1.0]), "ratio_grid"),
-    (dict(ratio_grid=[]), "ratio_grid"),
-    (dict(feature=2), "feature"),
-    (dict(importance=[1.0, -1.0]), "importance"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kurtosis_grid=[0.5, 2.0]), "kurtosis"),
+        (dict(ratio_grid=[0.0, 1.0]), "ratio_grid"),
+        (dict(ratio_grid=[]), "ratio_grid"),
+        (dict(feature=2), "feature"),
+        (dict(importance=[1.0, -1.0]), "importance"),
+    ],
+)
 def test_phase_diagram_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ex.phase_diagram(**{"kurtosis_grid": [4.0], "ratio_grid": [1.0], **kwargs})
@@ -106,10 +115,10 @@ def test_phase_diagram_bad_input(kwargs, match):
 
 def test_plot_phase_diagram_with_trained_points(tmp_path):
     pd = ex.phase_diagram(np.linspace(1.5, 20, 30), np.geomspace(0.1, 10, 30))
-    trained = [{"kurtosis": 10.0, "ratio": 0.7, "label": "polysemantic",
-                "exact_label": "polysemantic"},
-               {"kurtosis": 4.0, "ratio": 3.0, "label": "polysemantic",
-                "exact_label": "monosemantic"}]
+    trained = [
+        {"kurtosis": 10.0, "ratio": 0.7, "label": "polysemantic", "exact_label": "polysemantic"},
+        {"kurtosis": 4.0, "ratio": 3.0, "label": "polysemantic", "exact_label": "monosemantic"},
+    ]
     fig = ex.plot_phase_diagram(pd, trained)
     assert len(fig.axes) == 4  # the map and three marginal-benefit panels
     titles = " ".join(ax.get_title() for ax in fig.axes[1:])
@@ -140,14 +149,21 @@ SMALL = dict(n=6, d=3, steps=60, batch_size=128)
 def test_sparsity_sweep_rows_and_resume(tmp_path):
     pytest.importorskip("torch")
     with ThreadPoolExecutor(1) as pool:
-        rows = ex.sparsity_sweep(("quadratic", "relu-ae"), (0.0, 0.9), seeds=2, **SMALL,
-                                 out_dir=tmp_path, executor=pool)
+        rows = ex.sparsity_sweep(
+            ("quadratic", "relu-ae"), (0.0, 0.9), seeds=2, **SMALL, out_dir=tmp_path, executor=pool
+        )
         assert [(r["model"], r["sparsity"]) for r in rows] == [
-            ("quadratic", 0.0), ("quadratic", 0.9), ("relu-ae", 0.0), ("relu-ae", 0.9),
-            ("quadratic-exact", 0.0), ("quadratic-exact", 0.9)]
+            ("quadratic", 0.0),
+            ("quadratic", 0.9),
+            ("relu-ae", 0.0),
+            ("relu-ae", 0.9),
+            ("quadratic-exact", 0.0),
+            ("quadratic-exact", 0.9),
+        ]
         assert len(list(tmp_path.glob("*.json"))) == 4
-        again = ex.sparsity_sweep(("quadratic", "relu-ae"), (0.0, 0.9), seeds=2, **SMALL,
-                                  out_dir=tmp_path, executor=pool)
+        again = ex.sparsity_sweep(
+            ("quadratic", "relu-ae"), (0.0, 0.9), seeds=2, **SMALL, out_dir=tmp_path, executor=pool
+        )
     assert again == rows  # loaded from the resume directory
     json.dumps(rows)  # JSON-ready
     q = rows[1]
@@ -163,12 +179,15 @@ def test_sparsity_sweep_in_process_without_exact(tmp_path):
     assert len(rows) == 1 and rows[0]["model"] == "gelu"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(models=["tanh"]), "models must be drawn"),
-    (dict(sparsities=[1.0]), "sparsities"),
-    (dict(seeds=0), "seeds"),
-    (dict(workers=-1), "workers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(models=["tanh"]), "models must be drawn"),
+        (dict(sparsities=[1.0]), "sparsities"),
+        (dict(seeds=0), "seeds"),
+        (dict(workers=-1), "workers"),
+    ],
+)
 def test_sparsity_sweep_bad_input(kwargs, match):
     pytest.importorskip("torch")
     with pytest.raises(ValueError, match=match):
@@ -176,20 +195,35 @@ def test_sparsity_sweep_bad_input(kwargs, match):
 
 
 FAKE_ROWS = [
-    {"model": m, "sparsity": s, "n": 20, "d": 10, "polysemantic_fraction": f,
-     "polysemantic_fraction_std": 0.05, "polysemantic_fraction_all": f,
-     "capacity_held_by_poly": f, "block_shapes": b}
-    for m, s, f, b in [("quadratic", 0.0, 0.0, {"1x1": 30}), ("quadratic", 0.9, 0.85, None),
-                       ("relu-ae", 0.0, 0.0, {"1x1": 30}), ("relu-ae", 0.9, 1.0, {"1x2": 30}),
-                       ("quadratic-exact", 0.9, 0.85, None)]
+    {
+        "model": m,
+        "sparsity": s,
+        "n": 20,
+        "d": 10,
+        "polysemantic_fraction": f,
+        "polysemantic_fraction_std": 0.05,
+        "polysemantic_fraction_all": f,
+        "capacity_held_by_poly": f,
+        "block_shapes": b,
+    }
+    for m, s, f, b in [
+        ("quadratic", 0.0, 0.0, {"1x1": 30}),
+        ("quadratic", 0.9, 0.85, None),
+        ("relu-ae", 0.0, 0.0, {"1x1": 30}),
+        ("relu-ae", 0.9, 1.0, {"1x2": 30}),
+        ("quadratic-exact", 0.9, 0.85, None),
+    ]
 ]
 
 
 def test_plot_sparsity_sweep_and_block_sizes():
     ax = ex.plot_sparsity_sweep(FAKE_ROWS)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert sorted(labels) == ["quadratic (exact, solver)", "quadratic (trained)",
-                              "relu-ae (trained)"]
+    assert sorted(labels) == [
+        "quadratic (exact, solver)",
+        "quadratic (trained)",
+        "relu-ae (trained)",
+    ]
     assert ax.xaxis_inverted()
     table = ex.block_size_table(FAKE_ROWS)
     assert table == {"quadratic": {"1x1": 30}, "relu-ae": {"1x1": 30, "1x2": 30}}
@@ -201,8 +235,10 @@ def test_plot_sparsity_sweep_and_block_sizes():
 
 # ----------------------------------------------------------------------------- CLI handlers
 
+
 def _parse(argv):
     from capalloc.cli.experiment import add_experiment_parser
+
     top = argparse.ArgumentParser(prog="capalloc")
     add_experiment_parser(top.add_subparsers())
     return top.parse_args(argv)
@@ -210,15 +246,47 @@ def _parse(argv):
 
 def test_cli_sparsity_json_and_table(tmp_path, capsys):
     pytest.importorskip("torch")
-    base = ["experiment", "sparsity", "--model", "quadratic", "--sparsities", "0", "0.9",
-            "--seeds", "2", "--steps", "40", "--n", "6", "--d", "3", "--batch-size", "64",
-            "--workers", "0", "--out-dir", str(tmp_path / "sweep")]
-    args = _parse([*base, "--json", "--plot", str(tmp_path / "s.png"), "--plot-blocks",
-                   str(tmp_path / "b.png")])
+    base = [
+        "experiment",
+        "sparsity",
+        "--model",
+        "quadratic",
+        "--sparsities",
+        "0",
+        "0.9",
+        "--seeds",
+        "2",
+        "--steps",
+        "40",
+        "--n",
+        "6",
+        "--d",
+        "3",
+        "--batch-size",
+        "64",
+        "--workers",
+        "0",
+        "--out-dir",
+        str(tmp_path / "sweep"),
+    ]
+    args = _parse(
+        [
+            *base,
+            "--json",
+            "--plot",
+            str(tmp_path / "s.png"),
+            "--plot-blocks",
+            str(tmp_path / "b.png"),
+        ]
+    )
     assert args.func(args) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in rows] == ["quadratic", "quadratic", "quadratic-exact",
-                                          "quadratic-exact"]
+    assert [r["model"] for r in rows] == [
+        "quadratic",
+        "quadratic",
+        "quadratic-exact",
+        "quadratic-exact",
+    ]
     for r in rows:
         assert {"sparsity", "polysemantic_fraction", "polysemantic_fraction_std"} <= set(r)
     assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "b.png").exists()
@@ -231,17 +299,50 @@ def test_cli_sparsity_json_and_table(tmp_path, capsys):
 @pytest.mark.slow  # starts worker processes that import torch (~10-30 s)
 def test_cli_sparsity_default_pool(tmp_path, capsys):
     pytest.importorskip("torch")
-    args = _parse(["experiment", "sparsity", "--model", "relu", "gelu", "--sparsities", "0.5",
-                   "--seeds", "1", "--steps", "20", "--n", "5", "--d", "2", "--no-exact",
-                   "--json", "--workers", "2", "--out-dir", str(tmp_path)])
+    args = _parse(
+        [
+            "experiment",
+            "sparsity",
+            "--model",
+            "relu",
+            "gelu",
+            "--sparsities",
+            "0.5",
+            "--seeds",
+            "1",
+            "--steps",
+            "20",
+            "--n",
+            "5",
+            "--d",
+            "2",
+            "--no-exact",
+            "--json",
+            "--workers",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert args.func(args) == 0
     assert [r["model"] for r in json.loads(capsys.readouterr().out)] == ["relu", "gelu"]
 
 
 def test_cli_phase_diagram(tmp_path, capsys):
     out = tmp_path / "pd.png"
-    args = _parse(["experiment", "phase-diagram", "-o", str(out), "--resolution", "40",
-                   "--json", "--dpi", "40"])
+    args = _parse(
+        [
+            "experiment",
+            "phase-diagram",
+            "-o",
+            str(out),
+            "--resolution",
+            "40",
+            "--json",
+            "--dpi",
+            "40",
+        ]
+    )
     assert args.func(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["grid"] == [40, 40] and sum(summary["cells"].values()) == 1600
@@ -254,13 +355,16 @@ def test_cli_experiment_without_subcommand(capsys):
     assert "choose an experiment" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["experiment", "sparsity", "--sparsities", "1.5"],
-    ["experiment", "sparsity", "--seeds", "0"],
-    ["experiment", "sparsity", "--model", "tanh"],
-    ["experiment", "sparsity", "--device", "tpu"],
-    ["experiment", "phase-diagram"],  # -o is required
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["experiment", "sparsity", "--sparsities", "1.5"],
+        ["experiment", "sparsity", "--seeds", "0"],
+        ["experiment", "sparsity", "--model", "tanh"],
+        ["experiment", "sparsity", "--device", "tpu"],
+        ["experiment", "phase-diagram"],  # -o is required
+    ],
+)
 def test_cli_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
         _parse(argv)
@@ -268,6 +372,7 @@ def test_cli_rejects_bad_arguments(argv):
 
 def test_cli_via_main(tmp_path, capsys):
     cli = pytest.importorskip("capalloc.cli.main")
-    status = cli.main(["experiment", "phase-diagram", "-o", str(tmp_path / "x.png"),
-                       "--resolution", "20"])
+    status = cli.main(
+        ["experiment", "phase-diagram", "-o", str(tmp_path / "x.png"), "--resolution", "20"]
+    )
     assert status == 0 and "solved in" in capsys.readouterr().out

@@ -185,7 +185,7 @@ def test_find_blocks_large_n():
     d = k
     W = np.zeros((d, k * size))
     for b in range(k):
-        W[b, b * size:(b + 1) * size] = rng.choice([-1.0, 1.0], size) * rng.uniform(0.5, 1, size)
+        W[b, b * size : (b + 1) * size] = rng.choice([-1.0, 1.0], size) * rng.uniform(0.5, 1, size)
     W = random_rotation(d, rng) @ W
     perm = rng.permutation(W.shape[1])
     W = W[:, perm]
@@ -330,8 +330,9 @@ def test_realize_solver_optimum(problem):
     np.testing.assert_allclose(np.sum(W * W, axis=0), res.norms, rtol=1e-10, atol=1e-14)
     K = np.broadcast_to(problem.kurtosis, (problem.n,))
     assert naive_loss(W, problem.importance, K) == pytest.approx(res.loss, rel=1e-10, abs=1e-14)
-    assert capalloc.quadratic_loss(W, problem.importance, K) == pytest.approx(res.loss, rel=1e-10,
-                                                                               abs=1e-14)
+    assert capalloc.quadratic_loss(W, problem.importance, K) == pytest.approx(
+        res.loss, rel=1e-10, abs=1e-14
+    )
 
 
 def test_realize_batched_result():
@@ -341,8 +342,9 @@ def test_realize_batched_result():
     assert W.shape == (2, 2, 4)
     for row in range(2):
         np.testing.assert_allclose(naive_capacity(W[row]), res.capacity[row], atol=1e-12)
-        assert naive_loss(W[row], v[row], np.full(4, 10.0)) == pytest.approx(res.loss[row],
-                                                                              rel=1e-12)
+        assert naive_loss(W[row], v[row], np.full(4, 10.0)) == pytest.approx(
+            res.loss[row], rel=1e-12
+        )
 
 
 def test_realize_equal_importances_gives_one_block():

@@ -27,14 +27,14 @@ def _npy_bytes(array: np.ndarray, version: tuple[int, int] | None = None) -> byt
 
 def _header_only(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
     buf = io.BytesIO()
-    npy_format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
-                                            "shape": shape})
+    npy_format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
     return buf.getvalue()
 
 
 @pytest.fixture
 def no_read(monkeypatch):
     """Fail the test if numpy is asked to read array data."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("array data were read")
 
@@ -42,6 +42,7 @@ def no_read(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- .npy
+
 
 @pytest.mark.parametrize("load", LOADERS)
 def test_empty_npy(tmp_path, load):
@@ -56,9 +57,12 @@ def test_truncated_npy_is_refused_before_reading(tmp_path, load, no_read):
     data = _npy_bytes(np.ones((4, 6)))
     path = tmp_path / "cut.npy"
     path.write_bytes(data[:-20])
-    with pytest.raises(ValueError, match=r"cut\.npy: truncated or corrupt \.npy: the header "
-                                         r"claims shape \(4, 6\) float64 \(192 bytes of data\) "
-                                         r"but only 172 bytes follow"):
+    with pytest.raises(
+        ValueError,
+        match=r"cut\.npy: truncated or corrupt \.npy: the header "
+        r"claims shape \(4, 6\) float64 \(192 bytes of data\) "
+        r"but only 172 bytes follow",
+    ):
         load(path)
 
 
@@ -74,8 +78,11 @@ def test_array_larger_than_memory_is_refused(tmp_path, monkeypatch, no_read):
     path = tmp_path / "w.npy"
     np.save(path, np.zeros((64, 64)))  # 32 KiB of data
     monkeypatch.setattr(_io, "_available_memory", lambda: 10_000)
-    with pytest.raises(ValueError, match=r"w\.npy: array of shape \(64, 64\) float64 needs "
-                                         r"32768 bytes of memory; only 10000 bytes available"):
+    with pytest.raises(
+        ValueError,
+        match=r"w\.npy: array of shape \(64, 64\) float64 needs "
+        r"32768 bytes of memory; only 10000 bytes available",
+    ):
         load_matrix(path)
 
 
@@ -97,6 +104,7 @@ def test_every_npy_format_version_still_loads(tmp_path, version):
 
 
 # ----------------------------------------------------------------------------- .npz
+
 
 def _npz(tmp_path, **arrays) -> bytes:
     path = tmp_path / "src.npz"
@@ -126,8 +134,11 @@ def test_npz_member_with_huge_claimed_shape(tmp_path, no_read):
     path = tmp_path / "huge.npz"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("W.npy", _header_only((10**6, 10**6)))
-    with pytest.raises(ValueError, match=r"huge\.npz: member 'W': truncated or corrupt \.npy: "
-                                         r"the header claims shape \(1000000, 1000000\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"huge\.npz: member 'W': truncated or corrupt \.npy: "
+        r"the header claims shape \(1000000, 1000000\)",
+    ):
         load_matrix(path)
 
 
@@ -173,6 +184,7 @@ def test_random_damage_gives_value_errors_only(tmp_path, suffix):
 
 # ----------------------------------------------------------------------------- .safetensors
 
+
 def test_truncated_safetensors_tensor(tmp_path):
     header = json.dumps({"W": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}})
     path = tmp_path / "cut.safetensors"
@@ -182,6 +194,7 @@ def test_truncated_safetensors_tensor(tmp_path):
 
 
 # ----------------------------------------------------------------------------- not files
+
 
 @pytest.mark.parametrize("load", LOADERS)
 def test_directory_is_not_no_such_file(tmp_path, load):
@@ -214,6 +227,7 @@ def test_check_file_returns_the_size(tmp_path):
 
 
 # ----------------------------------------------------------------------------- check_memory
+
 
 def test_check_memory(monkeypatch):
     monkeypatch.setattr(_io, "_available_memory", lambda: 16 * 2**30)

@@ -24,8 +24,10 @@ from capalloc.allocation.methods.waterfill import convex_mu
 from capalloc.allocation.result import smallest_threshold
 
 # the plain-numpy twin divides by breakpoints at zero importance (harmless inf/nan)
-pytestmark = [pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning"),
+]
 
 # ---------------------------------------------------------------------------
 # Strategies: convex inputs (K >= 3), with exact K = 3, zeros and ties on demand
@@ -44,14 +46,25 @@ def convex_inputs(draw, max_n: int = 25, near3: bool = False, decades: float = 3
     the default inputs only).
     """
     n = draw(st.integers(1, max_n))
-    v = np.array(draw(st.lists(
-        st.one_of(st.floats(10.0 ** -decades, 10.0 ** decades), st.sampled_from(_V_POOL),
-                  st.just(0.0)),
-        min_size=n, max_size=n)))
+    v = np.array(
+        draw(
+            st.lists(
+                st.one_of(
+                    st.floats(10.0**-decades, 10.0**decades), st.sampled_from(_V_POOL), st.just(0.0)
+                ),
+                min_size=n,
+                max_size=n,
+            )
+        )
+    )
     gap = st.floats(1e-15, 1e-3).map(lambda x: 3.0 + x) if near3 else st.floats(3.001, 60.0)
-    K = np.array(draw(st.lists(
-        st.one_of(gap, st.just(3.0), st.sampled_from([4.0, 10.0])),
-        min_size=n, max_size=n)))
+    K = np.array(
+        draw(
+            st.lists(
+                st.one_of(gap, st.just(3.0), st.sampled_from([4.0, 10.0])), min_size=n, max_size=n
+            )
+        )
+    )
     npos = int(np.count_nonzero(v))
     if npos == 0:
         v[0], npos = 1.0, 1
@@ -180,8 +193,12 @@ def test_sweep_with_aggregate_matches_full_sweep(args, where):
 
 
 @settings(max_examples=50)
-@given(convex_inputs(), st.floats(0.05, 20.0), st.one_of(st.just(math.nan), st.floats(0, 1)),
-       st.booleans())
+@given(
+    convex_inputs(),
+    st.floats(0.05, 20.0),
+    st.one_of(st.just(math.nan), st.floats(0, 1)),
+    st.booleans(),
+)
 def test_convex_capacities_match_numpy_twin(args, mu, share, at_tie):
     v, K, _ = args
     if at_tie:
@@ -202,8 +219,9 @@ def test_bracket_pass_matches_twin_and_direct_sums(args, f, ratio):
     m0, A0, B0, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
     twin = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
     assert (m0, npos) == (twin[0], twin[5]) and npos == np.count_nonzero(v)
-    for ours, theirs in zip((A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7]),
-                            strict=True):
+    for ours, theirs in zip(
+        (A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7]), strict=True
+    ):
         assert math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-300)
     np.testing.assert_array_equal(live, twin[3])
     np.testing.assert_array_equal(vl, v[live])
@@ -238,12 +256,23 @@ def test_total_capacity_is_direct_sum(args, mu):
 def any_allocation(draw):
     """A quadratic problem of any curvature with arbitrary capacities in [0, 1]."""
     n = draw(st.integers(1, 12))
-    v = np.array(draw(st.lists(st.one_of(st.floats(1e-3, 1e3), st.just(0.0)),
-                               min_size=n, max_size=n)))
-    K = np.array(draw(st.lists(st.one_of(st.floats(1.0, 40.0), st.just(3.0), st.just(1.0)),
-                               min_size=n, max_size=n)))
-    C = np.array(draw(st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0])),
-                               min_size=n, max_size=n)))
+    v = np.array(
+        draw(st.lists(st.one_of(st.floats(1e-3, 1e3), st.just(0.0)), min_size=n, max_size=n))
+    )
+    K = np.array(
+        draw(
+            st.lists(
+                st.one_of(st.floats(1.0, 40.0), st.just(3.0), st.just(1.0)), min_size=n, max_size=n
+            )
+        )
+    )
+    C = np.array(
+        draw(
+            st.lists(
+                st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0])), min_size=n, max_size=n
+            )
+        )
+    )
     d = draw(st.integers(0, n + 1))
     return QuadraticProblem(v, d, K), C
 
@@ -353,8 +382,14 @@ _CASES = {
 def test_kernels_without_jit_match_jitted():
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     code = _SCRIPT.replace("SPEC", repr(json.dumps(_CASES)))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, (v, d, K) in _CASES.items():
@@ -412,8 +447,10 @@ def test_finish_in_parallel_blocks_matches_one_block():
 
 
 @settings(max_examples=80)
-@given(convex_inputs(), st.one_of(st.just(3.0), st.floats(3.0 + 1e-9, 60.0),
-                                  st.sampled_from([4.0, 10.0])))
+@given(
+    convex_inputs(),
+    st.one_of(st.just(3.0), st.floats(3.0 + 1e-9, 60.0), st.sampled_from([4.0, 10.0])),
+)
 def test_sweep_scalar_matches_sweep(args, K):
     """One shared kurtosis: the merged scan of sorted importances gives the level,
     share and capacities of the event sweep."""

@@ -78,9 +78,13 @@ def test_matches_brute_force_random(seed):
     rng = np.random.default_rng(seed)
     for it in range(12):
         problem = random_quadratic_problem(
-            rng, n=int(rng.integers(2, 8)), kurtosis="mixed",
-            ties=0.3 if it % 3 == 0 else 0.0, zeros=0.15 if it % 4 == 0 else 0.0,
-            linear=0.25 if it % 5 == 0 else 0.0)
+            rng,
+            n=int(rng.integers(2, 8)),
+            kurtosis="mixed",
+            ties=0.3 if it % 3 == 0 else 0.0,
+            zeros=0.15 if it % 4 == 0 else 0.0,
+            linear=0.25 if it % 5 == 0 else 0.0,
+        )
         C, _ = mixed_capacities(problem.importance, problem.kurtosis, problem.d)
         assert_optimal_against(problem, C, brute_force(problem).loss)
 
@@ -212,9 +216,15 @@ def slsqp_multistart(problem: QuadraticProblem, rng: np.random.Generator, starts
     inits += [np.full(n, d / n), top, np.clip(top * 0.9 + 0.05, 0, 1)]
     best = np.inf
     for x0 in inits:
-        out = optimize.minimize(f, np.clip(x0, 0, 1), jac=grad, bounds=[(0, 1)] * n,
-                                constraints=cons, method="SLSQP",
-                                options={"maxiter": 300, "ftol": 1e-14})
+        out = optimize.minimize(
+            f,
+            np.clip(x0, 0, 1),
+            jac=grad,
+            bounds=[(0, 1)] * n,
+            constraints=cons,
+            method="SLSQP",
+            options={"maxiter": 300, "ftol": 1e-14},
+        )
         C = np.clip(out.x, 0, 1)
         if C.sum() <= d + 1e-9:
             best = min(best, f(C))
@@ -226,8 +236,11 @@ def test_never_worse_than_multistart_slsqp(seed):
     rng = np.random.default_rng(200 + seed)
     for it in range(3):
         n = int(rng.integers(10, 18))
-        problem = fractional_prone(rng, n) if it % 2 else random_quadratic_problem(
-            rng, n=n, kurtosis="mixed")
+        problem = (
+            fractional_prone(rng, n)
+            if it % 2
+            else random_quadratic_problem(rng, n=n, kurtosis="mixed")
+        )
         C, _ = mixed_capacities(problem.importance, problem.kurtosis, problem.d)
         best = slsqp_multistart(problem, rng)
         assert_optimal_against(problem, C, best, tol=1e-9)

@@ -70,8 +70,9 @@ LAWS = {
     "sparse-gaussian-0.3": D.Sparse(D.Gaussian(), 0.3),
     "uniform": D.Uniform(),
     "rademacher": D.Rademacher(),
-    "mixed": D.PerFeature([D.Gaussian(), D.Uniform(), D.Rademacher(),
-                           D.Sparse(D.Gaussian(), 0.25), D.ThreePoint(5.0)]),
+    "mixed": D.PerFeature(
+        [D.Gaussian(), D.Uniform(), D.Rademacher(), D.Sparse(D.Gaussian(), 0.25), D.ThreePoint(5.0)]
+    ),
 }
 
 # Measured (300k samples, seed 2022): |exact - MC| / standard error, given bias / optimal bias:
@@ -113,8 +114,11 @@ def test_optimal_bias_minimises_monte_carlo_loss(name):
     mc = [np.mean((e - c) ** 2) for c in (b - 0.3, b, b + 0.3)]
     assert mc[1] < mc[0] and mc[1] < mc[2]
     # Exact loss at the optimal bias: the given-bias formula at b, and the minimum over b.
-    assert math.isclose(quadratic_loss(W, v, law.kurtosis),
-                        quadratic_loss(W, v, law.kurtosis, bias=b), rel_tol=1e-12)
+    assert math.isclose(
+        quadratic_loss(W, v, law.kurtosis),
+        quadratic_loss(W, v, law.kurtosis, bias=b),
+        rel_tol=1e-12,
+    )
     for c in (b - 0.3, b + 0.3):
         gap = quadratic_loss(W, v, law.kurtosis, bias=c) - quadratic_loss(W, v, law.kurtosis)
         assert math.isclose(gap, 0.09, rel_tol=1e-9)
@@ -124,8 +128,7 @@ def test_predict_and_target_helpers():
     W, v = _problem(4, 3, seed=5)
     x = np.random.default_rng(0).standard_normal((50, 4))
     np.testing.assert_allclose(target(x, v), np.sum(v * x**2, axis=1), rtol=1e-13)
-    np.testing.assert_allclose(predict(W, x, 0.5), np.sum((x @ W.T) ** 2, axis=1) + 0.5,
-                               rtol=1e-13)
+    np.testing.assert_allclose(predict(W, x, 0.5), np.sum((x @ W.T) ** 2, axis=1) + 0.5, rtol=1e-13)
     torch = pytest.importorskip("torch")
     xt, Wt, vt = torch.tensor(x), torch.tensor(W), torch.tensor(v)
     np.testing.assert_allclose(predict(Wt, xt, 0.5).numpy(), predict(W, x, 0.5), rtol=1e-13)
@@ -167,16 +170,20 @@ def test_batched_loss_equals_brute_force(prob):
     assert loss.shape == W.shape[:1]
     ref = [brute_loss(Wb, v, K, bias) for Wb in W]
     np.testing.assert_allclose(loss, ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(optimal_bias(W, v), np.sum(v - np.sum(W * W, axis=1), axis=-1),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        optimal_bias(W, v), np.sum(v - np.sum(W * W, axis=1), axis=-1), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_batched_importance_and_bias(rng):
     W = rng.standard_normal((3, 2, 4))
     v = rng.uniform(0.5, 1.5, size=(3, 4))
     b = np.array([0.0, 1.0, -2.0])
-    np.testing.assert_allclose(quadratic_loss(W, v, 4.0, bias=b),
-                               [brute_loss(W[i], v[i], 4.0, b[i]) for i in range(3)], rtol=1e-12)
+    np.testing.assert_allclose(
+        quadratic_loss(W, v, 4.0, bias=b),
+        [brute_loss(W[i], v[i], 4.0, b[i]) for i in range(3)],
+        rtol=1e-12,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -197,8 +204,9 @@ def test_capacity_form_equals_loss_at_optimal_bias(prob):
 def test_capacity_form_batched(prob):
     W, v, K, _ = prob
     C, N = capacity(W), np.sum(W * W, axis=-2)
-    np.testing.assert_allclose(capacity_form_loss(C, N, v, K), quadratic_loss(W, v, K),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        capacity_form_loss(C, N, v, K), quadratic_loss(W, v, K), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_capacity_form_on_known_shapes():
@@ -209,8 +217,9 @@ def test_capacity_form_on_known_shapes():
     # Pentagon of unit vectors in 2-D, C = 2/5: sum_j!=i cos^2 = 3/2, cross = 2 * 5 * 3/2 = 15.
     angles = 2 * np.pi * np.arange(5) / 5
     W = np.stack([np.cos(angles), np.sin(angles)])
-    assert math.isclose(capacity_form_loss(capacity(W), np.ones(5), np.ones(5), 3.0), 15.0,
-                        rel_tol=1e-12)
+    assert math.isclose(
+        capacity_form_loss(capacity(W), np.ones(5), np.ones(5), 3.0), 15.0, rel_tol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -232,8 +241,9 @@ def test_gradient_matches_central_differences(K, bias, rng):
     np.testing.assert_allclose(grad, fd_ref, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("bias", [None, 0.25, np.array([0.0, 1.0, -0.5])],
-                         ids=["optimal", "scalar", "per-matrix"])
+@pytest.mark.parametrize(
+    "bias", [None, 0.25, np.array([0.0, 1.0, -0.5])], ids=["optimal", "scalar", "per-matrix"]
+)
 def test_batched_gradient_matches_central_differences(bias, rng):
     W = rng.standard_normal((3, 2, 4))
     v = rng.uniform(0.2, 1.5, size=4)
@@ -324,16 +334,16 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize("func", [quadratic_loss, quadratic_loss_grad])
-@pytest.mark.parametrize(("name", "change"), BAD_CASES, ids=[f"{n}-{i}" for i, (n, _) in
-                                                             enumerate(BAD_CASES)])
+@pytest.mark.parametrize(
+    ("name", "change"), BAD_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD_CASES)]
+)
 def test_loss_rejects_bad_input(func, name, change):
     args = dict(W=W_OK, importance=V_OK, kurtosis=3.0, bias=None) | change
     with pytest.raises(ValueError, match=name):
         func(**args)
 
 
-@pytest.mark.parametrize(("name", "change"), [c for c in BAD_CASES
-                                              if c[0] in ("W", "importance")])
+@pytest.mark.parametrize(("name", "change"), [c for c in BAD_CASES if c[0] in ("W", "importance")])
 def test_optimal_bias_rejects_bad_input(name, change):
     args = dict(W=W_OK, importance=V_OK) | change
     with pytest.raises(ValueError, match=name):

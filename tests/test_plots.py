@@ -52,8 +52,10 @@ def test_capacities_bars_heights_and_colours(solved):
     np.testing.assert_allclose([b.get_height() for b in bars], res.capacity)
     for bar, label in zip(bars, res.labels, strict=True):
         assert bar.get_facecolor() == to_rgba(plots.LABEL_COLORS[label])
-    colours = {lab: {b.get_facecolor() for b, lb in zip(bars, res.labels, strict=True)
-                     if lb == lab} for lab in set(res.labels)}
+    colours = {
+        lab: {b.get_facecolor() for b, lb in zip(bars, res.labels, strict=True) if lb == lab}
+        for lab in set(res.labels)
+    }
     assert all(len(c) == 1 for c in colours.values())  # one colour per label
     assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # distinct
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -65,7 +67,8 @@ def test_capacities_from_plain_array_and_given_axes():
     out = plots.plot_capacities([1.0, 0.5, 0.0], ax=ax)
     assert out is ax
     assert [b.get_facecolor() for b in ax.patches] == [
-        to_rgba(plots.LABEL_COLORS[lab]) for lab in capalloc.LABELS]
+        to_rgba(plots.LABEL_COLORS[lab]) for lab in capalloc.LABELS
+    ]
 
 
 def test_capacities_rejects_batches():
@@ -93,8 +96,9 @@ def test_marginal_benefit_threshold_and_points(solved):
 
 def test_marginal_benefit_separable_problem_uses_index():
     w = np.array([3.0, 2.0, 1.0])
-    problem = capalloc.SeparableProblem(lambda C: w * (1 - C) ** 2, lambda C: 2 * w * (1 - C),
-                                        n=3, d=1)
+    problem = capalloc.SeparableProblem(
+        lambda C: w * (1 - C) ** 2, lambda C: 2 * w * (1 - C), n=3, d=1
+    )
     res = capalloc.solve(problem)
     ax = plots.plot_marginal_benefit(problem, res, log=False)
     np.testing.assert_allclose(ax.collections[1].get_offsets()[:, 0], [0, 1, 2])
@@ -114,8 +118,7 @@ def test_loss_curves_match_formula():
     assert [lab.split("(")[1] for lab in labels] == ["concave)", "linear)", "convex)"]
     raw = plots.plot_loss_curves(2.0, 9.0, normalize=False)
     C = raw.get_lines()[0].get_xdata()
-    np.testing.assert_allclose(raw.get_lines()[0].get_ydata(),
-                               2 * 8 * 4 * (1 - C) / (2 + 6 * C))
+    np.testing.assert_allclose(raw.get_lines()[0].get_ydata(), 2 * 8 * 4 * (1 - C) / (2 + 6 * C))
 
 
 def test_embedding_2d_counts_nonzero_columns():

@@ -46,8 +46,7 @@ def test_importance_derivatives_match_central_differences(seed):
         np.testing.assert_allclose((rp.capacity - rm.capacity) / step, s.dC_dv[:, j], atol=1e-6)
         np.testing.assert_allclose((mp - mm) / step, s.dmu_dv[j], atol=1e-6)
         np.testing.assert_allclose((rp.threshold - rm.threshold) / step, s.dT_dv[j], atol=1e-5)
-        np.testing.assert_allclose((rp.loss - rm.loss) / step, s.dloss_dv[j], rtol=1e-6,
-                                   atol=1e-6)
+        np.testing.assert_allclose((rp.loss - rm.loss) / step, s.dloss_dv[j], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -63,8 +62,7 @@ def test_kurtosis_derivatives_match_central_differences(seed):
         np.testing.assert_allclose((rp.capacity - rm.capacity) / step, s.dC_dK[:, j], atol=1e-6)
         np.testing.assert_allclose((mp - mm) / step, s.dmu_dK[j], atol=1e-6)
         np.testing.assert_allclose((rp.threshold - rm.threshold) / step, s.dT_dK[j], atol=1e-5)
-        np.testing.assert_allclose((rp.loss - rm.loss) / step, s.dloss_dK[j], rtol=1e-6,
-                                   atol=1e-7)
+        np.testing.assert_allclose((rp.loss - rm.loss) / step, s.dloss_dK[j], rtol=1e-6, atol=1e-7)
 
 
 def test_common_kurtosis_derivative():
@@ -172,10 +170,10 @@ def test_no_polysemantic_feature_and_slack_budget():
     assert list(s.labels) == ["monosemantic", "monosemantic", "ignored"]
     assert np.isnan(s.mu) and np.isnan(s.dloss_dd) and np.all(np.isnan(s.dmu_dv))
     assert np.all(s.dC_dv == 0)
-    np.testing.assert_allclose(s.regime_boundaries, [[2.0, np.nan], [2.0, np.nan],
-                                                     [np.nan, 1.5]])
-    for i, (b, label) in enumerate([(2.0, "polysemantic"), (2.0, "polysemantic"),
-                                    (1.5, "polysemantic")]):
+    np.testing.assert_allclose(s.regime_boundaries, [[2.0, np.nan], [2.0, np.nan], [np.nan, 1.5]])
+    for i, (b, label) in enumerate(
+        [(2.0, "polysemantic"), (2.0, "polysemantic"), (1.5, "polysemantic")]
+    ):
         w = np.array([3.0, 3.0, 1.0])
         w[i] = b - 1e-6 if i < 2 else b + 1e-6
         assert capalloc.solve(QuadraticProblem(w, 2, 5.0)).labels[i] == label
@@ -189,11 +187,14 @@ def test_no_polysemantic_feature_and_slack_budget():
     assert slack.mu == 0 and slack.dloss_dd == 0 and np.all(slack.dloss_dv == 0)
 
 
-@pytest.mark.parametrize("problem, exc, match", [
-    (QuadraticProblem([1.0, 2.0, 3.0], 1, 3.0), ValueError, "kurtosis must be > 3"),
-    (QuadraticProblem([[1.0, 2.0, 3.0]], 1, 5.0), ValueError, "unbatched"),
-    ("problem", TypeError, "QuadraticProblem"),
-])
+@pytest.mark.parametrize(
+    "problem, exc, match",
+    [
+        (QuadraticProblem([1.0, 2.0, 3.0], 1, 3.0), ValueError, "kurtosis must be > 3"),
+        (QuadraticProblem([[1.0, 2.0, 3.0]], 1, 5.0), ValueError, "unbatched"),
+        ("problem", TypeError, "QuadraticProblem"),
+    ],
+)
 def test_bad_input(problem, exc, match):
     with pytest.raises(exc, match=match):
         sensitivity(problem)

@@ -48,8 +48,9 @@ def supports(method: str, kind: str, batched: bool = False) -> bool:
         return False
     probe = _PROBES[kind]
     if batched:
-        probe = QuadraticProblem(np.stack([probe.importance] * 2), probe.d,
-                                 np.stack([probe.kurtosis] * 2))
+        probe = QuadraticProblem(
+            np.stack([probe.importance] * 2), probe.d, np.stack([probe.kurtosis] * 2)
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AllocationWarning)
@@ -113,8 +114,11 @@ def hypothesis_check(method: str, strategy, body, n: int | None = None) -> None:
     # a distinct name per test and method keeps their example databases apart
     name = f"{body.__qualname__.split('.')[0]}__{method}"
     inner.__name__ = inner.__qualname__ = "".join(c if c.isalnum() else "_" for c in name)
-    test = settings(max_examples=n or examples(method), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])(given(strategy)(inner))
+    test = settings(
+        max_examples=n or examples(method),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )(given(strategy)(inner))
     test()
 
 
@@ -135,8 +139,16 @@ def kurtosis_for(kind: str, linear: bool = True):
 
 
 @st.composite
-def problems(draw, kinds=KINDS, max_n: int = 7, ties: bool = True, zeros: bool = True,
-             linear: bool = True, d=None, n=None):
+def problems(
+    draw,
+    kinds=KINDS,
+    max_n: int = 7,
+    ties: bool = True,
+    zeros: bool = True,
+    linear: bool = True,
+    d=None,
+    n=None,
+):
     """Small quadratic problems of the given curvature kinds (``K >= 1.05``).
 
     ``ties=False`` drops the pool of repeated values (equal values remain possible).
@@ -222,7 +234,8 @@ def test_permutation_equivariance(method):
             np.testing.assert_allclose(b.capacity, a.capacity[perm], atol=cap_tol(method))
 
     strategy = strategy_for(method, ties=False).flatmap(
-        lambda p: st.tuples(st.just(p), st.permutations(range(p.n))))
+        lambda p: st.tuples(st.just(p), st.permutations(range(p.n)))
+    )
     hypothesis_check(method, strategy, body)
 
 
@@ -258,8 +271,7 @@ def test_scaling(method):
         if get_method(method).exact:
             np.testing.assert_allclose(b.threshold, s * s * a.threshold, rtol=1e-9)
 
-    strategy = st.tuples(strategy_for(method, ties=False),
-                         st.sampled_from([1e-3, 0.37, 8.0, 1e3]))
+    strategy = st.tuples(strategy_for(method, ties=False), st.sampled_from([1e-3, 0.37, 8.0, 1e3]))
     hypothesis_check(method, strategy, body)
 
 
@@ -355,8 +367,9 @@ def test_two_feature_closed_form(method, K):
     e2 = (K - 1) * (b * K - b - 2 * a) / ((K - 3) * (K + 1))
     if e2 > 0:
         np.testing.assert_allclose(res.norms, [c2, e2], rtol=cap_tol(method))
-        np.testing.assert_allclose(res.capacity, [c2 / (c2 + e2), e2 / (c2 + e2)],
-                                   atol=cap_tol(method))
+        np.testing.assert_allclose(
+            res.capacity, [c2 / (c2 + e2), e2 / (c2 + e2)], atol=cap_tol(method)
+        )
     else:  # below the boundary: monosemantic a, N = a
         np.testing.assert_allclose(res.capacity, [1.0, 0.0], atol=cap_tol(method))
         np.testing.assert_allclose(res.norms, [a, 0.0], rtol=cap_tol(method), atol=1e-12)
@@ -421,10 +434,12 @@ _EDGE = {
     "zero importance mixed": QuadraticProblem([0.0, 1.0, 0.0, 2.0], 1, [2.0, 6.0, 9.0, 2.5]),
     # a feature with K - 3 = 1e-12 polysemantic next to ordinary ones: its capacity moves
     # by 1e12 per unit of 1/mu, so restoring the budget must not shift the others
-    "kurtosis 3+1e-12 among 10": QuadraticProblem([1.0, 0.9, 0.5, 0.3, 0.2], 2,
-                                                  [3 + 1e-12, 10, 10, 10, 10]),
-    "kurtosis 3-1e-12 among 10": QuadraticProblem([1.0, 0.9, 0.5, 0.3, 0.2], 2,
-                                                  [3 - 1e-12, 10, 10, 10, 10]),
+    "kurtosis 3+1e-12 among 10": QuadraticProblem(
+        [1.0, 0.9, 0.5, 0.3, 0.2], 2, [3 + 1e-12, 10, 10, 10, 10]
+    ),
+    "kurtosis 3-1e-12 among 10": QuadraticProblem(
+        [1.0, 0.9, 0.5, 0.3, 0.2], 2, [3 - 1e-12, 10, 10, 10, 10]
+    ),
 }
 
 
@@ -463,8 +478,11 @@ def test_extreme_magnitudes(method, kind):
         v = 10.0 ** rng.uniform(-150, 150, n)
         v[:2] = [1e-150, 1e150]
         convex, concave = rng.uniform(3.5, 40, n), rng.uniform(1.1, 2.9, n)
-        K = {"convex": convex, "concave": concave,
-             "mixed": np.where(np.arange(n) % 2 == 0, concave, convex)}[kind]
+        K = {
+            "convex": convex,
+            "concave": concave,
+            "mixed": np.where(np.arange(n) % 2 == 0, concave, convex),
+        }[kind]
         problem = QuadraticProblem(v, d, K)
         if method == "scipy" and kind == "mixed":
             # scipy's mixed search brackets roots on a threshold grid, which can miss
@@ -490,8 +508,11 @@ def test_importances_beyond_float_range_of_losses(kind):
     rng = np.random.default_rng(7)
     n = 40
     convex, concave = rng.uniform(3.5, 40, n), rng.uniform(1.1, 2.9, n)
-    K = {"convex": convex, "concave": concave,
-         "mixed": np.where(np.arange(n) % 2 == 0, concave, convex)}[kind]
+    K = {
+        "convex": convex,
+        "concave": concave,
+        "mixed": np.where(np.arange(n) % 2 == 0, concave, convex),
+    }[kind]
     base = 10.0 ** rng.uniform(-6, 0, n)
     base[0] = 1.0
     for top in (1e151, 1e200, 1e300):
@@ -610,6 +631,7 @@ def test_brute_force_reproduces_reference_problems():
 
 def test_random_generators():
     from capalloc.testing import random_kurtosis, random_quadratic_problem
+
     rng = np.random.default_rng(0)
     for kind in ("convex", "concave", "mixed"):
         for _ in range(20):

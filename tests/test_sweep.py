@@ -25,7 +25,7 @@ from capalloc.experiments.sweep import (
 )
 
 # A point function that leaves one marker file per call, so tests can count calls.
-HELPER = textwrap.dedent('''
+HELPER = textwrap.dedent("""
     import os
     import time
     import uuid
@@ -40,7 +40,7 @@ HELPER = textwrap.dedent('''
             raise RuntimeError(f"point {x} failed")
         time.sleep(delay)
         return {"x": x, "square": x * x, "payload": "y" * 2000}
-''')
+""")
 
 
 @pytest.fixture
@@ -68,6 +68,7 @@ def _result_files(out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- keys and grids
 
+
 def test_point_key_is_stable_and_order_free():
     a = {"model": "relu", "sparsity": 0.9, "seeds": 3}
     b = dict(reversed(list(a.items())))
@@ -87,8 +88,12 @@ def test_point_key_rejects_non_json_points(bad):
 
 def test_grid_is_the_cartesian_product_last_axis_fastest():
     pts = grid(a=[1, 2], b=["x", "y"], c=[True])
-    assert pts == [{"a": 1, "b": "x", "c": True}, {"a": 1, "b": "y", "c": True},
-                   {"a": 2, "b": "x", "c": True}, {"a": 2, "b": "y", "c": True}]
+    assert pts == [
+        {"a": 1, "b": "x", "c": True},
+        {"a": 1, "b": "y", "c": True},
+        {"a": 2, "b": "x", "c": True},
+        {"a": 2, "b": "y", "c": True},
+    ]
     assert grid() == [{}]
     assert grid(a=[]) == []
     with pytest.raises(ValueError, match="axis 'a'"):
@@ -98,6 +103,7 @@ def test_grid_is_the_cartesian_product_last_axis_fastest():
 
 
 # ----------------------------------------------------------------------------- running
+
 
 def test_results_in_point_order_and_one_file_each(tmp_path, helper):
     marks, out = tmp_path / "marks", tmp_path / "out"
@@ -134,14 +140,16 @@ def test_failures_are_reported_and_retried_on_rerun(tmp_path, helper):
             run_sweep(helper.work, points, out, executor=pool, progress=False)
         assert set(info.value.failures) == {point_key(points[1]), point_key(points[3])}
         assert len(_result_files(out)) == 3  # the good points were saved
-        skipped = run_sweep(helper.work, points, out, executor=pool, progress=False,
-                            on_error="skip")
+        skipped = run_sweep(
+            helper.work, points, out, executor=pool, progress=False, on_error="skip"
+        )
         assert [r is None for r in skipped] == [False, True, False, True, False]
         assert _calls(marks) == [0, 1, 1, 2, 3, 3, 4]  # only the failed points ran again
     # "fix" fn: a wrapper that no longer fails, rerun computes just the two missing points
     with ThreadPoolExecutor(2) as pool:
-        fixed = run_sweep(lambda fail, **kw: helper.work(**kw), points, out, executor=pool,
-                          progress=False)
+        fixed = run_sweep(
+            lambda fail, **kw: helper.work(**kw), points, out, executor=pool, progress=False
+        )
     assert [r["x"] for r in fixed] == [0, 1, 2, 3, 4]
     assert _calls(marks) == [0, 1, 1, 1, 2, 3, 3, 3, 4]
 
@@ -158,17 +166,21 @@ def test_sweep_error_names_the_failed_point_and_why(tmp_path, helper):
     assert isinstance(info.value.failures[point_key(points[2])], RuntimeError)
 
 
-@pytest.mark.parametrize("content, reason", [
-    ("", "Expecting value"),
-    ('{"point": {"x": 1', "Expecting"),
-    ("[1, 2]", "not an object with 'point' and 'result'"),
-    ('{"result": {"x": 1}}', "not an object with 'point' and 'result'"),
-    ('{"point": {"x": 7, "marks": "elsewhere"}, "result": {"x": 7}}', "it holds point {'x': 7"),
-    ('{"point": 3, "result": {"x": 7}}', "it holds point"),
-    (b"\xff\xfe\x00garbage", "codec"),
-])
-def test_corrupt_or_mismatched_result_file_is_named_and_recomputed(tmp_path, helper, content,
-                                                                    reason):
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("", "Expecting value"),
+        ('{"point": {"x": 1', "Expecting"),
+        ("[1, 2]", "not an object with 'point' and 'result'"),
+        ('{"result": {"x": 1}}', "not an object with 'point' and 'result'"),
+        ('{"point": {"x": 7, "marks": "elsewhere"}, "result": {"x": 7}}', "it holds point {'x': 7"),
+        ('{"point": 3, "result": {"x": 7}}', "it holds point"),
+        (b"\xff\xfe\x00garbage", "codec"),
+    ],
+)
+def test_corrupt_or_mismatched_result_file_is_named_and_recomputed(
+    tmp_path, helper, content, reason
+):
     marks, out = tmp_path / "marks", tmp_path / "out"
     points = [{"x": x, "marks": str(marks)} for x in range(3)]
     with ThreadPoolExecutor(2) as pool:
@@ -220,8 +232,9 @@ def test_non_json_result_is_a_failure_not_a_crash(tmp_path):
         return {"x": object()} if x == 1 else {"x": x}
 
     with ThreadPoolExecutor(1) as pool:
-        res = run_sweep(bad, grid(x=[0, 1, 2]), tmp_path, executor=pool, progress=False,
-                        on_error="skip")
+        res = run_sweep(
+            bad, grid(x=[0, 1, 2]), tmp_path, executor=pool, progress=False, on_error="skip"
+        )
     assert res == [{"x": 0}, None, {"x": 2}]
     assert len(_result_files(tmp_path)) == 2
 
@@ -260,7 +273,7 @@ def test_default_process_pool(tmp_path, helper):
 
 # ----------------------------------------------------------------------------- kill and resume
 
-KILL_SCRIPT = textwrap.dedent('''
+KILL_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {mod_dir!r})
     from capalloc.experiments.sweep import run_sweep
@@ -270,17 +283,24 @@ KILL_SCRIPT = textwrap.dedent('''
         points = [{{"x": x, "marks": {marks!r}, "delay": 0.4}} for x in range({count})]
         run_sweep(work, points, {out!r}, progress=False, max_workers=2)
         print("finished")
-''')
+""")
 
 
 def test_resume_after_sigkill_computes_only_missing_points(tmp_path, helper):
     count = 14
     marks, out = tmp_path / "marks", tmp_path / "out"
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(mod_dir=str(tmp_path / "mod"), marks=str(marks),
-                                         out=str(out), count=count))
-    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    script.write_text(
+        KILL_SCRIPT.format(
+            mod_dir=str(tmp_path / "mod"), marks=str(marks), out=str(out), count=count
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -313,14 +333,18 @@ def test_resume_after_sigkill_computes_only_missing_points(tmp_path, helper):
 
 # ----------------------------------------------------------------------------- dask
 
+
 def test_dask_client_executor(tmp_path, helper):
     distributed = pytest.importorskip("distributed")
     marks, out = tmp_path / "marks", tmp_path / "out"
     points = [{"x": x, "marks": str(marks)} for x in range(5)]
     start = time.perf_counter()
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         executor = client.get_executor()
         res = run_sweep(helper.work, points[:3], out, executor=executor, progress=False)
         assert [r["square"] for r in res] == [0, 1, 4]

@@ -115,9 +115,12 @@ def test_linear_at_three():
 def test_compiled_against_direct_minimisation(rng):
     c, vv, kk = random_points(rng, 40)
     for ci, vi, ki in zip(c, vv, kk, strict=True):
-        res = minimize_scalar(lambda n, ci=ci, vi=vi, ki=ki:
-                              (ki - 1) * (vi - n) ** 2 + 2 * n**2 * (1 / ci - 1),
-                              bounds=(0.0, vi), method="bounded", options={"xatol": 1e-12})
+        res = minimize_scalar(
+            lambda n, ci=ci, vi=vi, ki=ki: (ki - 1) * (vi - n) ** 2 + 2 * n**2 * (1 / ci - 1),
+            bounds=(0.0, vi),
+            method="bounded",
+            options={"xatol": 1e-12},
+        )
         assert theory.optimal_norm(ci, vi, ki) == pytest.approx(res.x, rel=1e-6, abs=1e-9)
         assert theory.per_feature_loss(ci, vi, ki) == pytest.approx(res.fun, rel=1e-9, abs=1e-12)
 
@@ -126,9 +129,13 @@ def test_marginal_benefit_and_curvature_are_derivatives(rng):
     c, vv, kk = random_points(rng)
     c = np.clip(c, 1e-3, 1 - 1e-3)
     h = 1e-6
-    fd1 = -(theory.per_feature_loss(c + h, vv, kk) - theory.per_feature_loss(c - h, vv, kk)) / (2 * h)
+    fd1 = -(theory.per_feature_loss(c + h, vv, kk) - theory.per_feature_loss(c - h, vv, kk)) / (
+        2 * h
+    )
     np.testing.assert_allclose(theory.marginal_benefit(c, vv, kk), fd1, rtol=1e-6)
-    fd2 = -(theory.marginal_benefit(c + h, vv, kk) - theory.marginal_benefit(c - h, vv, kk)) / (2 * h)
+    fd2 = -(theory.marginal_benefit(c + h, vv, kk) - theory.marginal_benefit(c - h, vv, kk)) / (
+        2 * h
+    )
     np.testing.assert_allclose(theory.curvature(c, vv, kk), fd2, rtol=1e-5, atol=1e-8)
 
 
@@ -151,22 +158,29 @@ def test_broadcasting_and_scalars():
 
 def test_rademacher_kurtosis_one_has_no_nan():
     c = np.array([0.0, 0.5, 1.0])
-    for f in (theory.optimal_norm, theory.per_feature_loss, theory.marginal_benefit,
-              theory.curvature):
+    for f in (
+        theory.optimal_norm,
+        theory.per_feature_loss,
+        theory.marginal_benefit,
+        theory.curvature,
+    ):
         np.testing.assert_array_equal(f(c, 2.0, 1.0), 0.0)
 
 
-@pytest.mark.parametrize(("func", "args", "match"), [
-    (theory.per_feature_loss, (1.5, 1.0, 3.0), r"C must lie in \[0, 1\], found 1.5"),
-    (theory.per_feature_loss, (-0.1, 1.0, 3.0), r"C must lie in \[0, 1\], found -0.1"),
-    (theory.marginal_benefit, (0.5, -1.0, 3.0), r"v must be >= 0.*-1"),
-    (theory.curvature, (0.5, 1.0, 0.5), r"K must be >= 1.*0.5"),
-    (theory.optimal_norm, (0.5, 1.0, np.nan), r"K must be finite"),
-    (theory.two_feature_threshold, (1.0, 2.0), r"a must be >= b.*a=1.0, b=2.0"),
-    (theory.two_feature_threshold, (1.0, 0.0), r"b must be > 0, got 0.0"),
-    (theory.two_feature_optimum, (2.0, 1.0, 0.9), r"K must be >= 1.*0.9"),
-    (theory.two_feature_optimum, (2.0, -1.0, 5.0), r"b must be > 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    ("func", "args", "match"),
+    [
+        (theory.per_feature_loss, (1.5, 1.0, 3.0), r"C must lie in \[0, 1\], found 1.5"),
+        (theory.per_feature_loss, (-0.1, 1.0, 3.0), r"C must lie in \[0, 1\], found -0.1"),
+        (theory.marginal_benefit, (0.5, -1.0, 3.0), r"v must be >= 0.*-1"),
+        (theory.curvature, (0.5, 1.0, 0.5), r"K must be >= 1.*0.5"),
+        (theory.optimal_norm, (0.5, 1.0, np.nan), r"K must be finite"),
+        (theory.two_feature_threshold, (1.0, 2.0), r"a must be >= b.*a=1.0, b=2.0"),
+        (theory.two_feature_threshold, (1.0, 0.0), r"b must be > 0, got 0.0"),
+        (theory.two_feature_optimum, (2.0, 1.0, 0.9), r"K must be >= 1.*0.9"),
+        (theory.two_feature_optimum, (2.0, -1.0, 5.0), r"b must be > 0, got -1.0"),
+    ],
+)
 def test_input_validation(func, args, match):
     with pytest.raises(ValueError, match=match):
         func(*args)
@@ -195,17 +209,24 @@ def test_capacity_form_needs_squared_norm(rng):
 def exact_loss(c, e, beta, av, bv, kk):
     """Spec §3 loss for W = [[c, e]], y = a x1^2 + b x2^2, with bias beta."""
     n1, n2 = c * c, e * e
-    return ((kk - 1) * ((av - n1) ** 2 + (bv - n2) ** 2)
-            + ((av - n1) + (bv - n2) - beta) ** 2 + 2 * 2 * (c * e) ** 2)
+    return (
+        (kk - 1) * ((av - n1) ** 2 + (bv - n2) ** 2)
+        + ((av - n1) + (bv - n2) - beta) ** 2
+        + 2 * 2 * (c * e) ** 2
+    )
 
 
 def exact_loss_grad(x, av, bv, kk):
     c, e, beta = x
     u1, u2 = av - c * c, bv - e * e
     r = u1 + u2 - beta
-    return np.array([-4 * c * ((kk - 1) * u1 + r) + 8 * c * e * e,
-                     -4 * e * ((kk - 1) * u2 + r) + 8 * e * c * c,
-                     -2 * r])
+    return np.array(
+        [
+            -4 * c * ((kk - 1) * u1 + r) + 8 * c * e * e,
+            -4 * e * ((kk - 1) * u2 + r) + 8 * e * c * c,
+            -2 * r,
+        ]
+    )
 
 
 def brute_force(av, bv, kk, starts=16, seed=0):
@@ -213,8 +234,13 @@ def brute_force(av, bv, kk, starts=16, seed=0):
     rng = np.random.default_rng(seed)
     best = None
     for x0 in rng.normal(scale=np.sqrt(av), size=(starts, 3)):
-        res = minimize(lambda x: exact_loss(*x, av, bv, kk), x0, method="BFGS",
-                       jac=lambda x: exact_loss_grad(x, av, bv, kk), options={"gtol": 1e-12})
+        res = minimize(
+            lambda x: exact_loss(*x, av, bv, kk),
+            x0,
+            method="BFGS",
+            jac=lambda x: exact_loss_grad(x, av, bv, kk),
+            options={"gtol": 1e-12},
+        )
         if best is None or res.fun < best.fun:
             best = res
     c, e, beta = best.x
@@ -224,8 +250,10 @@ def brute_force(av, bv, kk, starts=16, seed=0):
 def test_exact_loss_gradient():
     x, args = np.array([0.7, -0.4, 0.2]), (2.0, 1.0, 6.0)
     h = 1e-6
-    fd = [(exact_loss(*(x + h * ei), *args) - exact_loss(*(x - h * ei), *args)) / (2 * h)
-          for ei in np.eye(3)]
+    fd = [
+        (exact_loss(*(x + h * ei), *args) - exact_loss(*(x - h * ei), *args)) / (2 * h)
+        for ei in np.eye(3)
+    ]
     np.testing.assert_allclose(exact_loss_grad(x, *args), fd, rtol=1e-6)
 
 
@@ -260,10 +288,18 @@ def test_threshold_routes_agree():
     assert sp.simplify(D.beta.subs(at) - b) == 0
 
 
-@pytest.mark.parametrize(("av", "bv", "kk"), [
-    (1.0, 1.0, 7.0), (2.0, 1.0, 6.5), (2.0, 1.0, 4.0), (3.0, 0.5, 20.0), (1.0, 1.0, 1.8),
-    (2.0, 1.0, 2.5), (1.5, 1.0, 12.0),
-])
+@pytest.mark.parametrize(
+    ("av", "bv", "kk"),
+    [
+        (1.0, 1.0, 7.0),
+        (2.0, 1.0, 6.5),
+        (2.0, 1.0, 4.0),
+        (3.0, 0.5, 20.0),
+        (1.0, 1.0, 1.8),
+        (2.0, 1.0, 2.5),
+        (1.5, 1.0, 12.0),
+    ],
+)
 def test_two_feature_optimum_against_brute_force(av, bv, kk):
     c2, e2, beta = theory.two_feature_optimum(av, bv, kk)
     bc2, be2, bbeta, bloss = brute_force(av, bv, kk)
@@ -282,8 +318,13 @@ def test_two_feature_optimum_broadcasts():
 
 
 @settings(max_examples=40)
-@given(ratio=st.floats(1.0, 5.0), bv=st.floats(0.1, 3.0), kk=st.floats(1.0, 40.0),
-       c=st.floats(-3, 3), e=st.floats(-3, 3))
+@given(
+    ratio=st.floats(1.0, 5.0),
+    bv=st.floats(0.1, 3.0),
+    kk=st.floats(1.0, 40.0),
+    c=st.floats(-3, 3),
+    e=st.floats(-3, 3),
+)
 def test_two_feature_optimum_beats_any_point(ratio, bv, kk, c, e):
     av = ratio * bv
     c2, e2, beta = theory.two_feature_optimum(av, bv, kk)
@@ -312,8 +353,9 @@ def test_compile_separable_reproduces_quadratic_model(rng):
     f = theory.compile_separable(D.per_feature_loss, C, [v, K])
     c, vv, kk = random_points(rng)
     np.testing.assert_allclose(f.loss(c, vv, kk), theory.per_feature_loss(c, vv, kk), rtol=1e-12)
-    np.testing.assert_allclose(f.marginal_benefit(c, vv, kk), theory.marginal_benefit(c, vv, kk),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        f.marginal_benefit(c, vv, kk), theory.marginal_benefit(c, vv, kk), rtol=1e-12
+    )
     np.testing.assert_allclose(f.curvature(c, vv, kk), theory.curvature(c, vv, kk), rtol=1e-10)
     assert theory.compile_separable(D.per_feature_loss, C, (v, K)) is f  # cached
 
@@ -343,15 +385,18 @@ def test_curvature_class_quadratic_model():
     assert theory.curvature_class(f, [0.0, 5.0]).tolist() == "linear"  # v = 0: no loss at all
 
 
-@pytest.mark.parametrize(("expr", "param_values", "expected"), [
-    (sp.sin(5 * sp.Symbol("C")), [], "mixed"),  # numerical (sin is not factorable)
-    (sp.sin(sp.Symbol("C")), [], "concave"),  # numerical: -sin(C) <= 0 on [0, 1]
-    (sp.exp(sp.Symbol("C")), [], "convex"),  # numerical
-    ((sp.Symbol("C") - sp.Rational(1, 2)) ** 3, [], "mixed"),  # affine factor changes sign
-    (-sp.log(sp.Symbol("C")), [], "convex"),  # symbolic: 1 / C**2
-    (sp.sqrt(1 + sp.Symbol("C")), [], "concave"),  # symbolic: real power of a positive base
-    (3 * sp.Symbol("C") - 1, [], "linear"),
-])
+@pytest.mark.parametrize(
+    ("expr", "param_values", "expected"),
+    [
+        (sp.sin(5 * sp.Symbol("C")), [], "mixed"),  # numerical (sin is not factorable)
+        (sp.sin(sp.Symbol("C")), [], "concave"),  # numerical: -sin(C) <= 0 on [0, 1]
+        (sp.exp(sp.Symbol("C")), [], "convex"),  # numerical
+        ((sp.Symbol("C") - sp.Rational(1, 2)) ** 3, [], "mixed"),  # affine factor changes sign
+        (-sp.log(sp.Symbol("C")), [], "convex"),  # symbolic: 1 / C**2
+        (sp.sqrt(1 + sp.Symbol("C")), [], "concave"),  # symbolic: real power of a positive base
+        (3 * sp.Symbol("C") - 1, [], "linear"),
+    ],
+)
 def test_curvature_class_examples(expr, param_values, expected):
     f = theory.compile_separable(expr, sp.Symbol("C"), [])
     assert theory.curvature_class(f, param_values).tolist() == expected
@@ -372,11 +417,13 @@ def test_curvature_class_mixed_parameters_and_validation():
 
 def test_separable_problem_from_sympy_uses_theory():
     from capalloc import SeparableProblem
+
     prob = SeparableProblem.from_sympy(D.per_feature_loss, C, {v: [3.0, 2.0, 1.0], K: 5.0}, d=1)
     assert prob.curvature.tolist() == ["convex"] * 3
     cc = np.array([0.2, 0.5, 0.9])
-    np.testing.assert_allclose(prob.marginal_benefit(cc),
-                               theory.marginal_benefit(cc, [3.0, 2.0, 1.0], 5.0))
+    np.testing.assert_allclose(
+        prob.marginal_benefit(cc), theory.marginal_benefit(cc, [3.0, 2.0, 1.0], 5.0)
+    )
 
 
 def test_import_capalloc_does_not_import_sympy():

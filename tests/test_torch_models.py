@@ -60,8 +60,9 @@ def test_scalar_models_forward_matches_numpy(name, rng):
     tx = torch.as_tensor(x)
     np.testing.assert_allclose(model(tx).detach().numpy(), y_hat, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(model.target(tx).numpy(), y, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(model.loss(tx).detach().numpy(), ((y_hat - y) ** 2).mean(-1),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        model.loss(tx).detach().numpy(), ((y_hat - y) ** 2).mean(-1), rtol=1e-12
+    )
 
 
 def test_relu_autoencoder_forward_matches_numpy(rng):
@@ -114,8 +115,11 @@ def test_train_model_run_fields_and_reproducibility():
     assert run.labels.shape == (2, 6) and run.loss.shape == (2,)
     assert run.loss_history.shape[1] == 2 and np.all(np.isfinite(run.loss))
     np.testing.assert_allclose(run.capacities, capalloc.capacity(run.W))
-    for frac in (run.polysemantic_fraction, run.polysemantic_fraction_all,
-                 run.capacity_held_by_poly):
+    for frac in (
+        run.polysemantic_fraction,
+        run.polysemantic_fraction_all,
+        run.capacity_held_by_poly,
+    ):
         assert np.all((frac >= 0) & (frac <= 1))
     assert np.all(run.polysemantic_fraction >= run.polysemantic_fraction_all)
     assert not run.W.flags.writeable
@@ -128,8 +132,7 @@ def test_train_model_run_fields_and_reproducibility():
 
 def test_train_model_blocks_when_geometry_available():
     pytest.importorskip("capalloc.geometry")
-    run = train_model("quadratic", n=6, d=3, sparsity=0.8, instances=2, steps=30,
-                      batch_size=64)
+    run = train_model("quadratic", n=6, d=3, sparsity=0.8, instances=2, steps=30, batch_size=64)
     assert run.blocks is not None and len(run.blocks) == 2
     for inst, shapes, labels in zip(run.blocks, run.block_shapes(), run.labels, strict=True):
         features = [int(f) for b in inst for f in np.atleast_1d(b.features)]
@@ -138,17 +141,20 @@ def test_train_model_blocks_when_geometry_available():
         assert all(dim <= k for dim, k in shapes)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(model_name="tanh"), "model_name"),
-    (dict(sparsity=1.0), "sparsity"),
-    (dict(sparsity=[0.1, -0.1]), "sparsity"),
-    (dict(steps=0), "steps"),
-    (dict(lr=-1.0), "lr"),
-    (dict(d=0), "d must"),
-    (dict(n=5, importance=np.ones(4)), "n=5"),
-    (dict(importance=-np.ones(4)), "importance"),
-    (dict(device="nonsense"), "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(model_name="tanh"), "model_name"),
+        (dict(sparsity=1.0), "sparsity"),
+        (dict(sparsity=[0.1, -0.1]), "sparsity"),
+        (dict(steps=0), "steps"),
+        (dict(lr=-1.0), "lr"),
+        (dict(d=0), "d must"),
+        (dict(n=5, importance=np.ones(4)), "n=5"),
+        (dict(importance=-np.ones(4)), "importance"),
+        (dict(device="nonsense"), "device"),
+    ],
+)
 def test_train_model_rejects_bad_input(kwargs, match):
     args = {"model_name": "quadratic", "n": 4, "d": 2, "steps": 1, **kwargs}
     if "importance" in kwargs and "n" not in kwargs:
@@ -184,8 +190,9 @@ def test_trained_labels_and_effective_capacity():
 def test_quadratic_model_trained_agrees_with_solver_and_rises_with_sparsity():
     # two instances in one program: dense (K = 3) and sparse (K = 3 / 0.2 = 15) inputs
     v = 0.8 ** np.arange(6)
-    run = train_model("quadratic", v, d=3, sparsity=[0.0, 0.8], steps=1200, batch_size=512,
-                      lr=2e-2, seed=0)
+    run = train_model(
+        "quadratic", v, d=3, sparsity=[0.0, 0.8], steps=1200, batch_size=512, lr=2e-2, seed=0
+    )
     exact = capalloc.solve(capalloc.QuadraticProblem(np.tile(v, (2, 1)), 3, [[3.0], [15.0]]))
     np.testing.assert_allclose(run.effective_capacities[1], exact.capacity[1], atol=0.08)
     assert abs(run.effective_capacities[1].sum() - 3) < 0.1
@@ -198,8 +205,15 @@ def test_quadratic_model_trained_agrees_with_solver_and_rises_with_sparsity():
 
 def test_relu_autoencoder_polysemanticity_rises_with_sparsity():
     # Elhage et al.: 5 features in 2 dimensions; dense -> 2 monosemantic, sparse -> superposition
-    run = train_model("relu-ae", default_importance(5), d=2, sparsity=[0.0, 0.95], steps=1500,
-                      batch_size=512, seed=0)
+    run = train_model(
+        "relu-ae",
+        default_importance(5),
+        d=2,
+        sparsity=[0.0, 0.95],
+        steps=1500,
+        batch_size=512,
+        seed=0,
+    )
     assert run.polysemantic_fraction[0] == 0.0
     assert list(run.labels[0]).count("monosemantic") == 2
     assert run.polysemantic_fraction[1] >= 0.6

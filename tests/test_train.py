@@ -77,8 +77,9 @@ def well_separated(problem, res, margin=1e-3) -> bool:
     """No feature sits within ``margin`` of a regime boundary (v = mu or v = 2 mu / (K - 1))."""
     mu = math.sqrt(res.threshold / 2)
     v, K = problem.importance, np.broadcast_to(problem.kurtosis, (problem.n,))
-    return bool(np.all(np.abs(v - mu) > margin * mu)
-                and np.all(np.abs(v - 2 * mu / (K - 1)) > margin * mu))
+    return bool(
+        np.all(np.abs(v - mu) > margin * mu) and np.all(np.abs(v - 2 * mu / (K - 1)) > margin * mu)
+    )
 
 
 @settings(max_examples=15)
@@ -133,6 +134,7 @@ def test_exact_result_fields():
 
 def test_hessian_vector_product_matches_finite_differences():
     from capalloc.training.train import _hessp
+
     rng = np.random.default_rng(0)
     W, V = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     v, K = rng.uniform(0.1, 1, 5), rng.uniform(1.5, 9, 5)
@@ -144,8 +146,9 @@ def test_hessian_vector_product_matches_finite_differences():
 
 def test_polish_sharpens_weakly_curved_directions():
     """Without the Newton polish a mono feature keeps a ~1e-6 overlap with a small poly one."""
-    v = np.array([1, 1, 1, 1, 1, 0.25, 0.25, 0.4375, 1, 0.625, 0.25, 1, 0.5, 0.75, 0.625, 0.25,
-                  0.25, 0.375])
+    v = np.array(
+        [1, 1, 1, 1, 1, 0.25, 0.25, 0.4375, 1, 0.625, 0.25, 1, 0.5, 0.75, 0.625, 0.25, 0.25, 0.375]
+    )
     problem = capalloc.QuadraticProblem(v, d=10, kurtosis=5.0)
     res = capalloc.solve(problem)
     rough = train_quadratic(problem, restarts=1, polish=False)
@@ -214,7 +217,9 @@ def concave_runs():
     runs = []
     for v, d, K in CONCAVE_PROBLEMS:
         problem = capalloc.QuadraticProblem(v, d=d, kurtosis=K)
-        runs.append((problem, capalloc.solve(problem), train_quadratic(problem, restarts=12, seed=1)))
+        runs.append(
+            (problem, capalloc.solve(problem), train_quadratic(problem, restarts=12, seed=1))
+        )
     return runs
 
 
@@ -234,8 +239,10 @@ def test_concave_descent_has_spurious_minima(concave_runs):
     stuck = []
     for problem, res, out in concave_runs:
         bad = out.restart_losses > res.loss * (1 + 1e-6)
-        print(f"n={problem.n} d={problem.d} K={problem.kurtosis[0]}: {bad.mean():.0%} of "
-              f"{bad.size} restarts in spurious minima")
+        print(
+            f"n={problem.n} d={problem.d} K={problem.kurtosis[0]}: {bad.mean():.0%} of "
+            f"{bad.size} restarts in spurious minima"
+        )
         stuck.append(bad)
     fraction = float(np.mean(np.concatenate(stuck)))
     print(f"spurious-minimum fraction for K < 3: {fraction:.2f}")
@@ -255,8 +262,9 @@ def test_sampled_smoke(one_thread):
     assert out.W.shape == (2, 4) and out.history.shape == (600,)
     assert np.abs(out.capacity - res.capacity).max() < 0.15
     assert out.loss < 1.1 * res.loss
-    assert out.loss == pytest.approx(naive_loss(out.W, problem.importance, np.full(4, 10.0),
-                                                out.bias), rel=1e-9)
+    assert out.loss == pytest.approx(
+        naive_loss(out.W, problem.importance, np.full(4, 10.0), out.bias), rel=1e-9
+    )
     assert np.mean(out.history[-50:]) < np.mean(out.history[:50])
 
 
@@ -285,8 +293,9 @@ def test_sampled_with_explicit_laws(one_thread):
     out = train_quadratic(problem, "sampled", steps=20, batch_size=32, law=law)
     assert np.isfinite(out.loss)
     batched = capalloc.QuadraticProblem([[1.0, 0.5], [0.5, 1.0]], d=1, kurtosis=[[3.0], [1.0]])
-    out = train_quadratic(batched, "sampled", steps=10, batch_size=16,
-                          law=[D.Gaussian(), D.Rademacher()])
+    out = train_quadratic(
+        batched, "sampled", steps=10, batch_size=16, law=[D.Gaussian(), D.Rademacher()]
+    )
     assert out.W.shape == (2, 1, 2)
     with pytest.raises(ValueError, match="law kurtosis"):
         train_quadratic(problem, "sampled", steps=2, law=D.Gaussian())
@@ -297,9 +306,13 @@ def test_sampled_with_explicit_laws(one_thread):
 
 
 SAMPLED_REFERENCE = (
-    np.array([[1.0, 0.9, 0.7, 0.6, 0.4, 0.3],
-              [1.0, 0.8, 0.8, 0.5, 0.5, 0.2],
-              [0.9, 1.0, 0.3, 0.6, 0.4, 0.7]]),
+    np.array(
+        [
+            [1.0, 0.9, 0.7, 0.6, 0.4, 0.3],
+            [1.0, 0.8, 0.8, 0.5, 0.5, 0.2],
+            [0.9, 1.0, 0.3, 0.6, 0.4, 0.7],
+        ]
+    ),
     3,
     10.0,
 )
@@ -327,8 +340,9 @@ def test_sampled_sparse_gaussian_matches_solver(one_thread):
     v = SAMPLED_REFERENCE[0][0]
     problem = capalloc.QuadraticProblem(v, d=3, kurtosis=10.0)
     res = capalloc.solve(problem)
-    out = train_quadratic(problem, "sampled", steps=4000, batch_size=4096, seed=1,
-                          law=D.Sparse(D.Gaussian(), 0.3))
+    out = train_quadratic(
+        problem, "sampled", steps=4000, batch_size=4096, seed=1, law=D.Sparse(D.Gaussian(), 0.3)
+    )
     assert np.abs(out.capacity - res.capacity).max() < 1e-2
     assert out.loss == pytest.approx(res.loss, rel=1e-3)
 
@@ -381,14 +395,22 @@ PROBLEM = capalloc.QuadraticProblem([1.0, 0.5, 0.2], d=1, kurtosis=5.0)
 
 
 @pytest.mark.parametrize("method", ["exact", "sampled"])
-@pytest.mark.parametrize("name, value", [
-    ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")),
-    ("steps", 0), ("steps", 2.5),
-    ("batch_size", 0), ("batch_size", -4),
-    ("restarts", 0), ("restarts", True),
-    ("tol", 0.0),
-    ("seed", -1),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("lr", 0.0),
+        ("lr", -1e-3),
+        ("lr", float("nan")),
+        ("steps", 0),
+        ("steps", 2.5),
+        ("batch_size", 0),
+        ("batch_size", -4),
+        ("restarts", 0),
+        ("restarts", True),
+        ("tol", 0.0),
+        ("seed", -1),
+    ],
+)
 def test_bad_arguments(method, name, value):
     with pytest.raises(ValueError, match=name):
         train_quadratic(PROBLEM, method, **{name: value})

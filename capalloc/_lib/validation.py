@@ -37,11 +37,27 @@ def short(value: Any, limit: int = 60) -> str:
 
 
 #: dtype kinds that numpy would cast to float silently or lossily, but that are not real numbers.
-_NOT_REAL_KINDS = {"b": "bool", "c": "complex", "M": "datetime64", "m": "timedelta64",
-                   "U": "str", "S": "bytes", "V": "structured"}
+_NOT_REAL_KINDS = {
+    "b": "bool",
+    "c": "complex",
+    "M": "datetime64",
+    "m": "timedelta64",
+    "U": "str",
+    "S": "bytes",
+    "V": "structured",
+}
 #: Elements of an object array refused for the same reason.
-_NOT_REAL_TYPES = (bool, np.bool_, str, bytes, datetime.date, datetime.timedelta, np.datetime64,
-                   np.timedelta64, type(None))
+_NOT_REAL_TYPES = (
+    bool,
+    np.bool_,
+    str,
+    bytes,
+    datetime.date,
+    datetime.timedelta,
+    np.datetime64,
+    np.timedelta64,
+    type(None),
+)
 
 
 def _not_real(arr: np.ndarray) -> str | None:
@@ -50,14 +66,16 @@ def _not_real(arr: np.ndarray) -> str | None:
         return f"{_NOT_REAL_KINDS[arr.dtype.kind]} (dtype {arr.dtype})"
     if arr.dtype.kind == "O":
         for x in arr.flat:
-            if isinstance(x, _NOT_REAL_TYPES) or (isinstance(x, numbers.Complex)
-                                                  and not isinstance(x, numbers.Real)):
+            if isinstance(x, _NOT_REAL_TYPES) or (
+                isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real)
+            ):
                 return f"object array holding {type(x).__name__} {x!r}"
     return None
 
 
-def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None = None,
-                   min_ndim: int | None = None) -> np.ndarray:
+def as_float_array(
+    value: Any, name: str, *, ndim: int | tuple[int, ...] | None = None, min_ndim: int | None = None
+) -> np.ndarray:
     """Convert ``value`` to a finite float64 array, checking its number of dimensions.
 
     Only real numbers are accepted: bool, complex, datetime/timedelta and
@@ -66,9 +84,11 @@ def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None 
     (its mask would be lost).
     """
     if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(f"{name} must be a plain array of real numbers, got a masked array "
-                        f"(shape {value.shape}, {np.ma.count_masked(value)} masked); fill it "
-                        f"(value.filled(...)) or drop the masked entries")
+        raise TypeError(
+            f"{name} must be a plain array of real numbers, got a masked array "
+            f"(shape {value.shape}, {np.ma.count_masked(value)} masked); fill it "
+            f"(value.filled(...)) or drop the masked entries"
+        )
     wanted = f"{name} must be array-like of real numbers, got"
     try:
         raw = np.asarray(value)
@@ -95,7 +115,9 @@ def as_float_array(value: Any, name: str, *, ndim: int | tuple[int, ...] | None 
     return arr
 
 
-def check_importance(value: Any, name: str = "importance", ndim: tuple[int, ...] = (1,)) -> np.ndarray:
+def check_importance(
+    value: Any, name: str = "importance", ndim: tuple[int, ...] = (1,)
+) -> np.ndarray:
     """Finite, non-negative importances."""
     arr = as_float_array(value, name, ndim=ndim)
     if arr.size and arr.min() < 0:
@@ -137,8 +159,11 @@ def check_budget(value: Any, name: str = "d") -> int:
 def check_positive(value: Any, name: str, *, integer: bool = False, strict: bool = True) -> Any:
     """A positive scalar (``> 0``, or ``>= 0`` when ``strict`` is false)."""
     ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-    if (isinstance(value, bool) or not ok_type
-            or not (isinstance(value, numbers.Integral) or math.isfinite(value))):
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not (isinstance(value, numbers.Integral) or math.isfinite(value))
+    ):
         kind = "integer" if integer else "number"
         raise ValueError(f"{name} must be a finite positive {kind}, got {value!r}")
     if value < 0 or (strict and value == 0):
@@ -148,8 +173,11 @@ def check_positive(value: Any, name: str, *, integer: bool = False, strict: bool
 
 def check_probability(value: Any, name: str = "p") -> float:
     """A probability in (0, 1]."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not (0 < cast(float, value) <= 1)):  # stubs: Real does not compare with int
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (0 < cast(float, value) <= 1)
+    ):  # stubs: Real does not compare with int
         raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
     return float(value)
 

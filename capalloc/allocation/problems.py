@@ -13,6 +13,7 @@ from capalloc.distributions import InputLaw
 
 __all__ = ["QuadraticProblem", "SeparableProblem", "Problem"]
 
+
 @dataclass(frozen=True, repr=False, eq=False)
 class QuadraticProblem:
     r"""Capacity allocation for the quadratic model.
@@ -121,9 +122,14 @@ class QuadraticProblem:
     def __repr__(self) -> str:
         K = self.kurtosis
         batch = f"m={self.importance.shape[0]}, " if self.batched else ""
-        return (f"QuadraticProblem({batch}n={self.n}, d={self.d}, "
-                f"kurtosis in [{K.min():.4g}, {K.max():.4g}])") if K.size else (
-                f"QuadraticProblem({batch}n=0, d={self.d})")
+        return (
+            (
+                f"QuadraticProblem({batch}n={self.n}, d={self.d}, "
+                f"kurtosis in [{K.min():.4g}, {K.max():.4g}])"
+            )
+            if K.size
+            else (f"QuadraticProblem({batch}n=0, d={self.d})")
+        )
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -205,6 +211,7 @@ class SeparableProblem:
             Capacity budget.
         """
         from capalloc.theory import compile_separable, curvature_class
+
         symbols = list(params)
         values = [np.asarray(params[s], dtype=float) for s in symbols]
         n = int(np.broadcast_shapes(*(v.shape for v in values), (1,))[0]) if values else 1

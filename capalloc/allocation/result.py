@@ -31,6 +31,7 @@ CERTIFY_TOL = 1e-9
 class AllocationWarning(RuntimeWarning):
     """A solver stopped without certifying optimality (see ``result.status``)."""
 
+
 def relative_gap(g: Any, T: Any) -> Any:
     r"""Signed relative gap :math:`(g - T)/\max(g, T)` between marginal benefits and a
     threshold, in ``[-1, 1]`` and free of overflow (0 where ``g == T``, inf included)."""
@@ -100,9 +101,15 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
         over = np.maximum(total - d, 0.0) / max(d, 1)
         unused = np.where(T > 0, np.maximum(d - total, 0.0) / max(d, 1), 0.0)
         bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
-        res = np.maximum.reduce([np.max(natural, axis=-1, initial=0.0), over, unused,
-                                 np.max(bounds, axis=-1, initial=0.0),
-                                 np.where((T >= 0) & np.isfinite(T), 0.0, 1.0)])
+        res = np.maximum.reduce(
+            [
+                np.max(natural, axis=-1, initial=0.0),
+                over,
+                unused,
+                np.max(bounds, axis=-1, initial=0.0),
+                np.where((T >= 0) & np.isfinite(T), 0.0, 1.0),
+            ]
+        )
         bad = ~np.all(np.isfinite(C), axis=-1) | np.any(np.isnan(g), axis=-1)
     res = np.where(bad | np.isnan(res), np.inf, res)
     return float(res) if np.ndim(res) == 0 else res
@@ -172,22 +179,36 @@ class AllocationResult:
         return self.status == SUCCESS
 
     def __repr__(self) -> str:
-        counts = {lab: int(np.sum(self.labels == lab)) for lab in ("monosemantic", "polysemantic",
-                                                                   "ignored")}
+        counts = {
+            lab: int(np.sum(self.labels == lab))
+            for lab in ("monosemantic", "polysemantic", "ignored")
+        }
         loss = np.asarray(self.loss)
         loss_txt = f"{float(loss):.6g}" if loss.ndim == 0 else f"array(shape={loss.shape})"
         kkt = float(np.max(self.kkt_residual))
-        return (f"AllocationResult(method={self.method!r}, status={self.status} "
-                f"({self.message}), loss={loss_txt}, mono={counts['monosemantic']}, "
-                f"poly={counts['polysemantic']}, ignored={counts['ignored']}, "
-                f"kkt_residual={kkt:.2g})")
+        return (
+            f"AllocationResult(method={self.method!r}, status={self.status} "
+            f"({self.message}), loss={loss_txt}, mono={counts['monosemantic']}, "
+            f"poly={counts['polysemantic']}, ignored={counts['ignored']}, "
+            f"kkt_residual={kkt:.2g})"
+        )
 
 
-def make_result(problem: Any, capacity: np.ndarray, threshold: Any, *, method: str,
-                status: int = SUCCESS, message: str | None = None, nit: int = 0,
-                loss: Any = None, kkt: Any = None,
-                atol: float = 1e-9, certify: float = CERTIFY_TOL,
-                copy: bool = True) -> AllocationResult:
+def make_result(
+    problem: Any,
+    capacity: np.ndarray,
+    threshold: Any,
+    *,
+    method: str,
+    status: int = SUCCESS,
+    message: str | None = None,
+    nit: int = 0,
+    loss: Any = None,
+    kkt: Any = None,
+    atol: float = 1e-9,
+    certify: float = CERTIFY_TOL,
+    copy: bool = True,
+) -> AllocationResult:
     """Assemble an :class:`AllocationResult`, certified: loss, norms and KKT residual are
     computed from the problem unless given.
 

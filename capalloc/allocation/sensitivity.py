@@ -42,6 +42,7 @@ from capalloc.allocation.result import AllocationResult
 
 __all__ = ["Sensitivity", "sensitivity"]
 
+
 @dataclass(frozen=True, repr=False, eq=False)
 class Sensitivity:
     r"""Derivatives of the quadratic-model optimum inside its current regime.
@@ -114,15 +115,17 @@ class Sensitivity:
         return float(self.dloss_dK.sum())
 
     def __repr__(self) -> str:
-        counts = {lab: int(np.sum(self.labels == lab)) for lab in
-                  (MONOSEMANTIC, POLYSEMANTIC, IGNORED)}
-        return (f"Sensitivity(n={self.capacity.size}, mono={counts[MONOSEMANTIC]}, "
-                f"poly={counts[POLYSEMANTIC]}, ignored={counts[IGNORED]}, mu={self.mu:.6g}, "
-                f"dmu_dd={self.dmu_dd:.6g}, dloss_dd={self.dloss_dd:.6g})")
+        counts = {
+            lab: int(np.sum(self.labels == lab)) for lab in (MONOSEMANTIC, POLYSEMANTIC, IGNORED)
+        }
+        return (
+            f"Sensitivity(n={self.capacity.size}, mono={counts[MONOSEMANTIC]}, "
+            f"poly={counts[POLYSEMANTIC]}, ignored={counts[IGNORED]}, mu={self.mu:.6g}, "
+            f"dmu_dd={self.dmu_dd:.6g}, dloss_dd={self.dloss_dd:.6g})"
+        )
 
 
-def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = None
-                ) -> Sensitivity:
+def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = None) -> Sensitivity:
     r"""Derivatives of the optimal allocation with respect to ``v``, ``K`` and ``d``.
 
     .. math::
@@ -181,15 +184,18 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         raise ValueError(f"problem must be unbatched (1-D importance), got {problem!r}")
     K = np.asarray(problem.kurtosis, dtype=float)
     if K.size and K.min() <= 3:
-        raise ValueError(f"kurtosis must be > 3 for every feature (the convex case), "
-                         f"got min {K.min()!r}")
+        raise ValueError(
+            f"kurtosis must be > 3 for every feature (the convex case), got min {K.min()!r}"
+        )
     if result is None:
         from capalloc.allocation.solve import solve
+
         result = solve(problem)
     C = np.asarray(result.capacity, dtype=float)
     if C.shape != problem.importance.shape:
-        raise ValueError(f"result.capacity must have shape {problem.importance.shape}, "
-                         f"got {C.shape}")
+        raise ValueError(
+            f"result.capacity must have shape {problem.importance.shape}, got {C.shape}"
+        )
     v = np.asarray(problem.importance, dtype=float)
     d = problem.d
     n = v.size
@@ -216,8 +222,23 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         dmu_dd = 0.0
         bounds[mono, 0] = 0.0
         bounds[~mono, 1] = 0.0
-        return _finish(C, labels, mu, dC_dv, dC_dK, dC_dd, dmu_dv, dmu_dK, dmu_dd,
-                       dloss_dv, dloss_dK, 0.0, loss, bounds, _own_interval(bounds))
+        return _finish(
+            C,
+            labels,
+            mu,
+            dC_dv,
+            dC_dK,
+            dC_dd,
+            dmu_dv,
+            dmu_dK,
+            dmu_dd,
+            dloss_dv,
+            dloss_dK,
+            0.0,
+            loss,
+            bounds,
+            _own_interval(bounds),
+        )
 
     if not poly.any():  # mu only known to lie in [lo, hi]
         lo = float(np.max((K[ign] - 1) * v[ign] / 2, initial=0.0))
@@ -225,8 +246,23 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         bounds[mono, 0] = lo
         bounds[ign, 1] = 2 * hi / (K[ign] - 1)
         nan = np.full(n, np.nan)
-        return _finish(C, labels, np.nan, dC_dv, dC_dK, dC_dd, nan, nan, np.nan,
-                       dloss_dv, dloss_dK, np.nan, loss, bounds, _own_interval(bounds))
+        return _finish(
+            C,
+            labels,
+            np.nan,
+            dC_dv,
+            dC_dK,
+            dC_dd,
+            nan,
+            nan,
+            np.nan,
+            dloss_dv,
+            dloss_dK,
+            np.nan,
+            loss,
+            bounds,
+            _own_interval(bounds),
+        )
 
     Kp, vp = K[poly], v[poly]
     a = (Kp - 1) * vp / (Kp - 3)
@@ -268,8 +304,23 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         interval[j, 0] = max(interval[j, 0], v[j] + (mu_lo - mu) / s[pos])
 
     threshold = 2 * mu * mu
-    return _finish(C, labels, mu, dC_dv, dC_dK, dC_dd, dmu_dv, dmu_dK, dmu_dd,
-                   dloss_dv, dloss_dK, -threshold, loss, bounds, interval)
+    return _finish(
+        C,
+        labels,
+        mu,
+        dC_dv,
+        dC_dK,
+        dC_dd,
+        dmu_dv,
+        dmu_dK,
+        dmu_dd,
+        dloss_dv,
+        dloss_dK,
+        -threshold,
+        loss,
+        bounds,
+        interval,
+    )
 
 
 def _own_interval(bounds: np.ndarray) -> np.ndarray:
@@ -280,8 +331,23 @@ def _own_interval(bounds: np.ndarray) -> np.ndarray:
     return interval
 
 
-def _finish(C, labels, mu, dC_dv, dC_dK, dC_dd, dmu_dv, dmu_dK, dmu_dd, dloss_dv, dloss_dK,
-            dloss_dd, loss, bounds, interval) -> Sensitivity:
+def _finish(
+    C,
+    labels,
+    mu,
+    dC_dv,
+    dC_dK,
+    dC_dd,
+    dmu_dv,
+    dmu_dK,
+    dmu_dd,
+    dloss_dv,
+    dloss_dK,
+    dloss_dd,
+    loss,
+    bounds,
+    interval,
+) -> Sensitivity:
     mu = float(mu)
     return Sensitivity(
         capacity=readonly(C),

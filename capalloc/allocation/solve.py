@@ -27,12 +27,20 @@ class MethodInfo:
 
 _REGISTRY: Registry[MethodInfo] = Registry("method")
 # Modules that register methods when imported (light ones first).
-_METHOD_MODULES = ("capalloc.allocation.methods.waterfill", "capalloc.allocation.methods.scipy_methods", "capalloc.allocation.methods.cvxpy_method")
+_METHOD_MODULES = (
+    "capalloc.allocation.methods.waterfill",
+    "capalloc.allocation.methods.scipy_methods",
+    "capalloc.allocation.methods.cvxpy_method",
+)
 
 
-def register_method(name: str, *, problems: tuple[type, ...] = (QuadraticProblem,),
-                    exact: bool = True, batched: bool = False
-                    ) -> Callable[[Callable[..., AllocationResult]], Callable[..., AllocationResult]]:
+def register_method(
+    name: str,
+    *,
+    problems: tuple[type, ...] = (QuadraticProblem,),
+    exact: bool = True,
+    batched: bool = False,
+) -> Callable[[Callable[..., AllocationResult]], Callable[..., AllocationResult]]:
     """Decorator registering ``function(problem, **options) -> AllocationResult`` under ``name``.
 
     Parameters
@@ -100,8 +108,9 @@ def _auto(problem: Any) -> str:
     return "waterfill" if isinstance(problem, QuadraticProblem) else "scipy"
 
 
-def solve(problem: QuadraticProblem | SeparableProblem, method: str = "auto",
-          **options: Any) -> AllocationResult:
+def solve(
+    problem: QuadraticProblem | SeparableProblem, method: str = "auto", **options: Any
+) -> AllocationResult:
     r"""Optimal allocation of capacity.
 
     .. math::

@@ -26,8 +26,16 @@ __all__ = ["add_experiment_parser", "DEFAULT_OUT_DIR", "DEFAULT_PHASE_POINTS"]
 #: Default resume directory of ``experiment sparsity`` (relative to the working directory).
 DEFAULT_OUT_DIR = os.path.join(".capalloc-sweeps", "sparsity")
 #: (kurtosis, ratio) points trained by ``experiment phase-diagram --trained``.
-DEFAULT_PHASE_POINTS = ((4.0, 0.3), (4.0, 3.0), (6.0, 0.5), (8.0, 2.5), (10.0, 0.7),
-                        (15.0, 0.25), (20.0, 1.0), (12.0, 4.0))
+DEFAULT_PHASE_POINTS = (
+    (4.0, 0.3),
+    (4.0, 3.0),
+    (6.0, 0.5),
+    (8.0, 2.5),
+    (10.0, 0.7),
+    (15.0, 0.25),
+    (20.0, 1.0),
+    (12.0, 4.0),
+)
 _MODELS = ("quadratic", "relu", "gelu", "relu-ae")
 _CELL_BYTES = 400  # peak memory of phase-diagram per grid cell (measured: ~310 bytes)
 _MAX_DPI = 2400  # the 11-inch figure stays below matplotlib's 2**16 pixels a side
@@ -38,8 +46,9 @@ def _positive(kind: type) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {kind.__name__}, got {text!r}"
+            ) from None
         if not value > 0 or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return value
@@ -92,21 +101,37 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     (['relu'], 2, '_cmd_sparsity')
     """
     from capalloc.experiments.reproductions import DEFAULT_SPARSITIES
+
     exp = subparsers.add_parser(
-        "experiment", help="reproduction experiments (sparsity sweep, phase diagram)",
-        description="Reproduction experiments of Scherlis et al. (arXiv:2210.01892).")
+        "experiment",
+        help="reproduction experiments (sparsity sweep, phase diagram)",
+        description="Reproduction experiments of Scherlis et al. (arXiv:2210.01892).",
+    )
     exp.set_defaults(func=lambda args: _usage(exp))
     sub = exp.add_subparsers(metavar="EXPERIMENT")
 
     sp = sub.add_parser(
-        "sparsity", help="polysemantic fraction of trained toy models versus sparsity",
+        "sparsity",
+        help="polysemantic fraction of trained toy models versus sparsity",
         description="Train toy models at several sparsities (seeds in one batch per point) "
-                    "and report the fraction of represented features that are polysemantic. "
-                    "Points are saved in --out-dir as they finish; a rerun resumes.")
-    sp.add_argument("--model", nargs="+", choices=_MODELS, default=["quadratic"],
-                    help="model(s) to train (default: quadratic)")
-    sp.add_argument("--sparsities", nargs="+", type=_sparsity, default=list(DEFAULT_SPARSITIES),
-                    metavar="S", help="sparsities in [0, 1) (default: %(default)s)")
+        "and report the fraction of represented features that are polysemantic. "
+        "Points are saved in --out-dir as they finish; a rerun resumes.",
+    )
+    sp.add_argument(
+        "--model",
+        nargs="+",
+        choices=_MODELS,
+        default=["quadratic"],
+        help="model(s) to train (default: quadratic)",
+    )
+    sp.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=_sparsity,
+        default=list(DEFAULT_SPARSITIES),
+        metavar="S",
+        help="sparsities in [0, 1) (default: %(default)s)",
+    )
     sp.add_argument("--seeds", type=_positive(int), default=3, help="instances per point")
     sp.add_argument("--steps", type=_positive(int), default=2000, help="Adam steps")
     sp.add_argument("--n", type=_positive(int), default=20, help="number of features")
@@ -115,32 +140,45 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=_positive(float), default=1e-2, help="initial learning rate")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    sp.add_argument("--workers", type=_non_negative_int, default=None,
-                    help="worker processes (default: CPU count; 0: run in this process)")
-    sp.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
-                    help="resume directory of the sweep (default: %(default)s)")
-    sp.add_argument("--no-exact", action="store_true",
-                    help="omit the exact quadratic-model rows")
+    sp.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="worker processes (default: CPU count; 0: run in this process)",
+    )
+    sp.add_argument(
+        "--out-dir",
+        default=DEFAULT_OUT_DIR,
+        help="resume directory of the sweep (default: %(default)s)",
+    )
+    sp.add_argument("--no-exact", action="store_true", help="omit the exact quadratic-model rows")
     sp.add_argument("--json", action="store_true", help="print a JSON list of rows")
     sp.add_argument("--plot", metavar="FILE.png", help="also save the figure")
-    sp.add_argument("--plot-blocks", metavar="FILE.png",
-                    help="also save the block-size distribution per model")
+    sp.add_argument(
+        "--plot-blocks", metavar="FILE.png", help="also save the block-size distribution per model"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_sparsity)
 
     pd = sub.add_parser(
-        "phase-diagram", help="exact regime map of two features in one neuron",
+        "phase-diagram",
+        help="exact regime map of two features in one neuron",
         description="Solve the quadratic model exactly on a resolution x resolution grid of "
-                    "(kurtosis, relative importance) in one batched problem and draw the "
-                    "regime map, the boundary K = 1 + 2 max(r, 1/r) and marginal-benefit "
-                    "panels.")
+        "(kurtosis, relative importance) in one batched problem and draw the "
+        "regime map, the boundary K = 1 + 2 max(r, 1/r) and marginal-benefit "
+        "panels.",
+    )
     pd.add_argument("-o", "--output", required=True, metavar="FILE.png", help="figure file")
     pd.add_argument("--resolution", type=_positive(int), default=200, help="grid points per axis")
     pd.add_argument("--k-max", type=_positive(float), default=25.0, help="largest kurtosis")
-    pd.add_argument("--trained", action="store_true",
-                    help="overlay quadratic models trained at a few points (torch)")
-    pd.add_argument("--steps", type=_positive(int), default=1500,
-                    help="training steps for --trained")
+    pd.add_argument(
+        "--trained",
+        action="store_true",
+        help="overlay quadratic models trained at a few points (torch)",
+    )
+    pd.add_argument(
+        "--steps", type=_positive(int), default=1500, help="training steps for --trained"
+    )
     pd.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     pd.add_argument("--dpi", type=_positive(int), default=100)
     pd.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -150,8 +188,10 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
-    print("capalloc experiment: error: choose an experiment (sparsity, phase-diagram)",
-          file=sys.stderr)
+    print(
+        "capalloc experiment: error: choose an experiment (sparsity, phase-diagram)",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -162,22 +202,37 @@ def _fmt(mean: Any, std: Any = None) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]]) -> str:
-    headers = ("model", "sparsity", "K", "poly frac", "poly frac (all)", "cap. held by poly",
-               "blocks (dim x k: count)", "loss", "time s")
+    headers = (
+        "model",
+        "sparsity",
+        "K",
+        "poly frac",
+        "poly frac (all)",
+        "cap. held by poly",
+        "blocks (dim x k: count)",
+        "loss",
+        "time s",
+    )
     body = []
     for r in rows:
         blocks = r.get("block_shapes")
-        body.append((
-            r["model"], f"{r['sparsity']:g}",
-            "-" if r.get("kurtosis") is None else f"{r['kurtosis']:.4g}",
-            _fmt(r["polysemantic_fraction"], r.get("polysemantic_fraction_std")),
-            _fmt(r["polysemantic_fraction_all"], r.get("polysemantic_fraction_all_std")),
-            _fmt(r["capacity_held_by_poly"], r.get("capacity_held_by_poly_std")),
-            "-" if not blocks else " ".join(f"{k}:{v}" for k, v in blocks.items()),
-            f"{r['loss']:.4g}", f"{r['elapsed']:.1f}" if "elapsed" in r else "-",
-        ))
-    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h)
-              for i, h in enumerate(headers)]
+        body.append(
+            (
+                r["model"],
+                f"{r['sparsity']:g}",
+                "-" if r.get("kurtosis") is None else f"{r['kurtosis']:.4g}",
+                _fmt(r["polysemantic_fraction"], r.get("polysemantic_fraction_std")),
+                _fmt(r["polysemantic_fraction_all"], r.get("polysemantic_fraction_all_std")),
+                _fmt(r["capacity_held_by_poly"], r.get("capacity_held_by_poly_std")),
+                "-" if not blocks else " ".join(f"{k}:{v}" for k, v in blocks.items()),
+                f"{r['loss']:.4g}",
+                f"{r['elapsed']:.1f}" if "elapsed" in r else "-",
+            )
+        )
+    widths = [
+        max(len(h), *(len(row[i]) for row in body)) if body else len(h)
+        for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
@@ -199,20 +254,38 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
     )
     from capalloc.io import check_memory
     from capalloc.training.torch_models import resolve_device
-    sizes = " ".join(f"--{k} {short(getattr(args, k.replace('-', '_')), 24)}"
-                     for k in ("seeds", "n", "d", "batch-size"))
-    check_memory(_training_bytes(args.seeds, args.n, args.d, args.batch_size),
-                 f"training with {sizes}")
+
+    sizes = " ".join(
+        f"--{k} {short(getattr(args, k.replace('-', '_')), 24)}"
+        for k in ("seeds", "n", "d", "batch-size")
+    )
+    check_memory(
+        _training_bytes(args.seeds, args.n, args.d, args.batch_size), f"training with {sizes}"
+    )
     plot = _figure_path(args.plot, "sparsity_sweep.png", "--plot") if args.plot else None
-    plot_blocks = (_figure_path(args.plot_blocks, "block_sizes.png", "--plot-blocks")
-                   if args.plot_blocks else None)
+    plot_blocks = (
+        _figure_path(args.plot_blocks, "block_sizes.png", "--plot-blocks")
+        if args.plot_blocks
+        else None
+    )
     resolve_device(args.device)  # fail early, before any worker starts
     start = time.perf_counter()
-    rows = sparsity_sweep(args.model, args.sparsities, args.seeds, n=args.n, d=args.d,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          device=args.device, seed=args.seed, exact=not args.no_exact,
-                          out_dir=args.out_dir, workers=args.workers,
-                          progress=not args.no_progress and sys.stderr.isatty())
+    rows = sparsity_sweep(
+        args.model,
+        args.sparsities,
+        args.seeds,
+        n=args.n,
+        d=args.d,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        exact=not args.no_exact,
+        out_dir=args.out_dir,
+        workers=args.workers,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     elapsed = time.perf_counter() - start
     if plot:
         ax = plot_sparsity_sweep(rows)
@@ -239,36 +312,43 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
         train_phase_points,
     )
     from capalloc.io import check_memory
+
     res = args.resolution
     if args.k_max <= 1.2:
         raise ValueError(f"--k-max must exceed 1.2, got {args.k_max!r}")
     if args.dpi > _MAX_DPI:
         raise ValueError(f"--dpi must be at most {_MAX_DPI}, got {short(args.dpi)}")
-    check_memory(res * res * _CELL_BYTES,
-                 f"--resolution {short(res)}: solving {short(res * res)} grid cells")
+    check_memory(
+        res * res * _CELL_BYTES, f"--resolution {short(res)}: solving {short(res * res)} grid cells"
+    )
     output = _figure_path(args.output, "phase_diagram.png", "-o")
     diagram = phase_diagram(np.linspace(1.2, args.k_max, res), np.geomspace(0.1, 10.0, res))
     trained = None
     if args.trained:
         from capalloc.training.torch_models import resolve_device
+
         resolve_device(args.device)
         pts = [p for p in DEFAULT_PHASE_POINTS if p[0] <= args.k_max]
         trained = train_phase_points(pts, steps=args.steps, device=args.device)
     fig = plot_phase_diagram(diagram, trained)
     fig.savefig(output, dpi=args.dpi)
     summary = {
-        "output": output, "grid": list(diagram.regime.shape),
+        "output": output,
+        "grid": list(diagram.regime.shape),
         "solve_seconds": diagram.elapsed,
-        "cells": {lab: int(np.sum(diagram.labels == lab))
-                  for lab in ("monosemantic", "polysemantic", "ignored")},
+        "cells": {
+            lab: int(np.sum(diagram.labels == lab))
+            for lab in ("monosemantic", "polysemantic", "ignored")
+        },
         "trained": trained,
     }
     if args.json:
         _print_json(summary, indent=1)
     else:
         cells = ", ".join(f"{k} {v}" for k, v in summary["cells"].items())
-        print(f"phase diagram {res}x{res} solved in {diagram.elapsed:.2f} s ({cells}); "
-              f"saved {output}")
+        print(
+            f"phase diagram {res}x{res} solved in {diagram.elapsed:.2f} s ({cells}); saved {output}"
+        )
         if trained:
             agree = sum(t["label"] == t["exact_label"] for t in trained)
             print(f"trained points agreeing with the exact regime: {agree}/{len(trained)}")

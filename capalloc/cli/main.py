@@ -66,6 +66,7 @@ class CliError(ValueError):
 
 # ----------------------------------------------------------------------------- input parsing
 
+
 def _positive_int(text: str, what: str) -> int:
     try:
         value = int(text)
@@ -89,11 +90,12 @@ def _float(text: str, what: str) -> float:
 def _check_features(n: int, what: str) -> None:
     """Refuse, before allocating, more features than ``capalloc solve`` can hold in memory."""
     from capalloc.io import check_memory
+
     check_memory(n * _FEATURE_BYTES, f"{what}: solving {short(n)} features")
 
 
 def _generator(name: str, args: list[str], spec: str, what: str = "importance") -> np.ndarray:
-    usage = ("geometric:RATIO:N, powerlaw:EXPONENT:N, uniform:N[:SEED] or constant:N[:VALUE]")
+    usage = "geometric:RATIO:N, powerlaw:EXPONENT:N, uniform:N[:SEED] or constant:N[:VALUE]"
     spec = short(spec)
 
     def size(text: str) -> int:  # N, refused before allocating when it cannot fit in memory
@@ -149,6 +151,7 @@ def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
     [1.0, 0.5, 0.25]
     """
     from capalloc.io import load_vector
+
     text = str(spec).strip()
     if not text:
         raise CliError(f"{what} SPEC is empty")
@@ -180,6 +183,7 @@ def sparse_kurtosis(sparsity: float, base: str = "gaussian") -> float:
     3.6
     """
     from capalloc import distributions
+
     if not 0.0 <= sparsity < 1.0:
         raise CliError(f"--sparsity must lie in [0, 1) (fraction of zeros), got {sparsity!r}")
     if base not in _BASES:
@@ -205,6 +209,7 @@ def _kurtosis(args: argparse.Namespace) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- output helpers
 
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int) -> str:
     """Right-aligned text table; long tables keep their head and tail with a note between."""
     note = None
@@ -220,13 +225,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int)
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
     for row in rows:
-        lines.append(note if row is None else
-                     "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append(
+            note if row is None else "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+        )
     return "\n".join(lines)
 
 
 def _counts(labels: np.ndarray) -> dict[str, int]:
     from capalloc._capacity import LABELS
+
     return {lab: int(np.sum(labels == lab)) for lab in LABELS}
 
 
@@ -280,13 +287,21 @@ def _figure_path(path: str, default: str, option: str) -> str:
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = os.path.splitext(path)[1][1:].lower()
     if suffix not in formats:
-        raise CliError(f"{option} {path}: unknown figure format .{suffix}; use one of "
-                       f"{', '.join(sorted(formats))}")
+        raise CliError(
+            f"{option} {path}: unknown figure format .{suffix}; use one of "
+            f"{', '.join(sorted(formats))}"
+        )
     return path
 
 
-def _save_figure(path: str, draw: Callable[[Any], None], ncols: int, size: tuple[float, float],
-                 *, quiet: bool = False) -> bool:
+def _save_figure(
+    path: str,
+    draw: Callable[[Any], None],
+    ncols: int,
+    size: tuple[float, float],
+    *,
+    quiet: bool = False,
+) -> bool:
     """Draw into a new figure with ``ncols`` panels and save it; False without matplotlib.
 
     The figure is built without pyplot, so no GUI backend is involved. Messages go
@@ -296,8 +311,10 @@ def _save_figure(path: str, draw: Callable[[Any], None], ncols: int, size: tuple
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        print("matplotlib is not installed: no figure written (pip install 'capalloc[plot]')",
-              file=stream)
+        print(
+            "matplotlib is not installed: no figure written (pip install 'capalloc[plot]')",
+            file=stream,
+        )
         return False
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -309,8 +326,17 @@ def _save_figure(path: str, draw: Callable[[Any], None], ncols: int, size: tuple
 
 # ----------------------------------------------------------------------------- solve / demo
 
-def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, method: str,
-                      as_json: bool, max_rows: int, figure: str | None) -> int:
+
+def _solve_and_report(
+    importance: np.ndarray,
+    d: int,
+    K: Any,
+    source: str,
+    method: str,
+    as_json: bool,
+    max_rows: int,
+    figure: str | None,
+) -> int:
     import capalloc
 
     if importance.ndim != 1:
@@ -324,6 +350,7 @@ def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, metho
     _report_solution(problem, result, K_out, counts, source, as_json, max_rows)
     if figure:
         from capalloc import plots
+
         def draw(axes: Any) -> None:
             plots.plot_capacities(result, ax=axes[0])
             plots.plot_marginal_benefit(problem, result, ax=axes[1])
@@ -332,44 +359,75 @@ def _solve_and_report(importance: np.ndarray, d: int, K: Any, source: str, metho
     return 0
 
 
-def _report_solution(problem: Any, result: Any, K_out: Any, counts: dict[str, int], source: str,
-                     as_json: bool, max_rows: int) -> None:
+def _report_solution(
+    problem: Any,
+    result: Any,
+    K_out: Any,
+    counts: dict[str, int],
+    source: str,
+    as_json: bool,
+    max_rows: int,
+) -> None:
     if as_json:
-        _print_json({
-            "method": result.method, "status": result.status, "message": result.message,
-            "success": result.success, "n": problem.n, "d": problem.d, "kurtosis": K_out,
-            "loss": result.loss, "threshold": result.threshold,
-            "kkt_residual": result.kkt_residual, "nit": result.nit,
-            "sum_capacity": float(np.sum(result.capacity)), "counts": counts,
-            "importance": problem.importance, "capacity": result.capacity,
-            "norms": result.norms, "labels": result.labels,
-        })
+        _print_json(
+            {
+                "method": result.method,
+                "status": result.status,
+                "message": result.message,
+                "success": result.success,
+                "n": problem.n,
+                "d": problem.d,
+                "kurtosis": K_out,
+                "loss": result.loss,
+                "threshold": result.threshold,
+                "kkt_residual": result.kkt_residual,
+                "nit": result.nit,
+                "sum_capacity": float(np.sum(result.capacity)),
+                "counts": counts,
+                "importance": problem.importance,
+                "capacity": result.capacity,
+                "norms": result.norms,
+                "labels": result.labels,
+            }
+        )
         return
     kurt = problem.kurtosis
-    K_text = f"K = {K_out:.6g}" if np.ndim(K_out) == 0 else (
-        f"K in [{kurt.min():.4g}, {kurt.max():.4g}]")
+    K_text = (
+        f"K = {K_out:.6g}"
+        if np.ndim(K_out) == 0
+        else (f"K in [{kurt.min():.4g}, {kurt.max():.4g}]")
+    )
     print(f"n = {problem.n} features, d = {problem.d}, {K_text} ({source})")
-    rows = [[str(i), f"{v:.6g}", f"{c:.4f}", str(lab)]
-            for i, (v, c, lab) in enumerate(zip(problem.importance, result.capacity,
-                                                result.labels, strict=True))]
+    rows = [
+        [str(i), f"{v:.6g}", f"{c:.4f}", str(lab)]
+        for i, (v, c, lab) in enumerate(
+            zip(problem.importance, result.capacity, result.labels, strict=True)
+        )
+    ]
     print(_table(["feature", "importance", "capacity", "label"], rows, max_rows))
     total = float(np.sum(result.capacity))
-    print(f"loss {result.loss:.6g} | threshold T = {result.threshold:.6g} | "
-          f"ΣC = {total:.6g} of d = {problem.d} | {_counts_text(counts)} | "
-          f"{result.method}: {result.message} (KKT residual {result.kkt_residual:.1e})")
+    print(
+        f"loss {result.loss:.6g} | threshold T = {result.threshold:.6g} | "
+        f"ΣC = {total:.6g} of d = {problem.d} | {_counts_text(counts)} | "
+        f"{result.method}: {result.message} (KKT residual {result.kkt_residual:.1e})"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from capalloc import distributions
+
     figure = None if args.no_figure else _figure_path(args.output, "capalloc_demo.png", "-o")
     n, ratio, d, p = _DEMO["n"], _DEMO["ratio"], int(_DEMO["d"]), _DEMO["p"]
     K = distributions.Sparse(distributions.Gaussian(), p=p).kurtosis
-    print(f"capalloc demo: {n} features with importance v_i = {ratio}^i share d = {d} "
-          f"dimensions;\nsparse Gaussian inputs active with probability p = {p} have "
-          f"kurtosis K = 3/p = {K:g} > 3,\nso the optimum mixes monosemantic, polysemantic and "
-          "ignored features.\n")
-    return _solve_and_report(ratio ** np.arange(n), d, K, f"sparsity S = {1 - p:g}", "auto",
-                             False, 0, figure)
+    print(
+        f"capalloc demo: {n} features with importance v_i = {ratio}^i share d = {d} "
+        f"dimensions;\nsparse Gaussian inputs active with probability p = {p} have "
+        f"kurtosis K = 3/p = {K:g} > 3,\nso the optimum mixes monosemantic, polysemantic and "
+        "ignored features.\n"
+    )
+    return _solve_and_report(
+        ratio ** np.arange(n), d, K, f"sparsity S = {1 - p:g}", "auto", False, 0, figure
+    )
 
 
 def _check_max_rows(value: int) -> None:
@@ -384,11 +442,13 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     figure = _figure_path(args.plot, "capalloc_solve.png", "--plot") if args.plot else None
     importance = parse_vector(args.importance)
     K, source = _kurtosis(args)
-    return _solve_and_report(importance, args.d, K, source, args.method, args.json,
-                             args.max_rows, figure)
+    return _solve_and_report(
+        importance, args.d, K, source, args.method, args.json, args.max_rows, figure
+    )
 
 
 # ----------------------------------------------------------------------------- capacity report
+
 
 def _numerical_rank(W: np.ndarray) -> int:
     """Rank of ``W`` from the eigenvalues of the smaller of ``W W^T`` and ``W^T W`` (float64)."""
@@ -419,32 +479,50 @@ def _blocks_report(blocks: list[Any], max_rows: int) -> tuple[str, list[dict[str
     records: list[dict[str, Any]] = []
     for b in blocks:
         features = [int(i) for i in b.features]
-        records.append({
-            "features": features, "size": len(features), "dim": int(b.dim),
-            "scale": float(b.scale), "capacity_sum": float(b.capacity_sum),
-            "residual": float(b.residual),
-        })
+        records.append(
+            {
+                "features": features,
+                "size": len(features),
+                "dim": int(b.dim),
+                "scale": float(b.scale),
+                "capacity_sum": float(b.capacity_sum),
+                "residual": float(b.residual),
+            }
+        )
     shapes: dict[tuple[int, int], int] = {}
     for r in records:
         shapes[(r["dim"], r["size"])] = shapes.get((r["dim"], r["size"]), 0) + 1
-    kinds = ", ".join(f"{count} × [{_plural(size, 'feature')} in {_plural(dim, 'dimension')}]"
-                      for (dim, size), count in sorted(shapes.items()))
+    kinds = ", ".join(
+        f"{count} × [{_plural(size, 'feature')} in {_plural(dim, 'dimension')}]"
+        for (dim, size), count in sorted(shapes.items())
+    )
     rows = []
     for k, r in enumerate(sorted(records, key=lambda r: (-r["size"], r["features"]))):
         feats = r["features"]
         shown = ",".join(map(str, feats[:8])) + (",..." if len(feats) > 8 else "")
-        rows.append([str(k), str(r["dim"]), str(r["size"]), f"{r['capacity_sum']:.4f}",
-                     f"{r['scale']:.4g}", f"{r['residual']:.2e}", shown])
+        rows.append(
+            [
+                str(k),
+                str(r["dim"]),
+                str(r["size"]),
+                f"{r['capacity_sum']:.4f}",
+                f"{r['scale']:.4g}",
+                f"{r['residual']:.2e}",
+                shown,
+            ]
+        )
     text = f"blocks: {len(records)} ({kinds or 'none'})"
     if rows:
-        text += "\n" + _table(["block", "dim", "size", "ΣC", "scale", "residual", "features"],
-                              rows, max_rows)
+        text += "\n" + _table(
+            ["block", "dim", "size", "ΣC", "scale", "residual", "features"], rows, max_rows
+        )
     return text, records
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     from capalloc._capacity import capacity, classify
     from capalloc.io import load_matrix
+
     _check_max_rows(args.max_rows)
     if args.blocks:  # fail before the long computation, not after it
         _find_blocks(np.eye(1), args.tol)
@@ -469,45 +547,82 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     rank = _numerical_rank(W) if args.rank or small else None
     bound = min(d, n)
     total = float(C.sum())
-    stats = {name: (float(f(C)) if C.size else float("nan"))
-             for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
-                             ("max", np.max))}
+    stats = {
+        name: (float(f(C)) if C.size else float("nan"))
+        for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))
+    }
     blocks_text, blocks = (None, None)
     if args.blocks:
         blocks_text, blocks = _blocks_report(_find_blocks(W, args.tol), args.max_rows)
     if args.json:
-        _print_json({
-            "file": os.fspath(args.file), "key": args.key, "shape": list(A.shape),
-            "stored_dtype": str(A.dtype), "features_axis": axis, "d": d, "n": n,
-            "sum_capacity": total, "rank": rank, "rank_bound": bound, **stats,
-            "counts": counts, "atol": args.atol, "arithmetic": dtype_name,
-            "seconds": seconds, "capacity": C, "blocks": blocks,
-        })
+        _print_json(
+            {
+                "file": os.fspath(args.file),
+                "key": args.key,
+                "shape": list(A.shape),
+                "stored_dtype": str(A.dtype),
+                "features_axis": axis,
+                "d": d,
+                "n": n,
+                "sum_capacity": total,
+                "rank": rank,
+                "rank_bound": bound,
+                **stats,
+                "counts": counts,
+                "atol": args.atol,
+                "arithmetic": dtype_name,
+                "seconds": seconds,
+                "capacity": C,
+                "blocks": blocks,
+            }
+        )
     else:
-        _print_capacity_report(args, A, axis, d, n, total, rank, stats, counts, dtype_name,
-                               seconds, blocks_text)
+        _print_capacity_report(
+            args, A, axis, d, n, total, rank, stats, counts, dtype_name, seconds, blocks_text
+        )
     if hist:
         from capalloc import plots
-        _save_figure(hist, lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
-                     1, (6.0, 4.0), quiet=args.json)
+
+        _save_figure(
+            hist,
+            lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
+            1,
+            (6.0, 4.0),
+            quiet=args.json,
+        )
     return 0
 
 
-def _print_capacity_report(args: argparse.Namespace, A: np.ndarray, axis: int, d: int, n: int,
-                           total: float, rank: int | None, stats: dict[str, float],
-                           counts: dict[str, int], dtype_name: str, seconds: float,
-                           blocks_text: str | None) -> None:
+def _print_capacity_report(
+    args: argparse.Namespace,
+    A: np.ndarray,
+    axis: int,
+    d: int,
+    n: int,
+    total: float,
+    rank: int | None,
+    stats: dict[str, float],
+    counts: dict[str, int],
+    dtype_name: str,
+    seconds: float,
+    blocks_text: str | None,
+) -> None:
     bound = min(d, n)
     where = f"{args.key} in {args.file}" if args.key else os.fspath(args.file)
     print(f"capacity report: {where}")
-    print(f"  stored shape {A.shape} {A.dtype}; features along axis {axis} -> "
-          f"d = {d} dimensions, n = {n} features")
-    rank_text = (f"rank W = {rank} <= " if rank is not None else "rank W <= ")
-    print(f"  ΣC = {total:.6g} <= {rank_text}min(d, n) = {bound}   (ΣC/d = "
-          f"{total / d if d else float('nan'):.4f})")
+    print(
+        f"  stored shape {A.shape} {A.dtype}; features along axis {axis} -> "
+        f"d = {d} dimensions, n = {n} features"
+    )
+    rank_text = f"rank W = {rank} <= " if rank is not None else "rank W <= "
+    print(
+        f"  ΣC = {total:.6g} <= {rank_text}min(d, n) = {bound}   (ΣC/d = "
+        f"{total / d if d else float('nan'):.4f})"
+    )
     if rank is None:
-        print(f"  (numerical rank skipped for min(d, n) > {_RANK_MAX_D} or large n·d²: "
-              "pass --rank)")
+        print(
+            f"  (numerical rank skipped for min(d, n) > {_RANK_MAX_D} or large n·d²: pass --rank)"
+        )
     print("  capacity  " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
     print(f"  labels (atol {args.atol:g}): {_counts_text(counts)}")
     print(f"  arithmetic {dtype_name}, {seconds:.2f} s")
@@ -517,14 +632,16 @@ def _print_capacity_report(args: argparse.Namespace, A: np.ndarray, axis: int, d
 
 # ----------------------------------------------------------------------------- bench
 
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         _bench = importlib.import_module("capalloc.experiments.bench")
     except ModuleNotFoundError as exc:
         if exc.name != "capalloc.experiments.bench":
             raise
-        raise CliError("capalloc bench needs capalloc.experiments.bench, which this installation lacks") \
-            from None
+        raise CliError(
+            "capalloc bench needs capalloc.experiments.bench, which this installation lacks"
+        ) from None
     run = _bench.run_solver_benchmark
     kwargs = {"progress": True} if "progress" in inspect.signature(run).parameters else {}
     rows = run(args.quick, **kwargs)
@@ -534,80 +651,149 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``capalloc`` command (subcommands included)."""
     from capalloc import __version__
+
     parser = argparse.ArgumentParser(
         prog="capalloc",
         description="Optimal allocation of feature capacity in neural networks "
-                    "(Scherlis et al., arXiv:2210.01892).",
+        "(Scherlis et al., arXiv:2210.01892).",
         epilog="Run 'capalloc COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"capalloc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="solve and draw a representative allocation problem",
-                          description="Solve 12 features with importance 0.8^i in d = 5 "
-                                      "dimensions for sparse Gaussian inputs (K = 15).")
-    demo.add_argument("-o", "--output", default="capalloc_demo.png", metavar="FILE",
-                      help="figure file (default: capalloc_demo.png)")
+    demo = sub.add_parser(
+        "demo",
+        help="solve and draw a representative allocation problem",
+        description="Solve 12 features with importance 0.8^i in d = 5 "
+        "dimensions for sparse Gaussian inputs (K = 15).",
+    )
+    demo.add_argument(
+        "-o",
+        "--output",
+        default="capalloc_demo.png",
+        metavar="FILE",
+        help="figure file (default: capalloc_demo.png)",
+    )
     demo.add_argument("--no-figure", action="store_true", help="do not draw the figure")
     demo.set_defaults(func=_cmd_demo)
 
     solve = sub.add_parser(
-        "solve", help="optimal capacities of the quadratic model",
+        "solve",
+        help="optimal capacities of the quadratic model",
         description="Minimise the quadratic model's loss over capacities 0 <= C_i <= 1 with "
-                    "sum C_i <= d. SPEC is a comma-separated list (1,0.5,0.2), a .npy/.npz/"
-                    ".txt/.csv file, or a generator geometric:RATIO:N, powerlaw:EXPONENT:N "
-                    "(v_i = i^-EXPONENT), uniform:N[:SEED] or constant:N[:VALUE].")
-    solve.add_argument("-v", "--importance", required=True, metavar="SPEC",
-                       help="feature importances v_i >= 0")
-    solve.add_argument("-d", "--d", required=True, type=int, metavar="D",
-                       help="embedding dimension (capacity budget), D >= 0")
+        "sum C_i <= d. SPEC is a comma-separated list (1,0.5,0.2), a .npy/.npz/"
+        ".txt/.csv file, or a generator geometric:RATIO:N, powerlaw:EXPONENT:N "
+        "(v_i = i^-EXPONENT), uniform:N[:SEED] or constant:N[:VALUE].",
+    )
+    solve.add_argument(
+        "-v", "--importance", required=True, metavar="SPEC", help="feature importances v_i >= 0"
+    )
+    solve.add_argument(
+        "-d",
+        "--d",
+        required=True,
+        type=int,
+        metavar="D",
+        help="embedding dimension (capacity budget), D >= 0",
+    )
     law = solve.add_mutually_exclusive_group(required=True)
-    law.add_argument("-K", "--kurtosis", metavar="K",
-                     help="fourth moment E[x^4] >= 1 of every feature (3 = Gaussian), "
-                          "or a per-feature SPEC")
-    law.add_argument("-S", "--sparsity", type=float, metavar="S",
-                     help="fraction of zeros, as in Elhage et al.: a feature is active with "
-                          "probability p = 1 - S, so K = K0 / (1 - S)")
-    solve.add_argument("--base", choices=sorted(_BASES), default=None,
-                       help="law of an active feature with --sparsity (default gaussian, K0 = 3; "
-                            "uniform K0 = 1.8; rademacher K0 = 1)")
-    solve.add_argument("-m", "--method", default="auto",
-                       help="solver method (default auto; see capalloc.methods())")
+    law.add_argument(
+        "-K",
+        "--kurtosis",
+        metavar="K",
+        help="fourth moment E[x^4] >= 1 of every feature (3 = Gaussian), or a per-feature SPEC",
+    )
+    law.add_argument(
+        "-S",
+        "--sparsity",
+        type=float,
+        metavar="S",
+        help="fraction of zeros, as in Elhage et al.: a feature is active with "
+        "probability p = 1 - S, so K = K0 / (1 - S)",
+    )
+    solve.add_argument(
+        "--base",
+        choices=sorted(_BASES),
+        default=None,
+        help="law of an active feature with --sparsity (default gaussian, K0 = 3; "
+        "uniform K0 = 1.8; rademacher K0 = 1)",
+    )
+    solve.add_argument(
+        "-m",
+        "--method",
+        default="auto",
+        help="solver method (default auto; see capalloc.methods())",
+    )
     solve.add_argument("--json", action="store_true", help="print one JSON object")
-    solve.add_argument("--max-rows", type=int, default=40, metavar="N",
-                       help="rows of the table before truncation (0: all; default 40)")
+    solve.add_argument(
+        "--max-rows",
+        type=int,
+        default=40,
+        metavar="N",
+        help="rows of the table before truncation (0: all; default 40)",
+    )
     solve.add_argument("--plot", metavar="FILE", help="also draw the allocation to FILE")
     solve.set_defaults(func=_cmd_solve)
 
     cap = sub.add_parser(
-        "capacity", help="capacity report of a weight matrix",
+        "capacity",
+        help="capacity report of a weight matrix",
         description="Capacities C_i = (W_i.W_i)^2 / sum_j (W_i.W_j)^2 of the features of a weight "
-                    "matrix in .npy, .npz, .pt/.pth (torch state dict), .safetensors, .txt or "
-                    ".csv. Cost O(n d^2).")
+        "matrix in .npy, .npz, .pt/.pth (torch state dict), .safetensors, .txt or "
+        ".csv. Cost O(n d^2).",
+    )
     cap.add_argument("file", help="weight file")
     cap.add_argument("--key", help="array name inside .npz, state dict or .safetensors")
-    cap.add_argument("--features-axis", type=int, choices=(0, 1), default=None,
-                     help="axis that indexes features: 1 = columns (W is d x n), 0 = rows "
-                          "(e.g. an SAE decoder stored n x d); default: the longer axis")
-    cap.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
-                     help="arithmetic (auto: float32 when n*d*min(n, d) > 1e10, else float64)")
-    cap.add_argument("--atol", type=float, default=1e-6,
-                     help="C >= 1 - atol is monosemantic, C <= atol ignored (default 1e-6)")
-    cap.add_argument("--rank", action="store_true",
-                     help=f"compute the numerical rank even when min(d, n) > {_RANK_MAX_D} "
-                          "(O(min(d, n)^3))")
-    cap.add_argument("--blocks", action="store_true",
-                     help="find block-semi-orthogonal blocks (capalloc.geometry.find_blocks)")
-    cap.add_argument("--tol", type=float, default=None,
-                     help="--blocks: join features whose |cos| exceeds TOL, drop columns with "
-                          "N_i <= TOL max N (default: find_blocks' own, 1e-6)")
+    cap.add_argument(
+        "--features-axis",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="axis that indexes features: 1 = columns (W is d x n), 0 = rows "
+        "(e.g. an SAE decoder stored n x d); default: the longer axis",
+    )
+    cap.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float64"),
+        default="auto",
+        help="arithmetic (auto: float32 when n*d*min(n, d) > 1e10, else float64)",
+    )
+    cap.add_argument(
+        "--atol",
+        type=float,
+        default=1e-6,
+        help="C >= 1 - atol is monosemantic, C <= atol ignored (default 1e-6)",
+    )
+    cap.add_argument(
+        "--rank",
+        action="store_true",
+        help=f"compute the numerical rank even when min(d, n) > {_RANK_MAX_D} (O(min(d, n)^3))",
+    )
+    cap.add_argument(
+        "--blocks",
+        action="store_true",
+        help="find block-semi-orthogonal blocks (capalloc.geometry.find_blocks)",
+    )
+    cap.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="--blocks: join features whose |cos| exceeds TOL, drop columns with "
+        "N_i <= TOL max N (default: find_blocks' own, 1e-6)",
+    )
     cap.add_argument("--hist", metavar="FILE.png", help="write a capacity histogram")
     cap.add_argument("--json", action="store_true", help="print one JSON object")
-    cap.add_argument("--max-rows", type=int, default=30, metavar="N",
-                     help="rows of the block table before truncation (0: all)")
+    cap.add_argument(
+        "--max-rows",
+        type=int,
+        default=30,
+        metavar="N",
+        help="rows of the block table before truncation (0: all)",
+    )
     cap.set_defaults(func=_cmd_capacity)
 
     bench = sub.add_parser("bench", help="time the solver methods and print a table")
@@ -625,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
@@ -662,8 +849,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 1
-    except (ValueError, TypeError, OSError, KeyError, ImportError, OverflowError,
-            SweepError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        KeyError,
+        ImportError,
+        OverflowError,
+        SweepError,
+    ) as exc:
         if os.environ.get("CAPALLOC_TRACEBACK"):
             raise
         print(f"capalloc: error: {_one_line(exc)}", file=sys.stderr)

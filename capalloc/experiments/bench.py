@@ -21,9 +21,15 @@ import numpy as np
 from capalloc.allocation.problems import QuadraticProblem
 from capalloc.allocation.solve import solve
 
-__all__ = ["SIZES", "QUICK_SIZES", "power_law_problem", "runs", "run_solver_benchmark",
-           "sum_ratio",
-           "format_table"]
+__all__ = [
+    "SIZES",
+    "QUICK_SIZES",
+    "power_law_problem",
+    "runs",
+    "run_solver_benchmark",
+    "sum_ratio",
+    "format_table",
+]
 
 SIZES = (10**2, 10**3, 10**4, 10**5, 10**6, 10**7)
 QUICK_SIZES = (10**2, 10**3, 10**4, 10**5)
@@ -35,8 +41,9 @@ _BATCH = (10**5, 100)  # (m, n) of the batched row
 _QUICK_BATCH = (10**4, 100)
 
 
-def power_law_problem(n: int, *, kurtosis: Any = 10.0, seed: int = 0,
-                      m: int | None = None) -> QuadraticProblem:
+def power_law_problem(
+    n: int, *, kurtosis: Any = 10.0, seed: int = 0, m: int | None = None
+) -> QuadraticProblem:
     r"""The benchmark problem: :math:`v_i = i^{-1.1}` shuffled, :math:`d = \max(n/10, 1)`.
 
     Parameters
@@ -103,8 +110,9 @@ def _warm_up(methods: Iterable[str]) -> None:
     solve(power_law_problem(100, m=4), method="waterfill")
 
 
-def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
-                         progress: bool = True) -> list[dict[str, Any]]:
+def run_solver_benchmark(
+    quick: bool = False, *, max_n: int | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
     r"""Time every method at every size and measure its error against water-filling.
 
     .. math::
@@ -145,15 +153,34 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
         m_batch = min(m_batch, max(max_n // n_batch, 1))
     cvxpy_budget = 10.0 if quick else _CVXPY_BUDGET_S
     tasks = sum(sum(runs(meth, n) for meth in METHODS) for n in sizes) + 4
-    bar = tqdm(total=tasks, desc="capalloc bench", file=sys.stderr, disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=tasks, desc="capalloc bench", file=sys.stderr, disable=not progress, leave=False
+    )
     _warm_up(METHODS)
     rows: list[dict[str, Any]] = []
 
-    def add(case: str, n: int, method: str, t: float, dC: float | None = None,
-            speedup: float | None = None, note: str = "", m: int | None = None) -> None:
-        rows.append({"case": case, "n": n, "m": m, "method": method, "time_s": t,
-                     "speedup_vs_cvxpy": speedup, "max_dC": dC, "note": note})
+    def add(
+        case: str,
+        n: int,
+        method: str,
+        t: float,
+        dC: float | None = None,
+        speedup: float | None = None,
+        note: str = "",
+        m: int | None = None,
+    ) -> None:
+        rows.append(
+            {
+                "case": case,
+                "n": n,
+                "m": m,
+                "method": method,
+                "time_s": t,
+                "speedup_vs_cvxpy": speedup,
+                "max_dC": dC,
+                "note": note,
+            }
+        )
         bar.update()
 
     cvxpy_time: float | None = None
@@ -171,6 +198,7 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
                     bar.update()
                     continue
             reps = 1 if method in ("cvxpy", "slsqp") and n > 10**3 else repeats
+
             def run(p: QuadraticProblem = problem, method: str = method) -> Any:
                 return solve(p, method=method, **_OPTIONS.get(method, {}))
 
@@ -191,8 +219,13 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
     problem = power_law_problem(n_top)
     t_fill, _ = _best_time(lambda: solve(problem, method="waterfill"), repeats)
     t_sum, _ = _best_time(lambda: float(np.sum(problem.importance)), 10 * repeats)
-    add("waterfill vs one numpy.sum", n_top, "numpy.sum", t_sum,
-        note=f"waterfill / sum = {t_fill / t_sum:.1f}x")
+    add(
+        "waterfill vs one numpy.sum",
+        n_top,
+        "numpy.sum",
+        t_sum,
+        note=f"waterfill / sum = {t_fill / t_sum:.1f}x",
+    )
 
     n_k = min(n_top, 10**6)
     rng = np.random.default_rng(1)
@@ -200,13 +233,24 @@ def run_solver_benchmark(quick: bool = False, *, max_n: int | None = None,
     t_fill, ref = _best_time(lambda: solve(problem, method="waterfill"), repeats)
     add("per-feature K in [3.5, 30]", n_k, "waterfill", t_fill)
     t_sc, res = _best_time(lambda: solve(problem, method="scipy"), repeats)
-    add("per-feature K in [3.5, 30]", n_k, "scipy", t_sc,
-        float(np.max(np.abs(res.capacity - ref.capacity))))
+    add(
+        "per-feature K in [3.5, 30]",
+        n_k,
+        "scipy",
+        t_sc,
+        float(np.max(np.abs(res.capacity - ref.capacity))),
+    )
 
     problem = power_law_problem(n_batch, m=m_batch)
     t_b, _ = _best_time(lambda: solve(problem, method="waterfill"), repeats)
-    add(f"batched m={m_batch:.0e}", n_batch, "waterfill", t_b,
-        note=f"{t_b / m_batch * 1e6:.2f} us per problem", m=m_batch)
+    add(
+        f"batched m={m_batch:.0e}",
+        n_batch,
+        "waterfill",
+        t_b,
+        note=f"{t_b / m_batch * 1e6:.2f} us per problem",
+        m=m_batch,
+    )
     bar.close()
     return rows
 
@@ -246,14 +290,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         speed = r.get("speedup_vs_cvxpy")
         dC = r.get("max_dC")
-        body.append((str(r["case"]), f"{r['n']:.0e}", str(r["method"]), _fmt_time(r["time_s"]),
-                     "-" if speed is None else f"{speed:.3g}x",
-                     "-" if dC is None else f"{dC:.1e}", str(r.get("note", ""))))
+        body.append(
+            (
+                str(r["case"]),
+                f"{r['n']:.0e}",
+                str(r["method"]),
+                _fmt_time(r["time_s"]),
+                "-" if speed is None else f"{speed:.3g}x",
+                "-" if dC is None else f"{dC:.1e}",
+                str(r.get("note", "")),
+            )
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip()
-              for b in body]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths).rstrip(),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
     return "\n".join(lines)
 
 
@@ -288,5 +341,9 @@ def sum_ratio(n: int = 10**7, calls: int = 15) -> dict[str, float]:
         sums.append(t1 - t0)
         fills.append(t2 - t1)
     s, w = float(np.median(sums)), float(np.median(fills))
-    return {"sum_ms": 1e3 * s, "waterfill_ms": 1e3 * w, "median_ratio": w / s,
-            "best_ratio": min(fills) / min(sums)}
+    return {
+        "sum_ms": 1e3 * s,
+        "waterfill_ms": 1e3 * w,
+        "median_ratio": w / s,
+        "best_ratio": min(fills) / min(sums),
+    }

@@ -69,8 +69,12 @@ EXACT_MODEL = "quadratic-exact"
 
 _REGIME_CODES = {MONOSEMANTIC: 0, POLYSEMANTIC: 1, IGNORED: 2}
 _FALLBACK_COLORS = {MONOSEMANTIC: "#1f6fb2", POLYSEMANTIC: "#e6550d", IGNORED: "#9e9e9e"}
-_MODEL_STYLE = {"quadratic": ("C0", "o"), "relu": ("C2", "s"), "gelu": ("C4", "^"),
-                "relu-ae": ("C3", "D")}
+_MODEL_STYLE = {
+    "quadratic": ("C0", "o"),
+    "relu": ("C2", "s"),
+    "gelu": ("C4", "^"),
+    "relu-ae": ("C3", "D"),
+}
 
 
 def _label_colors() -> dict[str, str]:
@@ -79,6 +83,7 @@ def _label_colors() -> dict[str, str]:
     except ImportError:  # plots is optional
         return dict(_FALLBACK_COLORS)
     return dict(LABEL_COLORS)
+
 
 def _new_axes(ax: Any, **fig_kw: Any) -> Any:
     if ax is not None:
@@ -91,8 +96,9 @@ def _new_axes(ax: Any, **fig_kw: Any) -> Any:
 def _check_sparsities(sparsities: Any) -> np.ndarray:
     s = np.atleast_1d(np.asarray(sparsities, dtype=float))
     if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or s.min() < 0 or s.max() >= 1:
-        raise ValueError(f"sparsities must be a non-empty list of values in [0, 1), "
-                         f"got {short(sparsities)}")
+        raise ValueError(
+            f"sparsities must be a non-empty list of values in [0, 1), got {short(sparsities)}"
+        )
     return s
 
 
@@ -104,15 +110,18 @@ def _fractions(labels: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "polysemantic_fraction": np.where(kept > 0, poly.sum(-1) / np.maximum(kept, 1), 0.0),
         "polysemantic_fraction_all": poly.mean(-1),
-        "capacity_held_by_poly": np.where(total > 0, (C * poly).sum(-1)
-                                          / np.where(total > 0, total, 1.0), 0.0),
+        "capacity_held_by_poly": np.where(
+            total > 0, (C * poly).sum(-1) / np.where(total > 0, total, 1.0), 0.0
+        ),
     }
 
 
 # ----------------------------------------------------------------------------- sparsity sweep
 
-def exact_sparsity_curve(sparsities: Any, importance: Any, d: int, *,
-                         base_kurtosis: float = 3.0) -> dict[str, np.ndarray]:
+
+def exact_sparsity_curve(
+    sparsities: Any, importance: Any, d: int, *, base_kurtosis: float = 3.0
+) -> dict[str, np.ndarray]:
     r"""Exact quadratic-model polysemanticity at each sparsity, in one batched solve.
 
     A feature active with probability :math:`p = 1 - S` has kurtosis
@@ -169,9 +178,19 @@ def _stats(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if values.size > 1 else 0.0
 
 
-def sparsity_point(model: str, sparsity: float, seeds: int = 3, n: int = 20, d: int = 10,
-                   importance_decay: float = 0.9, steps: int = 2000, batch_size: int = 1024,
-                   lr: float = 1e-2, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+def sparsity_point(
+    model: str,
+    sparsity: float,
+    seeds: int = 3,
+    n: int = 20,
+    d: int = 10,
+    importance_decay: float = 0.9,
+    steps: int = 2000,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
     r"""Train ``seeds`` instances of one model at one sparsity; a JSON-ready summary.
 
     This is the point function of :func:`sparsity_sweep` (picklable, so it runs
@@ -189,14 +208,28 @@ def sparsity_point(model: str, sparsity: float, seeds: int = 3, n: int = 20, d: 
         ``elapsed`` seconds.
     """
     from capalloc.training.torch_models import default_importance, train_model
+
     start = time.perf_counter()
-    run = train_model(model, default_importance(n, importance_decay), d, float(sparsity),
-                      instances=seeds, steps=steps, batch_size=batch_size, lr=lr,
-                      device=device, seed=seed)
+    run = train_model(
+        model,
+        default_importance(n, importance_decay),
+        d,
+        float(sparsity),
+        instances=seeds,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        seed=seed,
+    )
     row: dict[str, Any] = {
-        "model": model, "sparsity": float(sparsity),
+        "model": model,
+        "sparsity": float(sparsity),
         "kurtosis": None if model == "relu-ae" else 3.0 / (1.0 - float(sparsity)),
-        "seeds": int(seeds), "n": int(n), "d": int(d), "steps": int(steps),
+        "seeds": int(seeds),
+        "n": int(n),
+        "d": int(d),
+        "steps": int(steps),
     }
     for name in ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly"):
         values = np.asarray(getattr(run, name), dtype=float)
@@ -222,11 +255,16 @@ def _exact_rows(sparsities: np.ndarray, n: int, d: int, decay: float) -> list[di
     curve = exact_sparsity_curve(sparsities, decay ** np.arange(n, dtype=float), d)
     rows = []
     for i, s in enumerate(sparsities):
-        row: dict[str, Any] = {"model": EXACT_MODEL, "sparsity": float(s),
-                               "kurtosis": float(curve["kurtosis"][i]), "seeds": 0,
-                               "n": int(n), "d": int(d), "steps": 0}
-        for name in ("polysemantic_fraction", "polysemantic_fraction_all",
-                     "capacity_held_by_poly"):
+        row: dict[str, Any] = {
+            "model": EXACT_MODEL,
+            "sparsity": float(s),
+            "kurtosis": float(curve["kurtosis"][i]),
+            "seeds": 0,
+            "n": int(n),
+            "d": int(d),
+            "steps": 0,
+        }
+        for name in ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly"):
             row[name] = float(curve[name][i])
             row[f"{name}_std"] = 0.0
         row["loss"] = float(curve["loss"][i])
@@ -235,12 +273,25 @@ def _exact_rows(sparsities: np.ndarray, n: int, d: int, decay: float) -> list[di
     return rows
 
 
-def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPARSITIES,
-                   seeds: int = 3, *, n: int = 20, d: int = 10, importance_decay: float = 0.9,
-                   steps: int = 2000, batch_size: int = 1024, lr: float = 1e-2,
-                   device: str = "cpu", seed: int = 0, exact: bool = True,
-                   out_dir: str | os.PathLike[str] | None = None, executor: Any = None,
-                   workers: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+def sparsity_sweep(
+    models: Sequence[str] = MODELS,
+    sparsities: Any = DEFAULT_SPARSITIES,
+    seeds: int = 3,
+    *,
+    n: int = 20,
+    d: int = 10,
+    importance_decay: float = 0.9,
+    steps: int = 2000,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    device: str = "cpu",
+    seed: int = 0,
+    exact: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    executor: Any = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     r"""Polysemantic fraction of trained toy models as a function of input sparsity.
 
     Every (model, sparsity) pair is one point of :func:`capalloc.experiments.sweep.run_sweep`
@@ -289,6 +340,7 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
     """
     from capalloc.experiments.sweep import grid, run_sweep
     from capalloc.training.torch_models import available_models
+
     S = _check_sparsities(sparsities)
     models = [models] if isinstance(models, str) else list(models)
     valid = available_models()
@@ -297,14 +349,22 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
             raise ValueError(f"models must be drawn from {valid}, got {model!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(
-            workers, (int, np.integer)) or workers < 0):
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0
+    ):
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     points = grid(model=models, sparsity=[float(s) for s in S])
-    common = {"seeds": int(seeds), "n": int(n), "d": int(d),
-              "importance_decay": float(importance_decay), "steps": int(steps),
-              "batch_size": int(batch_size), "lr": float(lr), "device": str(device),
-              "seed": int(seed)}
+    common = {
+        "seeds": int(seeds),
+        "n": int(n),
+        "d": int(d),
+        "importance_decay": float(importance_decay),
+        "steps": int(steps),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "device": str(device),
+        "seed": int(seed),
+    }
     points = [{**p, **common} for p in points]
     rows: list[dict[str, Any]] = []
     if points:
@@ -318,7 +378,9 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
             else:
                 own = cf.ProcessPoolExecutor(
                     max_workers=min(workers or os.cpu_count() or 1, len(points)),
-                    mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                )
             executor = own
         tmp = tempfile.TemporaryDirectory() if not out_dir else None
         try:
@@ -334,8 +396,13 @@ def sparsity_sweep(models: Sequence[str] = MODELS, sparsities: Any = DEFAULT_SPA
     return rows
 
 
-def plot_sparsity_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
-                        exact_curve: bool = True, fraction: str = "polysemantic_fraction") -> Any:
+def plot_sparsity_sweep(
+    rows: Sequence[Mapping[str, Any]],
+    ax: Any = None,
+    *,
+    exact_curve: bool = True,
+    fraction: str = "polysemantic_fraction",
+) -> Any:
     """All models' polysemantic fraction against sparsity, with the exact quadratic curve.
 
     Parameters
@@ -370,8 +437,17 @@ def plot_sparsity_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
         y = np.array([r[fraction] for r in sel])
         e = np.array([r.get(f"{fraction}_std", 0.0) or 0.0 for r in sel])
         color, marker = _MODEL_STYLE.get(model, (None, "o"))
-        ax.errorbar(1 - s, y, yerr=e, label=f"{model} (trained)", color=color, marker=marker,
-                    ms=5, capsize=3, lw=1.2)
+        ax.errorbar(
+            1 - s,
+            y,
+            yerr=e,
+            label=f"{model} (trained)",
+            color=color,
+            marker=marker,
+            ms=5,
+            capsize=3,
+            lw=1.2,
+        )
     exact_rows = sorted((r for r in rows if r["model"] == EXACT_MODEL), key=lambda r: r["sparsity"])
     if exact_curve and (exact_rows or "quadratic" in models):
         ref = (exact_rows or [r for r in rows if r["model"] == "quadratic"])[0]
@@ -380,11 +456,16 @@ def plot_sparsity_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
         fine = 1 - np.geomspace(1.0, lo * 0.8, 200)
         fine = fine[fine < 1]
         curve = exact_sparsity_curve(fine, 0.9 ** np.arange(ref["n"], dtype=float), ref["d"])
-        ax.plot(1 - fine, curve[fraction], color="k", lw=1.5, ls="--",
-                label="quadratic (exact, solver)")
+        ax.plot(
+            1 - fine, curve[fraction], color="k", lw=1.5, ls="--", label="quadratic (exact, solver)"
+        )
         if exact_rows:
-            ax.plot([1 - r["sparsity"] for r in exact_rows], [r[fraction] for r in exact_rows],
-                    "k+", ms=8)
+            ax.plot(
+                [1 - r["sparsity"] for r in exact_rows],
+                [r[fraction] for r in exact_rows],
+                "k+",
+                ms=8,
+            )
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("feature probability $1 - S$ (sparsity $S$ grows to the right)")
@@ -397,6 +478,7 @@ def plot_sparsity_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
 
 
 # ----------------------------------------------------------------------------- block sizes
+
 
 def block_size_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """Counts of block shapes ``"dim x features"`` per model, over all sparsities and seeds.
@@ -416,12 +498,15 @@ def block_size_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, i
         shapes = row.get("block_shapes")
         if shapes:
             table.setdefault(row["model"], Counter()).update(shapes)
-    return {m: dict(sorted(c.items(), key=lambda kv: tuple(map(int, kv[0].split("x")))))
-            for m, c in table.items()}
+    return {
+        m: dict(sorted(c.items(), key=lambda kv: tuple(map(int, kv[0].split("x")))))
+        for m, c in table.items()
+    }
 
 
-def plot_block_sizes(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
-                     min_sparsity: float = 0.0) -> Any:
+def plot_block_sizes(
+    rows: Sequence[Mapping[str, Any]], ax: Any = None, *, min_sparsity: float = 0.0
+) -> Any:
     """Distribution of block sizes (features per block), one bar group per model.
 
     Parameters
@@ -442,8 +527,13 @@ def plot_block_sizes(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
     ax = _new_axes(ax, figsize=(6.4, 3.8))
     table = block_size_table([r for r in rows if r["sparsity"] >= min_sparsity])
     if not table:
-        ax.text(0.5, 0.5, "no block data (capalloc.geometry unavailable)", ha="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no block data (capalloc.geometry unavailable)",
+            ha="center",
+            transform=ax.transAxes,
+        )
         return ax
     by_k: dict[str, Counter[int]] = {}
     for model, counts in table.items():
@@ -460,8 +550,7 @@ def plot_block_sizes(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
         total = sum(by_k[model].values())
         heights = [by_k[model][k] / total for k in ks]
         color = _MODEL_STYLE.get(model, (None,))[0]
-        ax.bar(x + (j - (len(models) - 1) / 2) * width, heights, width, label=model,
-               color=color)
+        ax.bar(x + (j - (len(models) - 1) / 2) * width, heights, width, label=model, color=color)
     ax.set_xticks(x, [str(k) for k in ks])
     ax.set_xlabel("features per block")
     ax.set_ylabel("fraction of represented features")
@@ -471,6 +560,7 @@ def plot_block_sizes(rows: Sequence[Mapping[str, Any]], ax: Any = None, *,
 
 
 # ----------------------------------------------------------------------------- phase diagram
+
 
 @dataclass(frozen=True, repr=False, eq=False)
 class PhaseDiagram:
@@ -525,15 +615,23 @@ class PhaseDiagram:
 
     def __repr__(self) -> str:
         counts = {lab: int(np.sum(self.regime == code)) for lab, code in _REGIME_CODES.items()}
-        return (f"PhaseDiagram(grid={self.regime.shape}, n={self.importance.size}, d={self.d}, "
-                f"feature={self.feature}, mono={counts[MONOSEMANTIC]}, "
-                f"poly={counts[POLYSEMANTIC]}, ignored={counts[IGNORED]}, "
-                f"elapsed={self.elapsed:.3g}s)")
+        return (
+            f"PhaseDiagram(grid={self.regime.shape}, n={self.importance.size}, d={self.d}, "
+            f"feature={self.feature}, mono={counts[MONOSEMANTIC]}, "
+            f"poly={counts[POLYSEMANTIC]}, ignored={counts[IGNORED]}, "
+            f"elapsed={self.elapsed:.3g}s)"
+        )
 
 
-def phase_diagram(kurtosis_grid: Any = None, ratio_grid: Any = None, *,
-                  importance: Any = (1.0, 1.0), d: int = 1, feature: int = 1,
-                  method: str = "auto") -> PhaseDiagram:
+def phase_diagram(
+    kurtosis_grid: Any = None,
+    ratio_grid: Any = None,
+    *,
+    importance: Any = (1.0, 1.0),
+    d: int = 1,
+    feature: int = 1,
+    method: str = "auto",
+) -> PhaseDiagram:
     r"""Exact regime map of one feature over kurtosis and relative importance.
 
     Every grid cell :math:`(K, r)` is one row of a single batched
@@ -582,13 +680,16 @@ def phase_diagram(kurtosis_grid: Any = None, ratio_grid: Any = None, *,
     if K.ndim != 1 or K.size == 0:
         raise ValueError(f"kurtosis_grid must be a non-empty 1-D array, got {short(kurtosis_grid)}")
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)) or r.min() <= 0:
-        raise ValueError(f"ratio_grid must be a non-empty 1-D array of positive values, "
-                         f"got {short(ratio_grid)}")
+        raise ValueError(
+            f"ratio_grid must be a non-empty 1-D array of positive values, got {short(ratio_grid)}"
+        )
     v = check_importance(importance)
-    if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not (
-            -v.size <= feature < v.size):
-        raise ValueError(f"feature must be an index into importance (n={v.size}), "
-                         f"got {feature!r}")
+    if (
+        isinstance(feature, bool)
+        or not isinstance(feature, (int, np.integer))
+        or not (-v.size <= feature < v.size)
+    ):
+        raise ValueError(f"feature must be an index into importance (n={v.size}), got {feature!r}")
     feature = int(feature) % v.size
     V = np.tile(v, (K.size * r.size, 1))
     V[:, feature] = np.tile(r, K.size) * v[feature]
@@ -599,15 +700,31 @@ def phase_diagram(kurtosis_grid: Any = None, ratio_grid: Any = None, *,
     labels = np.asarray(result.labels)[:, feature].reshape(K.size, r.size)
     regime = np.select([labels == MONOSEMANTIC, labels == POLYSEMANTIC], [0, 1], 2).astype(np.int8)
     C = np.asarray(result.capacity)[:, feature].reshape(K.size, r.size)
-    return PhaseDiagram(kurtosis=readonly(K), ratio=readonly(r), regime=readonly(regime),
-                        capacity=readonly(C), importance=readonly(v), feature=feature, d=int(d),
-                        elapsed=elapsed)
+    return PhaseDiagram(
+        kurtosis=readonly(K),
+        ratio=readonly(r),
+        regime=readonly(regime),
+        capacity=readonly(C),
+        importance=readonly(v),
+        feature=feature,
+        d=int(d),
+        elapsed=elapsed,
+    )
 
 
-def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any = (1.0, 1.0),
-                       d: int = 1, feature: int = 1, steps: int = 3000, batch_size: int = 1024,
-                       lr: float = 1e-2, device: str = "cpu", seed: int = 0,
-                       cap_tol: float = 0.05) -> list[dict[str, Any]]:
+def train_phase_points(
+    points: Sequence[tuple[float, float]],
+    *,
+    importance: Any = (1.0, 1.0),
+    d: int = 1,
+    feature: int = 1,
+    steps: int = 3000,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    device: str = "cpu",
+    seed: int = 0,
+    cap_tol: float = 0.05,
+) -> list[dict[str, Any]]:
     r"""Train the quadratic model at chosen (kurtosis, ratio) points, all in one batch.
 
     Each point is one instance of :class:`~capalloc.training.torch_models.QuadraticModel`
@@ -633,29 +750,50 @@ def train_phase_points(points: Sequence[tuple[float, float]], *, importance: Any
     pts = np.asarray(points, dtype=float).reshape(-1, 2)
     K, r = pts[:, 0], pts[:, 1]
     if K.size == 0 or K.min() < 3:
-        raise ValueError(f"points must have kurtosis >= 3 (sparse Gaussian inputs), "
-                         f"got {short(points)}")
+        raise ValueError(
+            f"points must have kurtosis >= 3 (sparse Gaussian inputs), got {short(points)}"
+        )
     v = check_importance(importance)
     V = np.tile(v, (K.size, 1))
     V[:, feature] = r * v[feature]
     from capalloc.training.torch_models import train_model  # torch only once the input is valid
 
-    run = train_model("quadratic", V, d, 1 - 3 / K, steps=steps, batch_size=batch_size, lr=lr,
-                      device=device, seed=seed, cap_tol=cap_tol)
+    run = train_model(
+        "quadratic",
+        V,
+        d,
+        1 - 3 / K,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        seed=seed,
+        cap_tol=cap_tol,
+    )
     exact = solve(QuadraticProblem(V, d, K[:, None]))
-    return [{"kurtosis": float(K[i]), "ratio": float(r[i]),
-             "label": str(run.labels[i, feature]),
-             "capacity": float(run.effective_capacities[i, feature]),
-             "exact_label": str(exact.labels[i, feature]),
-             "exact_capacity": float(exact.capacity[i, feature])} for i in range(K.size)]
+    return [
+        {
+            "kurtosis": float(K[i]),
+            "ratio": float(r[i]),
+            "label": str(run.labels[i, feature]),
+            "capacity": float(run.effective_capacities[i, feature]),
+            "exact_label": str(exact.labels[i, feature]),
+            "exact_capacity": float(exact.capacity[i, feature]),
+        }
+        for i in range(K.size)
+    ]
 
 
 _BENEFIT_POINTS = ((2.0, 0.7), (3.0, 0.7), (12.0, 0.7))
 
 
-def plot_phase_diagram(diagram: PhaseDiagram, trained: Sequence[Mapping[str, Any]] | None = None,
-                       *, benefit_points: Sequence[tuple[float, float]] = _BENEFIT_POINTS,
-                       fig: Any = None) -> Any:
+def plot_phase_diagram(
+    diagram: PhaseDiagram,
+    trained: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    benefit_points: Sequence[tuple[float, float]] = _BENEFIT_POINTS,
+    fig: Any = None,
+) -> Any:
     r"""Draw a :class:`PhaseDiagram` with marginal-benefit panels.
 
     Left: the regime of the chosen feature coloured by label, the analytic
@@ -693,8 +831,16 @@ def plot_phase_diagram(diagram: PhaseDiagram, trained: Sequence[Mapping[str, Any
     ax = fig.add_subplot(gs[:, 0])
     colors = _label_colors()
     cmap = ListedColormap([colors[lab] for lab in LABELS])
-    ax.pcolormesh(diagram.ratio, diagram.kurtosis, diagram.regime, cmap=cmap, vmin=-0.5,
-                  vmax=2.5, shading="nearest", rasterized=True)
+    ax.pcolormesh(
+        diagram.ratio,
+        diagram.kurtosis,
+        diagram.regime,
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=2.5,
+        shading="nearest",
+        rasterized=True,
+    )
     ax.set_xscale("log")
     handles: list[Any] = [Patch(color=colors[lab], label=lab) for lab in LABELS]
     if diagram.importance.size == 2 and diagram.d == 1:
@@ -704,22 +850,47 @@ def plot_phase_diagram(diagram: PhaseDiagram, trained: Sequence[Mapping[str, Any
     if trained:
         for t in trained:
             agree = t["label"] == t.get("exact_label", t["label"])
-            ax.plot(t["ratio"], t["kurtosis"], "o" if agree else "X", ms=9,
-                    mfc=colors[t["label"]], mec="w", mew=1.5)
+            ax.plot(
+                t["ratio"],
+                t["kurtosis"],
+                "o" if agree else "X",
+                ms=9,
+                mfc=colors[t["label"]],
+                mec="w",
+                mew=1.5,
+            )
             ax.plot(t["ratio"], t["kurtosis"], "o", ms=12, mfc="none", mec="k", mew=0.8)
-        handles.append(Line2D([], [], marker="o", ls="", mfc="0.8", mec="k",
-                              label="trained model (fill: its regime; X: disagrees)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                mfc="0.8",
+                mec="k",
+                label="trained model (fill: its regime; X: disagrees)",
+            )
+        )
     letters = "abcdefghij"
     for i, (K, r) in enumerate(benefit_points):
-        ax.annotate(letters[i], (r, K), ha="center", va="center", fontsize=11,
-                    fontweight="bold", color="k",
-                    bbox={"boxstyle": "circle,pad=0.2", "fc": "w", "ec": "k", "lw": 0.8})
+        ax.annotate(
+            letters[i],
+            (r, K),
+            ha="center",
+            va="center",
+            fontsize=11,
+            fontweight="bold",
+            color="k",
+            bbox={"boxstyle": "circle,pad=0.2", "fc": "w", "ec": "k", "lw": 0.8},
+        )
     ax.set_xlim(diagram.ratio.min(), diagram.ratio.max())
     ax.set_ylim(diagram.kurtosis.min(), diagram.kurtosis.max())
     ax.set_xlabel(f"relative importance $r$ of feature {diagram.feature}")
     ax.set_ylabel("kurtosis $K$")
-    ax.set_title(f"regime of feature {diagram.feature} (n={diagram.importance.size}, "
-                 f"d={diagram.d}; {diagram.regime.size} cells solved exactly)")
+    ax.set_title(
+        f"regime of feature {diagram.feature} (n={diagram.importance.size}, "
+        f"d={diagram.d}; {diagram.regime.size} cells solved exactly)"
+    )
     ax.legend(handles=handles, loc="upper left", fontsize="small", framealpha=0.9)
 
     C = np.linspace(0.0, 1.0, 201)[:, None]
@@ -732,10 +903,20 @@ def plot_phase_diagram(diagram: PhaseDiagram, trained: Sequence[Mapping[str, Any
         g = prob.marginal_benefit(C)
         for j in range(v.size):
             style = "-" if j == diagram.feature else "--"
-            bx.plot(C[:, 0], g[:, j], style, color=colors[str(res.labels[j])],
-                    label=f"feature {j} (v={v[j]:.2g})")
-            bx.plot(res.capacity[j], prob.marginal_benefit(res.capacity)[j], "o",
-                    color=colors[str(res.labels[j])], mec="k")
+            bx.plot(
+                C[:, 0],
+                g[:, j],
+                style,
+                color=colors[str(res.labels[j])],
+                label=f"feature {j} (v={v[j]:.2g})",
+            )
+            bx.plot(
+                res.capacity[j],
+                prob.marginal_benefit(res.capacity)[j],
+                "o",
+                color=colors[str(res.labels[j])],
+                mec="k",
+            )
         bx.axhline(float(res.threshold), color="0.4", lw=0.8, ls=":", label="threshold $T$")
         trend = "increasing" if K < 3 else ("constant" if K == 3 else "diminishing")
         bx.set_title(f"({letters[i]}) K={K:g}, r={r:g}: {trend} returns", fontsize="small")

@@ -41,8 +41,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SweepError", "CorruptResultWarning", "grid", "point_key", "result_path",
-           "load_results", "run_sweep"]
+__all__ = [
+    "SweepError",
+    "CorruptResultWarning",
+    "grid",
+    "point_key",
+    "result_path",
+    "load_results",
+    "run_sweep",
+]
 
 _SUFFIX = ".json"
 
@@ -60,16 +67,21 @@ class SweepError(RuntimeError):
         The failed points themselves, by :func:`point_key`.
     """
 
-    def __init__(self, failures: Mapping[str, BaseException],
-                 points: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        failures: Mapping[str, BaseException],
+        points: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.failures = dict(failures)
         self.points = {k: dict(p) for k, p in (points or {}).items() if k in self.failures}
         key, exc = next(iter(self.failures.items()))
         where = _short(self.points[key]) if key in self.points else f"key {key}"
         why = " ".join(str(exc).split()) or "(no message)"
         why = why if len(why) <= 300 else why[:297] + "..."
-        super().__init__(f"{len(self.failures)} sweep point(s) failed; first: {where}: "
-                         f"{type(exc).__name__}: {why}")
+        super().__init__(
+            f"{len(self.failures)} sweep point(s) failed; first: {where}: "
+            f"{type(exc).__name__}: {why}"
+        )
 
 
 def _short(point: Any, limit: int = 200) -> str:
@@ -83,8 +95,9 @@ def _canonical(point: Mapping[str, Any]) -> str:
     try:
         return json.dumps(point, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"point must be JSON-serialisable (finite numbers), got {point!r}"
-                         ) from exc
+        raise ValueError(
+            f"point must be JSON-serialisable (finite numbers), got {point!r}"
+        ) from exc
 
 
 def point_key(point: Mapping[str, Any]) -> str:
@@ -159,18 +172,21 @@ def _read(path: Path, point: Mapping[str, Any]) -> tuple[bool, Any]:
             saved = json.load(fh)
         if not isinstance(saved, dict) or not {"point", "result"} <= saved.keys():
             raise ValueError("not an object with 'point' and 'result'")
-        if not isinstance(saved["point"], Mapping) or \
-                _canonical(saved["point"]) != _canonical(point):
+        if not isinstance(saved["point"], Mapping) or _canonical(saved["point"]) != _canonical(
+            point
+        ):
             raise ValueError(f"it holds point {_short(saved['point'])}, not {_short(point)}")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        warnings.warn(f"sweep result file {path} is unusable ({exc}); recomputing its point",
-                      CorruptResultWarning, stacklevel=3)
+        warnings.warn(
+            f"sweep result file {path} is unusable ({exc}); recomputing its point",
+            CorruptResultWarning,
+            stacklevel=3,
+        )
         return False, None
     return True, saved["result"]
 
 
-def load_results(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]
-                 ) -> list[Any]:
+def load_results(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]) -> list[Any]:
     """Saved results of ``points`` (``None`` where a point has no usable result file yet)."""
     return [_read(result_path(out_dir, point), point)[1] for point in points]
 
@@ -196,10 +212,16 @@ def _call(fn: Callable[..., Any], point: Mapping[str, Any]) -> Any:
     return fn(**point)
 
 
-def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
-              out_dir: str | os.PathLike[str], *, executor: cf.Executor | None = None,
-              progress: bool = True, on_error: str = "raise", max_workers: int | None = None
-              ) -> list[Any]:
+def run_sweep(
+    fn: Callable[..., Mapping[str, Any]],
+    points: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    *,
+    executor: cf.Executor | None = None,
+    progress: bool = True,
+    on_error: str = "raise",
+    max_workers: int | None = None,
+) -> list[Any]:
     """Evaluate ``fn(**point)`` for every point, saving each result as it finishes.
 
     Parameters
@@ -261,8 +283,9 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if executor is not None and not hasattr(executor, "submit"):
         raise TypeError(f"executor must have a submit method, got {executor!r}")
-    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(
-            max_workers, int) or max_workers < 1):
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
         raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
     points = list(points)
     keys = [point_key(p) for p in points]
@@ -287,8 +310,7 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(results) + len(todo), initial=len(results), desc="sweep",
-                   unit="pt")
+        bar = tqdm(total=len(results) + len(todo), initial=len(results), desc="sweep", unit="pt")
     failures: dict[str, BaseException] = {}
     own = None
     try:
@@ -296,8 +318,10 @@ def run_sweep(fn: Callable[..., Mapping[str, Any]], points: Sequence[Mapping[str
             if executor is None:
                 import multiprocessing
 
-                own = cf.ProcessPoolExecutor(max_workers=max_workers or os.cpu_count(),
-                                             mp_context=multiprocessing.get_context("spawn"))
+                own = cf.ProcessPoolExecutor(
+                    max_workers=max_workers or os.cpu_count(),
+                    mp_context=multiprocessing.get_context("spawn"),
+                )
                 executor = own
             futures = {executor.submit(_call, fn, point): key for key, point in todo.items()}
             for fut in cf.as_completed(futures):

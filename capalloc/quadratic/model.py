@@ -129,8 +129,9 @@ def quadratic_loss(W: Any, importance: Any, kurtosis: Any, bias: Any = None) -> 
     return float(loss) if np.ndim(loss) == 0 else loss
 
 
-def quadratic_loss_grad(W: Any, importance: Any, kurtosis: Any, bias: Any = None
-                        ) -> tuple[Any, np.ndarray]:
+def quadratic_loss_grad(
+    W: Any, importance: Any, kurtosis: Any, bias: Any = None
+) -> tuple[Any, np.ndarray]:
     r"""Exact expected loss and its gradient with respect to ``W``.
 
     .. math::

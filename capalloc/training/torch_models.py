@@ -56,8 +56,11 @@ try:
 except ModuleNotFoundError as exc:
     if exc.name != "torch":
         raise
-    raise ModuleNotFoundError("capalloc.training.torch_models needs torch, which is not "
-                              "installed: pip install 'capalloc[torch]'", name="torch") from exc
+    raise ModuleNotFoundError(
+        "capalloc.training.torch_models needs torch, which is not "
+        "installed: pip install 'capalloc[torch]'",
+        name="torch",
+    ) from exc
 
 from capalloc._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC, capacity
 from capalloc._lib.registry import Registry
@@ -160,15 +163,24 @@ class ToyModel(nn.Module):
     sparsity: torch.Tensor
     b: torch.Tensor
 
-    def __init__(self, importance: torch.Tensor, sparsity: torch.Tensor, d: int,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        importance: torch.Tensor,
+        sparsity: torch.Tensor,
+        d: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         m, n = importance.shape
         self.register_buffer("importance", importance)
         self.register_buffer("sparsity", sparsity)
         std = math.sqrt(2.0 / (n + d))  # Xavier normal
-        W = torch.randn((m, d, n), generator=generator, device=importance.device,
-                        dtype=importance.dtype) * std
+        W = (
+            torch.randn(
+                (m, d, n), generator=generator, device=importance.device, dtype=importance.dtype
+            )
+            * std
+        )
         self.W = nn.Parameter(W)
 
     @property
@@ -194,8 +206,9 @@ class ToyModel(nn.Module):
         raise NotImplementedError
 
 
-def _sparse_gaussian(sparsity: torch.Tensor, shape: tuple[int, int, int],
-                     generator: torch.Generator | None) -> torch.Tensor:
+def _sparse_gaussian(
+    sparsity: torch.Tensor, shape: tuple[int, int, int], generator: torch.Generator | None
+) -> torch.Tensor:
     """``x = B z / sqrt(p)``, ``p = 1 - sparsity`` per instance (leading axis)."""
     p = (1.0 - sparsity).to(torch.float64)
     dev, dt = sparsity.device, sparsity.dtype
@@ -261,8 +274,9 @@ class ActivationModel(_ScalarOutput):
 
     def __init__(self, importance, sparsity, d, generator=None, *, activation: str = "relu"):
         if activation not in self._FUNCTIONS:
-            raise ValueError(f"activation must be one of {sorted(self._FUNCTIONS)}, "
-                             f"got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(self._FUNCTIONS)}, got {activation!r}"
+            )
         super().__init__(importance, sparsity, d, generator)
         self.activation_name = activation
         self._f = self._FUNCTIONS[activation]
@@ -299,14 +313,18 @@ class ReluAutoencoder(ToyModel):
 
     def __init__(self, importance, sparsity, d, generator=None):
         super().__init__(importance, sparsity, d, generator)
-        self.b = nn.Parameter(torch.zeros(self.m, self.n, device=importance.device,
-                                          dtype=importance.dtype))
+        self.b = nn.Parameter(
+            torch.zeros(self.m, self.n, device=importance.device, dtype=importance.dtype)
+        )
 
     def sample(self, batch_size, generator=None):
         shape = (self.m, batch_size, self.n)
         dev, dt = self.sparsity.device, self.sparsity.dtype
         u = torch.rand(shape, generator=generator, device=dev, dtype=dt)
-        on = torch.rand(shape, generator=generator, device=dev, dtype=dt) >= self.sparsity[:, None, None]
+        on = (
+            torch.rand(shape, generator=generator, device=dev, dtype=dt)
+            >= self.sparsity[:, None, None]
+        )
         return u * on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -474,10 +492,12 @@ class ModelRun:
 
     def __repr__(self) -> str:
         pf = self.polysemantic_fraction
-        return (f"ModelRun(model={self.model!r}, m={self.instances}, d={self.W.shape[1]}, "
-                f"n={self.W.shape[2]}, steps={self.steps}, "
-                f"polysemantic_fraction={np.round(pf, 3).tolist()}, "
-                f"loss={np.array2string(self.loss, precision=4)})")
+        return (
+            f"ModelRun(model={self.model!r}, m={self.instances}, d={self.W.shape[1]}, "
+            f"n={self.W.shape[2]}, steps={self.steps}, "
+            f"polysemantic_fraction={np.round(pf, 3).tolist()}, "
+            f"loss={np.array2string(self.loss, precision=4)})"
+        )
 
 
 def _find_blocks(W: np.ndarray, labels: np.ndarray, tol: float) -> tuple[list[Any], ...] | None:
@@ -499,8 +519,7 @@ def _find_blocks(W: np.ndarray, labels: np.ndarray, tol: float) -> tuple[list[An
         Wk = Wi * kept[None, :]
         N = np.einsum("kn,kn->n", Wk, Wk)
         floor = 2 * tol * N.max(initial=0.0)
-        lift = np.where(kept & (N > 0) & (N < floor), np.sqrt(floor / np.where(N > 0, N, 1.0)),
-                        1.0)
+        lift = np.where(kept & (N > 0) & (N < floor), np.sqrt(floor / np.where(N > 0, N, 1.0)), 1.0)
         out.append(list(find_blocks(Wk * lift[None, :], tol)))
     return tuple(out)
 
@@ -514,9 +533,17 @@ def _per_instance(value: Any, m: int, name: str) -> np.ndarray:
     return arr
 
 
-def build_model(model_name: str, importance: Any, d: int, sparsity: Any, *,
-                instances: int = 1, device: Any = "cpu", dtype: torch.dtype = torch.float32,
-                generator: torch.Generator | None = None) -> ToyModel:
+def build_model(
+    model_name: str,
+    importance: Any,
+    d: int,
+    sparsity: Any,
+    *,
+    instances: int = 1,
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> ToyModel:
     """Construct a registered model for ``instances`` instances (no training).
 
     Parameters
@@ -559,13 +586,28 @@ def build_model(model_name: str, importance: Any, d: int, sparsity: Any, *,
     return factory(tv, ts, d, generator=generator)
 
 
-def train_model(model_name: str, importance: Any = None, d: int = 10, sparsity: Any = 0.9, *,
-                n: int | None = None, instances: int = 1, steps: int = 3000,
-                batch_size: int = 1024, lr: float = 1e-2, lr_final: float = 0.05,
-                device: Any = "cpu", seed: int = 0, progress: bool = False,
-                eval_batch: int = 8192, cap_tol: float = 0.05, norm_tol: float = 1e-2,
-                block_tol: float = 0.05, dtype: torch.dtype = torch.float32,
-                num_threads: int | None = 1) -> ModelRun:
+def train_model(
+    model_name: str,
+    importance: Any = None,
+    d: int = 10,
+    sparsity: Any = 0.9,
+    *,
+    n: int | None = None,
+    instances: int = 1,
+    steps: int = 3000,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    lr_final: float = 0.05,
+    device: Any = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    eval_batch: int = 8192,
+    cap_tol: float = 0.05,
+    norm_tol: float = 1e-2,
+    block_tol: float = 0.05,
+    dtype: torch.dtype = torch.float32,
+    num_threads: int | None = 1,
+) -> ModelRun:
     r"""Train ``instances`` copies of a toy model with Adam and report its capacities.
 
     Each step draws a fresh batch; the learning rate follows a cosine decay from
@@ -646,22 +688,57 @@ def train_model(model_name: str, importance: Any = None, d: int = 10, sparsity: 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(model_name, importance, d, sparsity, instances, steps, batch_size, lr,
-                      lr_final, dev, int(seed), progress, eval_batch, dtype,
-                      dict(cap_tol=cap_tol, norm_tol=norm_tol, block_tol=block_tol))
+        return _train(
+            model_name,
+            importance,
+            d,
+            sparsity,
+            instances,
+            steps,
+            batch_size,
+            lr,
+            lr_final,
+            dev,
+            int(seed),
+            progress,
+            eval_batch,
+            dtype,
+            dict(cap_tol=cap_tol, norm_tol=norm_tol, block_tol=block_tol),
+        )
     finally:
         if num_threads is not None:
             torch.set_num_threads(previous)
 
 
-def _train(model_name: str, importance: Any, d: int, sparsity: Any, instances: int, steps: int,
-           batch_size: int, lr: float, lr_final: float, dev: torch.device, seed: int,
-           progress: bool, eval_batch: int, dtype: torch.dtype, label_kw: dict[str, float]
-           ) -> ModelRun:
+def _train(
+    model_name: str,
+    importance: Any,
+    d: int,
+    sparsity: Any,
+    instances: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    lr_final: float,
+    dev: torch.device,
+    seed: int,
+    progress: bool,
+    eval_batch: int,
+    dtype: torch.dtype,
+    label_kw: dict[str, float],
+) -> ModelRun:
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
-    model = build_model(model_name, importance, d, sparsity, instances=instances, device=dev,
-                        dtype=dtype, generator=gen)
+    model = build_model(
+        model_name,
+        importance,
+        d,
+        sparsity,
+        instances=instances,
+        device=dev,
+        dtype=dtype,
+        generator=gen,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def schedule(t: int) -> float:
@@ -693,13 +770,25 @@ def _train(model_name: str, importance: Any, d: int, sparsity: Any, instances: i
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elapsed = time.perf_counter() - start
-    return _summarise(model_name, model, final, np.array(history), steps, str(dev), seed,
-                      elapsed, **label_kw)
+    return _summarise(
+        model_name, model, final, np.array(history), steps, str(dev), seed, elapsed, **label_kw
+    )
 
 
-def _summarise(name: str, model: ToyModel, final: np.ndarray, history: np.ndarray, steps: int,
-               device: str, seed: int, elapsed: float, *, cap_tol: float, norm_tol: float,
-               block_tol: float) -> ModelRun:
+def _summarise(
+    name: str,
+    model: ToyModel,
+    final: np.ndarray,
+    history: np.ndarray,
+    steps: int,
+    device: str,
+    seed: int,
+    elapsed: float,
+    *,
+    cap_tol: float,
+    norm_tol: float,
+    block_tol: float,
+) -> ModelRun:
     W = model.W.detach().cpu().numpy().astype(float)
     C = effective_capacity(W, norm_tol)
     labels = trained_labels(W, cap_tol=cap_tol, norm_tol=norm_tol)

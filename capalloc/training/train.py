@@ -57,6 +57,7 @@ _DEFAULT_LR = 0.01
 _DEFAULT_BATCH = 2048
 _DEFAULT_TOL = 1e-12
 
+
 def _scalar_or_array(x: np.ndarray) -> Any:
     return float(x) if np.ndim(x) == 0 else x
 
@@ -107,9 +108,11 @@ class TrainResult:
     def __repr__(self) -> str:
         loss = np.asarray(self.loss)
         loss_txt = f"{float(loss):.6g}" if loss.ndim == 0 else f"array(shape={loss.shape})"
-        return (f"TrainResult(method={self.method!r}, W.shape={self.W.shape}, loss={loss_txt}, "
-                f"restarts={self.restart_losses.shape[-1]}, nit={self.nit}, "
-                f"device={self.device!r})")
+        return (
+            f"TrainResult(method={self.method!r}, W.shape={self.W.shape}, loss={loss_txt}, "
+            f"restarts={self.restart_losses.shape[-1]}, nit={self.nit}, "
+            f"device={self.device!r})"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -124,8 +127,12 @@ def _check_count(value: Any, name: str) -> int:
 
 
 def _check_positive_float(value: Any, name: str) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {short(value)}")
     return float(value)
 
@@ -150,12 +157,23 @@ def train_methods() -> list[str]:
     return _METHODS.names()
 
 
-def train_quadratic(problem: QuadraticProblem, method: str = "exact", *, d: int | None = None,
-                    restarts: int | None = None, seed: int = 0, steps: int | None = None,
-                    lr: float = _DEFAULT_LR, batch_size: int = _DEFAULT_BATCH,
-                    device: Any = "cpu", progress: bool = False, tol: float = _DEFAULT_TOL,
-                    law: Any = None, init_scale: float = 0.5, polish: bool = True
-                    ) -> TrainResult:
+def train_quadratic(
+    problem: QuadraticProblem,
+    method: str = "exact",
+    *,
+    d: int | None = None,
+    restarts: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    lr: float = _DEFAULT_LR,
+    batch_size: int = _DEFAULT_BATCH,
+    device: Any = "cpu",
+    progress: bool = False,
+    tol: float = _DEFAULT_TOL,
+    law: Any = None,
+    init_scale: float = 0.5,
+    polish: bool = True,
+) -> TrainResult:
     r"""Train the quadratic model's embedding by gradient descent.
 
     .. math::
@@ -265,8 +283,7 @@ def train_quadratic(problem: QuadraticProblem, method: str = "exact", *, d: int 
     width = problem.d if d is None else check_budget(d, "d")
     if width < 1:
         raise ValueError(f"d must be >= 1 to train an embedding, got {width!r}")
-    restarts = _check_count(_DEFAULT_RESTARTS[method] if restarts is None else restarts,
-                            "restarts")
+    restarts = _check_count(_DEFAULT_RESTARTS[method] if restarts is None else restarts, "restarts")
     steps = _check_count(_DEFAULT_STEPS[method] if steps is None else steps, "steps")
     batch_size = _check_count(batch_size, "batch_size")
     lr = _check_positive_float(lr, "lr")
@@ -275,11 +292,24 @@ def train_quadratic(problem: QuadraticProblem, method: str = "exact", *, d: int 
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {short(seed)}")
     if law is not None and method != "sampled":
-        raise ValueError(f"law is used by method='sampled' only, got law={short(law)} with "
-                         f"method={method!r}")
-    return _METHODS[method](problem, d=width, restarts=restarts, seed=int(seed), steps=steps,
-                            lr=lr, batch_size=batch_size, device=device, progress=progress,
-                            tol=tol, law=law, init_scale=init_scale, polish=bool(polish))
+        raise ValueError(
+            f"law is used by method='sampled' only, got law={short(law)} with method={method!r}"
+        )
+    return _METHODS[method](
+        problem,
+        d=width,
+        restarts=restarts,
+        seed=int(seed),
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        tol=tol,
+        law=law,
+        init_scale=init_scale,
+        polish=bool(polish),
+    )
 
 
 def _rows(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +319,9 @@ def _rows(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray]:
     return v, np.atleast_2d(K)
 
 
-def _initial(rng: np.random.Generator, vn: np.ndarray, d: int, init_scale: float,
-             shape: tuple[int, ...] = ()) -> np.ndarray:
+def _initial(
+    rng: np.random.Generator, vn: np.ndarray, d: int, init_scale: float, shape: tuple[int, ...] = ()
+) -> np.ndarray:
     """Random ``shape + (d, n)`` start for rescaled importances ``vn`` (``(n,)`` or ``(m, n)``)."""
     n = vn.shape[-1]
     mean = np.mean(vn, axis=-1) if n else np.zeros(vn.shape[:-1])
@@ -326,12 +357,16 @@ def _hessp(W: np.ndarray, v: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.nda
     dN = 2 * np.einsum("kn,kn->n", W, V)
     dM = V @ W.T
     dM += dM.T
-    return ((-4 * (K - 1) * (v - N) - 8 * N) * V + (4 * (K - 1) - 8) * dN * W
-            + 8 * (dM @ W + (W @ W.T) @ V))
+    return (
+        (-4 * (K - 1) * (v - N) - 8 * N) * V
+        + (4 * (K - 1) - 8) * dN * W
+        + 8 * (dM @ W + (W @ W.T) @ V)
+    )
 
 
-def _polish(W: np.ndarray, v: np.ndarray, K: np.ndarray, gtol: float
-            ) -> tuple[np.ndarray, list[float]]:
+def _polish(
+    W: np.ndarray, v: np.ndarray, K: np.ndarray, gtol: float
+) -> tuple[np.ndarray, list[float]]:
     """Newton steps (MINRES on Hessian-vector products) accepted while the gradient shrinks.
 
     L-BFGS-B stops once the loss stops decreasing in floating point, which
@@ -346,8 +381,9 @@ def _polish(W: np.ndarray, v: np.ndarray, K: np.ndarray, gtol: float
     loss, grad = quadratic_loss_grad(W, v, K)
     size = float(np.abs(grad).max(initial=0.0))
     losses: list[float] = []
-    op = LinearOperator((d * n, d * n), dtype=float,
-                        matvec=lambda x: _hessp(W, v, K, x.reshape(d, n)).ravel())
+    op = LinearOperator(
+        (d * n, d * n), dtype=float, matvec=lambda x: _hessp(W, v, K, x.reshape(d, n)).ravel()
+    )
     for _ in range(_NEWTON_STEPS):
         if size <= gtol:
             break
@@ -355,16 +391,16 @@ def _polish(W: np.ndarray, v: np.ndarray, K: np.ndarray, gtol: float
         W_new = W + step.reshape(d, n)
         loss_new, grad_new = quadratic_loss_grad(W_new, v, K)
         size_new = float(np.abs(grad_new).max(initial=0.0))
-        if not (np.isfinite(loss_new) and size_new < size
-                and loss_new <= loss + 1e-12 * abs(loss)):
+        if not (np.isfinite(loss_new) and size_new < size and loss_new <= loss + 1e-12 * abs(loss)):
             break
         W, loss, grad, size = W_new, loss_new, grad_new, size_new
         losses.append(loss)
     return W, losses
 
 
-def _lbfgs(vn: np.ndarray, K: np.ndarray, W0: np.ndarray, maxiter: int, gtol: float,
-           polish: bool = True) -> tuple[np.ndarray, list[float], int, str]:
+def _lbfgs(
+    vn: np.ndarray, K: np.ndarray, W0: np.ndarray, maxiter: int, gtol: float, polish: bool = True
+) -> tuple[np.ndarray, list[float], int, str]:
     from scipy.optimize import minimize
 
     d, n = W0.shape
@@ -377,9 +413,20 @@ def _lbfgs(vn: np.ndarray, K: np.ndarray, W0: np.ndarray, maxiter: int, gtol: fl
     def callback(intermediate_result: Any) -> None:
         history.append(float(intermediate_result.fun))
 
-    res = minimize(fun, W0.ravel(), jac=True, method="L-BFGS-B", callback=callback,
-                   options={"maxiter": maxiter, "maxfun": 2 * maxiter + 100, "ftol": 1e-15,
-                            "gtol": gtol, "maxcor": 10})
+    res = minimize(
+        fun,
+        W0.ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        options={
+            "maxiter": maxiter,
+            "maxfun": 2 * maxiter + 100,
+            "ftol": 1e-15,
+            "gtol": gtol,
+            "maxcor": 10,
+        },
+    )
     W = res.x.reshape(d, n)
     polished: list[float] = []
     if polish:
@@ -391,9 +438,19 @@ def _lbfgs(vn: np.ndarray, K: np.ndarray, W0: np.ndarray, maxiter: int, gtol: fl
 
 
 @_register("exact")
-def _train_exact(problem: QuadraticProblem, *, d: int, restarts: int, seed: int, steps: int,
-                 tol: float, progress: bool, init_scale: float, polish: bool,
-                 **_: Any) -> TrainResult:
+def _train_exact(
+    problem: QuadraticProblem,
+    *,
+    d: int,
+    restarts: int,
+    seed: int,
+    steps: int,
+    tol: float,
+    progress: bool,
+    init_scale: float,
+    polish: bool,
+    **_: Any,
+) -> TrainResult:
     v, K = _rows(problem)
     m, n = v.shape
     rng = np.random.default_rng(seed)
@@ -426,10 +483,18 @@ def _train_exact(problem: QuadraticProblem, *, d: int, restarts: int, seed: int,
     loss = quadratic_loss(Ws, v, K)
     if not problem.batched:
         Ws, bias, loss, history, losses = Ws[0], bias[0], loss[0], history[0], losses[0]
-    return TrainResult(W=readonly(Ws), bias=readonly(_scalar_or_array(bias)),
-                       capacity=readonly(capacity(Ws)), loss=readonly(_scalar_or_array(loss)),
-                       history=readonly(history), restart_losses=readonly(losses),
-                       method="exact", nit=max(nits), device="cpu", message=messages[0])
+    return TrainResult(
+        W=readonly(Ws),
+        bias=readonly(_scalar_or_array(bias)),
+        capacity=readonly(capacity(Ws)),
+        loss=readonly(_scalar_or_array(loss)),
+        history=readonly(history),
+        restart_losses=readonly(losses),
+        method="exact",
+        nit=max(nits),
+        device="cpu",
+        message=messages[0],
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -451,14 +516,18 @@ def _torch_device(torch: Any, device: Any) -> Any:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got "
-                         f"{short(device)}") from exc
+        raise ValueError(
+            f"device must name a torch device such as 'cpu' or 'cuda', got {short(device)}"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={short(device)} was requested but CUDA is not available "
-                         f"(torch.cuda.is_available() is False); use device='cpu'")
+        raise ValueError(
+            f"device={short(device)} was requested but CUDA is not available "
+            f"(torch.cuda.is_available() is False); use device='cpu'"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={short(device)}: only {torch.cuda.device_count()} CUDA "
-                         f"device(s) are visible")
+        raise ValueError(
+            f"device={short(device)}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return dev
 
 
@@ -474,21 +543,26 @@ def _feature_laws(problem: QuadraticProblem, law: Any) -> list[InputLaw]:
     elif isinstance(law, Sequence) and len(law) == m and all(isinstance(x, InputLaw) for x in law):
         per_instance = list(law)
     else:
-        raise ValueError(f"law must be an InputLaw or a sequence of {m} InputLaw (one per "
-                         f"instance), got {short(law)}")
+        raise ValueError(
+            f"law must be an InputLaw or a sequence of {m} InputLaw (one per "
+            f"instance), got {short(law)}"
+        )
     laws: list[InputLaw] = []
     for one in per_instance:
         if isinstance(one, PerFeature):
             if len(one.laws) != n:
-                raise ValueError(f"law has {len(one.laws)} per-feature laws, the problem has "
-                                 f"n={n} features")
+                raise ValueError(
+                    f"law has {len(one.laws)} per-feature laws, the problem has n={n} features"
+                )
             laws.extend(one.laws)
         else:
             laws.extend([one] * n)
     Klaw = np.array([x.kurtosis for x in laws], dtype=float).reshape(m, n)
     if not np.allclose(Klaw, K, rtol=1e-9, atol=0.0):
-        raise ValueError(f"law kurtosis {short(Klaw if m > 1 else Klaw[0])} does not match "
-                         f"problem.kurtosis {short(K if m > 1 else K[0])}")
+        raise ValueError(
+            f"law kurtosis {short(Klaw if m > 1 else Klaw[0])} does not match "
+            f"problem.kurtosis {short(K if m > 1 else K[0])}"
+        )
     return laws
 
 
@@ -504,23 +578,28 @@ class _Sampler:
         self.torch, self.device, self.dtype, self.width = torch, device, dtype, len(laws)
         groups: dict[Any, list[int]] = {}
         for j, law in enumerate(laws):
-            key = ("three",) if isinstance(law, ThreePoint) else (
-                ("gauss",) if isinstance(law, Gaussian) else ("law", law))
+            key = (
+                ("three",)
+                if isinstance(law, ThreePoint)
+                else (("gauss",) if isinstance(law, Gaussian) else ("law", law))
+            )
             groups.setdefault(key, []).append(j)
         self.groups = []
         for key, cols in groups.items():
             index = torch.tensor(cols, dtype=torch.long, device=device)
             extra: Any = None
             if key[0] == "three":
-                extra = torch.tensor([1.0 / laws[j].kurtosis for j in cols], dtype=dtype,
-                                     device=device)
+                extra = torch.tensor(
+                    [1.0 / laws[j].kurtosis for j in cols], dtype=dtype, device=device
+                )
             self.groups.append((key, index, extra))
 
     def __call__(self, gen: Any, batch: int) -> Any:
         torch = self.torch
         single = len(self.groups) == 1
-        x: Any = None if single else torch.empty(batch, self.width, device=self.device,
-                                                 dtype=self.dtype)
+        x: Any = (
+            None if single else torch.empty(batch, self.width, device=self.device, dtype=self.dtype)
+        )
         for key, index, p in self.groups:
             scale = None if p is None else p.rsqrt()
             shape = (batch, index.numel())
@@ -548,9 +627,21 @@ def _lr_factor(step: int, steps: int) -> float:
 
 
 @_register("sampled")
-def _train_sampled(problem: QuadraticProblem, *, d: int, restarts: int, seed: int, steps: int,
-                   lr: float, batch_size: int, device: Any, progress: bool, law: Any,
-                   init_scale: float, **_: Any) -> TrainResult:
+def _train_sampled(
+    problem: QuadraticProblem,
+    *,
+    d: int,
+    restarts: int,
+    seed: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    device: Any,
+    progress: bool,
+    law: Any,
+    init_scale: float,
+    **_: Any,
+) -> TrainResult:
     laws = _feature_laws(problem, law)  # checked before torch is needed
     torch = _import_torch()
     dev = _torch_device(torch, device)
@@ -595,8 +686,9 @@ def _train_sampled(problem: QuadraticProblem, *, d: int, restarts: int, seed: in
     hist = history.to("cpu", torch.float64).numpy() * (scale**2)[None, None, :]  # (T, R, m)
     W_all = Wn * np.sqrt(scale)[None, :, None, None]
     b_all = bn * scale[None, :]
-    losses = np.stack([quadratic_loss(W_all[r], v, K, bias=b_all[r]) for r in range(restarts)],
-                      axis=-1)  # (m, R)
+    losses = np.stack(
+        [quadratic_loss(W_all[r], v, K, bias=b_all[r]) for r in range(restarts)], axis=-1
+    )  # (m, R)
     pick = np.argmin(losses, axis=-1)
     rows = np.arange(m)
     W_best = W_all[pick, rows]
@@ -605,8 +697,15 @@ def _train_sampled(problem: QuadraticProblem, *, d: int, restarts: int, seed: in
     loss = losses[rows, pick]
     if not problem.batched:
         W_best, b_best, h_best, loss, losses = W_best[0], b_best[0], h_best[0], loss[0], losses[0]
-    return TrainResult(W=readonly(W_best), bias=readonly(_scalar_or_array(b_best)),
-                       capacity=readonly(capacity(W_best)),
-                       loss=readonly(_scalar_or_array(loss)), history=readonly(h_best),
-                       restart_losses=readonly(losses), method="sampled", nit=steps,
-                       device=str(dev), message=f"{steps} Adam steps")
+    return TrainResult(
+        W=readonly(W_best),
+        bias=readonly(_scalar_or_array(b_best)),
+        capacity=readonly(capacity(W_best)),
+        loss=readonly(_scalar_or_array(loss)),
+        history=readonly(h_best),
+        restart_losses=readonly(losses),
+        method="sampled",
+        nit=steps,
+        device=str(dev),
+        message=f"{steps} Adam steps",
+    )

@@ -40,8 +40,12 @@ __all__ = ["solve_cvxpy"]
 
 # Tolerances passed to a solver unless the caller gives its own.
 _DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "CLARABEL": {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10,
-                 "tol_ktratio": 1e-8},
+    "CLARABEL": {
+        "tol_gap_abs": 1e-10,
+        "tol_gap_rel": 1e-10,
+        "tol_feas": 1e-10,
+        "tol_ktratio": 1e-8,
+    },
     "SCS": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000},
     "HIGHS": {"output_flag": False},
 }
@@ -53,8 +57,10 @@ def _pick(cp: Any, preferred: tuple[str, ...], what: str) -> str:
     for name in preferred:
         if name in installed:
             return name
-    raise ValueError(f"method 'cvxpy' needs a solver for the {what} problem, one of "
-                     f"{list(preferred)}; installed: {installed}")
+    raise ValueError(
+        f"method 'cvxpy' needs a solver for the {what} problem, one of "
+        f"{list(preferred)}; installed: {installed}"
+    )
 
 
 def _solve(cp: Any, prob: Any, solver: str, options: dict[str, Any]) -> tuple[bool, str, int]:
@@ -72,8 +78,9 @@ def _solve(cp: Any, prob: Any, solver: str, options: dict[str, Any]) -> tuple[bo
     return ok, "optimal" if ok else f"cvxpy status {prob.status!r} from {solver}", nit
 
 
-def _convex_row(cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | None,
-                options: dict[str, Any]) -> tuple[np.ndarray, float, bool, str, int]:
+def _convex_row(
+    cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | None, options: dict[str, Any]
+) -> tuple[np.ndarray, float, bool, str, int]:
     """Convex row (every ``K >= 3``), importances already scaled to max 1."""
     n = v.size
     C = cp.Variable(n)
@@ -97,8 +104,9 @@ def _convex_row(cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | Non
     return np.clip(np.asarray(C.value, float), 0.0, 1.0), max(T, 0.0), ok, msg, nit
 
 
-def _concave_row(cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | None,
-                 options: dict[str, Any]) -> tuple[np.ndarray, float, bool, str, int]:
+def _concave_row(
+    cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | None, options: dict[str, Any]
+) -> tuple[np.ndarray, float, bool, str, int]:
     """Concave row (every ``K <= 3``): the binary program over 0/1 vertices."""
     n = v.size
     z = cp.Variable(n, boolean=True)
@@ -112,8 +120,9 @@ def _concave_row(cp: Any, v: np.ndarray, K: np.ndarray, d: int, solver: str | No
 
 
 @register_method("cvxpy", problems=(QuadraticProblem,), exact=False)
-def solve_cvxpy(problem: QuadraticProblem, *, solver: str | None = None,
-                **solver_options: Any) -> AllocationResult:
+def solve_cvxpy(
+    problem: QuadraticProblem, *, solver: str | None = None, **solver_options: Any
+) -> AllocationResult:
     r"""Reference solution of the quadratic-model allocation with cvxpy.
 
     .. math::
@@ -204,6 +213,13 @@ def solve_cvxpy(problem: QuadraticProblem, *, solver: str | None = None,
         where = f"row {failures[0][0]}: " if problem.batched else ""
         message = where + failures[0][1]
     shape = problem.importance.shape
-    return make_result(problem, C.reshape(shape), T if problem.batched else float(T[0]),
-                       method="cvxpy", nit=nit, status=status, message=message,
-                       certify=APPROX_TOL)
+    return make_result(
+        problem,
+        C.reshape(shape),
+        T if problem.batched else float(T[0]),
+        method="cvxpy",
+        nit=nit,
+        status=status,
+        message=message,
+        certify=APPROX_TOL,
+    )

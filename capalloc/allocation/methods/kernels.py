@@ -189,8 +189,9 @@ def _fresh_aggregate(v, K, mu_e, mu_top, A0, B0):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def sweep_scan(v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0,
-               mu_top):  # pragma: no cover - compiled
+def sweep_scan(
+    v, K, budget, ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top
+):  # pragma: no cover - compiled
     """Walk the breakpoints in decreasing order (``order`` sorts ``-ev_mu``) to the
     segment holding ``S(mu) = budget``; see :func:`sweep` for the result."""
     m, A, cA, B, cB, npoly = state
@@ -347,8 +348,10 @@ def sweep_sorted(v, K, budgets, m0, A0, B0, mu_top):
         return [sweep(v, K, float(budgets[0]), m0, A0, B0, mu_top)]
     ev_mu, ev_idx, ev_kind, state = sweep_events(v, K, m0, A0, B0, mu_top)
     order = np.argsort(-ev_mu)
-    return [sweep_scan(v, K, float(b), ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
-            for b in budgets]
+    return [
+        sweep_scan(v, K, float(b), ev_mu, ev_idx, ev_kind, order, state, A0, B0, mu_top)
+        for b in budgets
+    ]
 
 
 def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
@@ -473,8 +476,7 @@ _SUB = 4096  # sub-block of the bracket pass: its mask stays in cache
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live,
-                   vals):  # pragma: no cover - compiled
+def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live, vals):  # pragma: no cover - compiled
     """:func:`bracket_pass` on ``[lo, hi)``: ``(m0, A0, B0, npos)`` go to ``out``, the
     live indices, less ``lo``, and importances to ``live[lo:]`` and ``vals[lo:]`` (a
     branch on the mask: rarely taken, so well predicted); returns their count."""
@@ -508,15 +510,16 @@ def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
     scratch = np.empty(n, dtype=np.int32)  # blocks hold fewer than 2**31 features
     scratch_v = np.empty(n)
     for b in numba.prange(nb):
-        counts[b] = _bracket_block(v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb,
-                                   stats[b], scratch, scratch_v)
+        counts[b] = _bracket_block(
+            v, K, mu_lo, mu_hi, b * n // nb, (b + 1) * n // nb, stats[b], scratch, scratch_v
+        )
     live = np.empty(counts.sum(), dtype=np.int64)
     vals = np.empty(live.size)
     k = 0
     for b in range(nb):
         lo = b * n // nb
-        live[k:k + counts[b]] = scratch[lo:lo + counts[b]] + lo
-        vals[k:k + counts[b]] = scratch_v[lo:lo + counts[b]]
+        live[k : k + counts[b]] = scratch[lo : lo + counts[b]] + lo
+        vals[k : k + counts[b]] = scratch_v[lo : lo + counts[b]]
         k += counts[b]
     tot = stats.sum(axis=0)
     return tot[0], tot[1], tot[2], tot[3], live, vals
@@ -534,8 +537,16 @@ def bracket_pass(v, K, mu_lo, mu_hi):
     """
     m0, A0, B0, npos, live, vals = _bracket_pass(v, K, mu_lo, mu_hi)
     Kl = K if np.ndim(K) == 0 else K[live]
-    return (m0, A0, B0, live, vals, npos, total_capacity(vals, Kl, mu_lo, 0.0, 0.0, 0.0),
-            total_capacity(vals, Kl, mu_hi, 0.0, 0.0, 0.0))
+    return (
+        m0,
+        A0,
+        B0,
+        live,
+        vals,
+        npos,
+        total_capacity(vals, Kl, mu_lo, 0.0, 0.0, 0.0),
+        total_capacity(vals, Kl, mu_hi, 0.0, 0.0, 0.0),
+    )
 
 
 def bracket_pass_numpy(v, K, mu_lo, mu_hi):
@@ -550,8 +561,15 @@ def bracket_pass_numpy(v, K, mu_lo, mu_hi):
         B0 = np.sum((2 / (K - 3))[poly])
     live = np.flatnonzero(~mono & ~ign & ~poly)
     ends = [convex_capacities_numpy(v[live], K[live], mu, np.nan).sum() for mu in (mu_lo, mu_hi)]
-    return (float(mono.sum()), float(A0), float(B0), live, v[live], float(np.count_nonzero(v)),
-            *ends)
+    return (
+        float(mono.sum()),
+        float(A0),
+        float(B0),
+        live,
+        v[live],
+        float(np.count_nonzero(v)),
+        *ends,
+    )
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)

@@ -123,7 +123,7 @@ def _stab_sums(lo: np.ndarray, hi: np.ndarray, w: np.ndarray, size: int) -> np.n
         tree[2 * idx] += tree[idx]
         tree[2 * idx + 1] += tree[idx]
         level *= 2
-    return tree[N:N + size]
+    return tree[N : N + size]
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,8 +220,11 @@ class _Convex:
             ub = self.u[eb]
             Fb = self.value(eb + 1, ub) - 2 * ub * ub * (N - self.S_above[eb])
             magb = self.magnitude(eb + 1, ub) + 2 * ub * ub * N
-        return (np.where(at_break, ub, mu), np.where(at_break, Fb, F),
-                np.where(at_break, magb, mag))
+        return (
+            np.where(at_break, ub, mu),
+            np.where(at_break, Fb, F),
+            np.where(at_break, magb, mag),
+        )
 
     def capacities(self, mu: float, budget: float) -> np.ndarray:
         """Capacities at level ``mu``; ``K = 3`` features with ``v == mu`` share what is left."""
@@ -240,8 +243,13 @@ def _loss(v: np.ndarray, K: np.ndarray, C: np.ndarray) -> float:
     return float(np.sum(2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C)))
 
 
-def _newton(C: np.ndarray, a: np.ndarray, poly: np.ndarray, excess: float,
-            extra: tuple[float, float] | None = None) -> float:
+def _newton(
+    C: np.ndarray,
+    a: np.ndarray,
+    poly: np.ndarray,
+    excess: float,
+    extra: tuple[float, float] | None = None,
+) -> float:
     """Remove ``excess`` capacity by one step in ``w = 1/mu`` (in place on ``C``).
 
     Polysemantic convex features move by ``a_i dw``; ``extra = (t, a_j)`` is the
@@ -414,13 +422,23 @@ def mixed_capacities(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, 
                 continue
             idx = np.repeat(np.flatnonzero(ok), cnt[ok])
             Nj = np.repeat(nlo[ok], cnt[ok]) + (
-                np.arange(idx.size) - np.repeat(np.cumsum(cnt[ok]) - cnt[ok], cnt[ok]))
-            seg, jq, beta, alpha, aj, cj = seg[idx], jq[idx], beta[idx], alpha[idx], aj[idx], cj[idx]
+                np.arange(idx.size) - np.repeat(np.cumsum(cnt[ok]) - cnt[ok], cnt[ok])
+            )
+            seg, jq, beta, alpha, aj, cj = (
+                seg[idx],
+                jq[idx],
+                beta[idx],
+                alpha[idx],
+                aj[idx],
+                cj[idx],
+            )
             mu = np.clip(beta / (Nj - alpha), x0[idx], x1[idx])
             t = np.clip(cj - aj / mu, 0.0, 1.0)
             k = (d - Nj).astype(np.int64)
             r = rank[jq]
-            qloss = np.where(k <= r, tail[np.minimum(k, nQ)] - delta[jq], tail[np.minimum(k + 1, nQ)])
+            qloss = np.where(
+                k <= r, tail[np.minimum(k, nQ)] - delta[jq], tail[np.minimum(k + 1, nQ)]
+            )
             lj = 2 * mu * vq[jq] * (1 - t)
             vals.append(qloss + lj + conv.value(seg, mu))
             mags.append(qloss + 2 * delta[jq] + lj + conv.magnitude(seg, mu))
@@ -445,8 +463,9 @@ def mixed_capacities(v: np.ndarray, K: np.ndarray, d: int) -> tuple[np.ndarray, 
     result: np.ndarray | None = None
     best_loss = np.inf
     for c in best:
-        C_try = _realise(v, K, d, P, Q, order, rank, conv, int(ck[c]), int(cj_all[c]),
-                         float(cmu[c]))
+        C_try = _realise(
+            v, K, d, P, Q, order, rank, conv, int(ck[c]), int(cj_all[c]), float(cmu[c])
+        )
         loss = _loss(v, K_true, C_try)
         if loss < best_loss:
             result, best_loss = C_try, loss

@@ -167,8 +167,9 @@ def _stable_caps(v: np.ndarray, K: np.ndarray, mu: float) -> np.ndarray:
     return np.where(v > 0, np.clip(c, 0.0, 1.0), 0.0)
 
 
-def _restore_budget(C: np.ndarray, K: np.ndarray, target: float,
-                    movable: np.ndarray | None = None) -> np.ndarray:
+def _restore_budget(
+    C: np.ndarray, K: np.ndarray, target: float, movable: np.ndarray | None = None
+) -> np.ndarray:
     r"""Move the fractional convex features of ``movable`` so that ``sum(C) = target`` (in place).
 
     On one segment :math:`dC_i/d(1/\mu) = \mu (C_i + 2/(K_i - 3))`, so a step ``s`` in
@@ -252,15 +253,25 @@ def _quad_finish(v: np.ndarray, K: np.ndarray, d: int, mu: float) -> np.ndarray:
     return _quad_capacities(v, K, mu)
 
 
-def _quad_convex(v: np.ndarray, K: np.ndarray, d: int, xtol: float,
-                 maxiter: int) -> tuple[np.ndarray, int, bool]:
+def _quad_convex(
+    v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
+) -> tuple[np.ndarray, int, bool]:
     """One convex row with ``0 < d < #{v > 0}``: ``(C, brentq iterations, converged)``."""
     pos = v > 0
     lo = math.log(v[pos].min()) - 1.0  # every feature monosemantic: S = #{v > 0} > d
     # every feature ignored: S = 0 (logs, as (K - 1) v may overflow)
     hi = float(np.max(np.log(K[pos] - 1) + np.log(v[pos]))) - math.log(2.0) + 1.0
-    x, info = optimize.brentq(_quad_excess, lo, hi, args=(v, K, float(d)), xtol=xtol,
-                              rtol=_RTOL, maxiter=maxiter, full_output=True, disp=False)
+    x, info = optimize.brentq(
+        _quad_excess,
+        lo,
+        hi,
+        args=(v, K, float(d)),
+        xtol=xtol,
+        rtol=_RTOL,
+        maxiter=maxiter,
+        full_output=True,
+        disp=False,
+    )
     mu = math.exp(x)
     if not info.converged:
         return _quad_capacities(v, K, mu), info.iterations, False
@@ -279,8 +290,13 @@ class _View:
     values; ``linear`` flags features whose benefit is constant.
     """
 
-    def __init__(self, loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray], Any],
-                 n: int, linear: np.ndarray) -> None:
+    def __init__(
+        self,
+        loss: Callable[[np.ndarray], Any],
+        benefit: Callable[[np.ndarray], Any],
+        n: int,
+        linear: np.ndarray,
+    ) -> None:
         self.n = n
         self.calls = 0
         self._loss = loss
@@ -360,8 +376,9 @@ def _vertex(view: _View, mask: np.ndarray, d: int) -> np.ndarray:
     return C
 
 
-def _convex_dual(view: _View, mask: np.ndarray, budget: float, xtol: float,
-                 maxiter: int) -> tuple[np.ndarray, float, int, bool]:
+def _convex_dual(
+    view: _View, mask: np.ndarray, budget: float, xtol: float, maxiter: int
+) -> tuple[np.ndarray, float, int, bool]:
     """Optimal capacities of the convex features in ``mask`` for a budget.
 
     Returns ``(C, T, brentq iterations, converged)``; ``C`` is 0 off ``mask``.
@@ -380,8 +397,9 @@ def _convex_dual(view: _View, mask: np.ndarray, budget: float, xtol: float,
     while excess(x_lo) <= 0 and step < 1024:
         step *= 2
         x_lo = x_hi - step
-    x, info = optimize.brentq(excess, x_lo, x_hi, xtol=xtol, rtol=_RTOL, maxiter=maxiter,
-                              full_output=True, disp=False)
+    x, info = optimize.brentq(
+        excess, x_lo, x_hi, xtol=xtol, rtol=_RTOL, maxiter=maxiter, full_output=True, disp=False
+    )
     T = math.exp(x)
     C = view.inverse(T, mask)
     gap = budget - C.sum()
@@ -416,8 +434,9 @@ class _MixedSearch:
     of all candidates is exact.
     """
 
-    def __init__(self, view: _View, mask_x: np.ndarray, mask_v: np.ndarray, d: int,
-                 xtol: float, maxiter: int) -> None:
+    def __init__(
+        self, view: _View, mask_x: np.ndarray, mask_v: np.ndarray, d: int, xtol: float, maxiter: int
+    ) -> None:
         self.view, self.d = view, d
         self.X = mask_x & (view.g0 > 0)  # convex features that can ever take capacity
         self.xtol, self.maxiter = xtol, maxiter
@@ -473,18 +492,23 @@ class _MixedSearch:
         while len(pts) < _GRID_MAX:
             xs = sorted(pts)
             S = np.array([pts[x][1] for x in xs])
-            wide = np.flatnonzero((np.abs(np.diff(S)) > _GRID_STEP)
-                                  & (np.maximum(S[:-1], S[1:]) > lo_budget)
-                                  & (np.minimum(S[:-1], S[1:]) < d)
-                                  & (np.diff(xs) > 1e-12 * (1 + abs(x_hi))))
+            wide = np.flatnonzero(
+                (np.abs(np.diff(S)) > _GRID_STEP)
+                & (np.maximum(S[:-1], S[1:]) > lo_budget)
+                & (np.minimum(S[:-1], S[1:]) < d)
+                & (np.diff(xs) > 1e-12 * (1 + abs(x_hi)))
+            )
             if not wide.size:
                 break
             for i in wide[: _GRID_MAX - len(pts)]:
                 x = 0.5 * (xs[i] + xs[i + 1])
                 pts[x] = self._point(x)
         todo = sorted(pts)
-        return (np.array(todo), np.array([pts[x][0] for x in todo]),
-                np.array([pts[x][1] for x in todo]))
+        return (
+            np.array(todo),
+            np.array([pts[x][0] for x in todo]),
+            np.array([pts[x][1] for x in todo]),
+        )
 
     def _fractional(self) -> list[np.ndarray]:
         r"""Stationary points with one fractional concave feature, a local minimum in ``T``.
@@ -530,8 +554,16 @@ class _MixedSearch:
             C, _ = self._assemble(k, col, j, x)
             return float(self.view.benefit(C)[j]) - math.exp(x)
 
-        x, info = optimize.brentq(stationarity, a, b, xtol=self.xtol, rtol=_RTOL,
-                                  maxiter=self.maxiter, full_output=True, disp=False)
+        x, info = optimize.brentq(
+            stationarity,
+            a,
+            b,
+            xtol=self.xtol,
+            rtol=_RTOL,
+            maxiter=self.maxiter,
+            full_output=True,
+            disp=False,
+        )
         self.nit += info.iterations
         self.ok &= info.converged
         return self._finish(k, col, j, x)
@@ -554,8 +586,15 @@ class _QuadMixedSearch(_MixedSearch):
     The concave order compares :math:`\sqrt{K_i-1}\, v_i` (no squares).
     """
 
-    def __init__(self, view: _QuadView, mask_x: np.ndarray, mask_v: np.ndarray, d: int,
-                 xtol: float, maxiter: int) -> None:
+    def __init__(
+        self,
+        view: _QuadView,
+        mask_x: np.ndarray,
+        mask_v: np.ndarray,
+        d: int,
+        xtol: float,
+        maxiter: int,
+    ) -> None:
         self.qv = view
         super().__init__(view, mask_x, mask_v, d, xtol, maxiter)
 
@@ -622,8 +661,9 @@ class _QuadMixedSearch(_MixedSearch):
         return C
 
 
-def _mixed(view: _View, kinds: np.ndarray, d: int, xtol: float, maxiter: int
-           ) -> tuple[np.ndarray, int, bool]:
+def _mixed(
+    view: _View, kinds: np.ndarray, d: int, xtol: float, maxiter: int
+) -> tuple[np.ndarray, int, bool]:
     if view.n > MAX_MIXED_N:
         raise ValueError(
             f"method 'scipy' solves mixed curvature by an exact search whose cost grows like "
@@ -636,8 +676,9 @@ def _mixed(view: _View, kinds: np.ndarray, d: int, xtol: float, maxiter: int
     return search.solve(), search.nit, search.ok
 
 
-def _quad_row(v: np.ndarray, K: np.ndarray, d: int, xtol: float,
-              maxiter: int) -> tuple[np.ndarray, int, bool]:
+def _quad_row(
+    v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
+) -> tuple[np.ndarray, int, bool]:
     """``(C, nit, converged)`` for one quadratic row."""
     if d >= np.count_nonzero(v):
         return (v > 0).astype(float), 0, True
@@ -652,8 +693,9 @@ def _quad_row(v: np.ndarray, K: np.ndarray, d: int, xtol: float,
     return _mixed(view, kinds, d, xtol, maxiter)
 
 
-def _separable(problem: SeparableProblem, xtol: float, maxiter: int
-               ) -> tuple[np.ndarray, int, bool]:
+def _separable(
+    problem: SeparableProblem, xtol: float, maxiter: int
+) -> tuple[np.ndarray, int, bool]:
     kinds = problem.curvature
     if np.any(kinds == "mixed"):
         bad = np.flatnonzero(kinds == "mixed")
@@ -682,8 +724,9 @@ def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> All
 APPROX_TOL = 1e-4
 
 
-def _quad_row_safe(v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
-                   ) -> tuple[np.ndarray, int, bool]:
+def _quad_row_safe(
+    v: np.ndarray, K: np.ndarray, d: int, xtol: float, maxiter: int
+) -> tuple[np.ndarray, int, bool]:
     """:func:`_quad_row`, turning a failed root bracket into a non-converged row."""
     try:
         C, nit, ok = _quad_row(v, np.where(np.abs(K - 3) < 1e-12, 3.0, K), d, xtol, maxiter)
@@ -704,8 +747,9 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 @register_method("scipy", problems=(QuadraticProblem, SeparableProblem), exact=True)
-def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1e-14,
-                maxiter: int = 200) -> AllocationResult:
+def solve_scipy(
+    problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1e-14, maxiter: int = 200
+) -> AllocationResult:
     r"""Exact allocation by dual root finding with :func:`scipy.optimize.brentq`.
 
     .. math::
@@ -766,8 +810,9 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
     [1.0, 0.7619, 0.2381, 0.0]
     """
     if not isinstance(problem, (QuadraticProblem, SeparableProblem)):
-        raise TypeError(f"problem must be a QuadraticProblem or SeparableProblem, "
-                        f"got {type(problem).__name__}")
+        raise TypeError(
+            f"problem must be a QuadraticProblem or SeparableProblem, got {type(problem).__name__}"
+        )
     xtol = float(xtol)
     if not xtol > 0:
         raise ValueError(f"xtol must be > 0, got {xtol!r}")
@@ -777,10 +822,20 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
         failed = [] if ok else [0]
     else:
         v, K = problem.importance, problem.kurtosis
-        rows = [_quad_row_safe(np.ascontiguousarray(v[r]), np.ascontiguousarray(K[r]), problem.d,
-                          xtol, maxiter) for r in range(v.shape[0])] if problem.batched else [
-            _quad_row_safe(np.ascontiguousarray(v), np.ascontiguousarray(K), problem.d, xtol,
-                           maxiter)]
+        rows = (
+            [
+                _quad_row_safe(
+                    np.ascontiguousarray(v[r]), np.ascontiguousarray(K[r]), problem.d, xtol, maxiter
+                )
+                for r in range(v.shape[0])
+            ]
+            if problem.batched
+            else [
+                _quad_row_safe(
+                    np.ascontiguousarray(v), np.ascontiguousarray(K), problem.d, xtol, maxiter
+                )
+            ]
+        )
         C = np.array([c for c, _, _ in rows]) if problem.batched else rows[0][0]
         nit = sum(n for _, n, _ in rows)
         failed = [r for r, (_, _, ok) in enumerate(rows) if not ok]
@@ -791,8 +846,15 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
         message = f"brentq did not converge in maxiter={maxiter} iterations{where}"
     if isinstance(problem, QuadraticProblem):
         return _quad_result(problem, C, method="scipy", nit=nit, status=status, message=message)
-    return make_result(problem, C, smallest_threshold(problem, C), method="scipy", nit=nit,
-                       status=status, message=message)
+    return make_result(
+        problem,
+        C,
+        smallest_threshold(problem, C),
+        method="scipy",
+        nit=nit,
+        status=status,
+        message=message,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -800,9 +862,16 @@ def solve_scipy(problem: QuadraticProblem | SeparableProblem, *, xtol: float = 1
 # ---------------------------------------------------------------------------
 
 
-def _slsqp_row(loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray], Any], n: int,
-               d: int, starts: int, rng: np.random.Generator, maxiter: int,
-               upper: np.ndarray) -> tuple[np.ndarray, int, bool, str]:
+def _slsqp_row(
+    loss: Callable[[np.ndarray], Any],
+    benefit: Callable[[np.ndarray], Any],
+    n: int,
+    d: int,
+    starts: int,
+    rng: np.random.Generator,
+    maxiter: int,
+    upper: np.ndarray,
+) -> tuple[np.ndarray, int, bool, str]:
     """Best of ``starts`` SLSQP runs: ``(C, nit, success, message)``.
 
     ``upper`` holds the upper bounds (0 pins features that cannot matter).
@@ -826,8 +895,15 @@ def _slsqp_row(loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray]
     bounds = optimize.Bounds(np.zeros(n), upper)
     best = None
     for x0 in x0s:
-        res = optimize.minimize(f, x0, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
-                                options={"ftol": 1e-14, "maxiter": maxiter})
+        res = optimize.minimize(
+            f,
+            x0,
+            jac=jac,
+            method="SLSQP",
+            bounds=bounds,
+            constraints=cons,
+            options={"ftol": 1e-14, "maxiter": maxiter},
+        )
         C = np.clip(res.x, 0.0, upper)
         if C.sum() > d:
             C *= d / C.sum()
@@ -841,8 +917,13 @@ def _slsqp_row(loss: Callable[[np.ndarray], Any], benefit: Callable[[np.ndarray]
 
 
 @register_method("slsqp", problems=(QuadraticProblem, SeparableProblem), exact=False)
-def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8, seed: int = 0,
-                maxiter: int = 500) -> AllocationResult:
+def solve_slsqp(
+    problem: QuadraticProblem | SeparableProblem,
+    *,
+    starts: int = 8,
+    seed: int = 0,
+    maxiter: int = 500,
+) -> AllocationResult:
     r"""Multistart SLSQP on the primal: a local reference for small, possibly nonconvex problems.
 
     .. math::
@@ -887,8 +968,9 @@ def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8
     [1.0, 0.7619, 0.2381, 0.0]
     """
     if not isinstance(problem, (QuadraticProblem, SeparableProblem)):
-        raise TypeError(f"problem must be a QuadraticProblem or SeparableProblem, "
-                        f"got {type(problem).__name__}")
+        raise TypeError(
+            f"problem must be a QuadraticProblem or SeparableProblem, got {type(problem).__name__}"
+        )
     if problem.n > MAX_SLSQP_N:
         raise ValueError(
             f"method 'slsqp' is a dense reference for small problems (n <= {MAX_SLSQP_N}), "
@@ -906,16 +988,24 @@ def solve_slsqp(problem: QuadraticProblem | SeparableProblem, *, starts: int = 8
         for r in range(v.shape[0]):
             q = _QuadView(v[r], K[r])
             views.append((q.loss, q.benefit, (v[r] > 0).astype(float)))  # v = 0: C = 0
-    rows = [_slsqp_row(lo, be, problem.n, problem.d, starts, rng, maxiter, up)
-            for lo, be, up in views]
-    C = np.array([c for c, *_ in rows]).reshape(np.shape(problem.importance)
-                                                if isinstance(problem, QuadraticProblem)
-                                                else (problem.n,))
+    rows = [
+        _slsqp_row(lo, be, problem.n, problem.d, starts, rng, maxiter, up) for lo, be, up in views
+    ]
+    C = np.array([c for c, *_ in rows]).reshape(
+        np.shape(problem.importance) if isinstance(problem, QuadraticProblem) else (problem.n,)
+    )
     failed = [r for r, row in enumerate(rows) if not row[2]]
     status = NOT_CONVERGED if failed else SUCCESS
     message = f"SLSQP: {rows[failed[0]][3]}" if failed else None
     # the threshold from the clearly interior features (SLSQP leaves ~1e-9 at the bounds)
     snapped = np.where(C > 1 - 1e-7, 1.0, C)
-    return make_result(problem, C, smallest_threshold(problem, snapped), method="slsqp",
-                       nit=sum(row[1] for row in rows), status=status, message=message,
-                       certify=APPROX_TOL)
+    return make_result(
+        problem,
+        C,
+        smallest_threshold(problem, snapped),
+        method="slsqp",
+        nit=sum(row[1] for row in rows),
+        status=status,
+        message=message,
+        certify=APPROX_TOL,
+    )

@@ -130,8 +130,9 @@ def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
     return vl, _take(K, live), m1, A1, B1, mu_hi
 
 
-def _rescaled(problem: QuadraticProblem, every_row: bool = False
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+def _rescaled(
+    problem: QuadraticProblem, every_row: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The importances, and ``None``; or, where a row's largest importance lies outside
     ``[_TINY, _HUGE]`` (its losses ``(K - 1) v^2`` would overflow or underflow), or for
     every row when ``every_row``, the rows scaled by powers of two (exact) that centre
@@ -163,8 +164,9 @@ def _rescaled(problem: QuadraticProblem, every_row: bool = False
     return scaled, shift
 
 
-def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
-               ) -> tuple[np.ndarray, int, tuple | None]:
+def _solve_one(
+    v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
+) -> tuple[np.ndarray, int, tuple | None]:
     """Capacities of one (unbatched) problem, the number of segments visited, and
     ``(T, loss, kkt)`` where the convex path computed them on the way."""
     if d == 0:
@@ -179,6 +181,7 @@ def _solve_one(v: np.ndarray, K: np.ndarray | float, d: int, curvature: str
     if curvature == "concave":
         return _top_d(v, K, d), 0, None
     from capalloc.allocation.methods.mixed import mixed_capacities
+
     return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
@@ -188,6 +191,7 @@ def _robust(v, v0, K, Ks, d, C, T, loss, kkt):
     importances ``v`` (rescaled) and certify them again on ``v0`` (as given); returns the
     updated ``(C, T, loss, kkt)``."""
     from capalloc.allocation.methods.mixed import mixed_capacities
+
     if C.ndim == 1:
         Cr = mixed_capacities(v, np.broadcast_to(Ks, v.shape).astype(float), d)[0]
         return Cr, *_kernels.certificate(v0, K, Cr, d)
@@ -241,8 +245,13 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     if snapped:
         Ks = np.where(near3, 3.0, Ks)
         Ks = float(Ks) if Ks.ndim == 0 else Ks
-    curvature = ("convex" if np.all(np.asarray(Ks) >= 3) else
-                 "concave" if np.all(np.asarray(Ks) <= 3) else "mixed")
+    curvature = (
+        "convex"
+        if np.all(np.asarray(Ks) >= 3)
+        else "concave"
+        if np.all(np.asarray(Ks) <= 3)
+        else "mixed"
+    )
     # the fast convex path is rescaled only where it must be (it reads v twice at most)
     v, shift = _rescaled(problem, every_row=curvature == "mixed")
     cert = None
@@ -258,8 +267,9 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
             rows = np.flatnonzero(convex)
             if rows.size:
                 Cc = np.empty((rows.size, v.shape[1]))
-                nseg = _kernels.batch_waterfill(np.ascontiguousarray(v[rows]),
-                                                _kernels.compact(Kr[rows]), d, Cc)[-1]
+                nseg = _kernels.batch_waterfill(
+                    np.ascontiguousarray(v[rows]), _kernels.compact(Kr[rows]), d, Cc
+                )[-1]
                 C[rows], nit = Cc, int(nseg.sum())
             concave = np.all(Kr <= 3, axis=1) & ~convex
             C[concave] = _top_d(v[concave], Kr[concave], d)
@@ -274,5 +284,4 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     T, loss, kkt = _kernels.certificate(v0, K, C, d) if fresh else cert
     if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
         C, T, loss, kkt = _robust(v, v0, K, Ks, d, C, T, loss, kkt)
-    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt,
-                       copy=False)
+    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt, copy=False)
