@@ -30,12 +30,12 @@ class Solvers:
         capalloc.solve(_bench.power_law_problem(100), method=method)  # JIT / import warm-up
 
     def time_solve(self, n, method):
-        capalloc.solve(self.problem, method=method, **_bench._OPTIONS.get(method, {}))
+        capalloc.solve(self.problem, method=method, **_bench.OPTIONS.get(method, {}))
 
     def track_max_abs_dC(self, n, method):
         ref = capalloc.solve(self.problem, method="waterfill").capacity
         res = capalloc.solve(
-            self.problem, method=method, **_bench._OPTIONS.get(method, {})
+            self.problem, method=method, **_bench.OPTIONS.get(method, {})
         ).capacity
         return float(np.max(np.abs(res - ref)))
 

@@ -20,10 +20,18 @@ from capalloc._capacity import (
     classify,
     leverage,
 )
+from capalloc.allocation import (
+    AllocationResult,
+    AllocationWarning,
+    QuadraticProblem,
+    SeparableProblem,
+    get_method,
+    kkt_residual,
+    methods,
+    register_method,
+    solve,
+)
 from capalloc.allocation.methods.waterfill import waterfill
-from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
-from capalloc.allocation.result import AllocationResult, AllocationWarning, kkt_residual
-from capalloc.allocation.solve import get_method, methods, register_method, solve
 from capalloc.quadratic.model import (
     capacity_form_loss,
     optimal_bias,

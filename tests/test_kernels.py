@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import _reference
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -106,10 +107,10 @@ def test_sweep_matches_numpy_twin(args):
     """
     v, K, budget = args
     mu, share, _ = _kernels.sweep(v, K, budget, 0.0, 0.0, 0.0, math.inf)
-    mu2, share2, _ = _kernels.sweep_numpy(v, K, budget, 0.0, 0.0, 0.0, math.inf)
+    mu2, share2, _ = _reference.sweep_numpy(v, K, budget, 0.0, 0.0, 0.0, math.inf)
     assert mu > 0 and mu2 > 0
     C = _kernels.convex_capacities(v, K, mu, share)
-    C2 = _kernels.convex_capacities_numpy(v, K, mu2, share2)
+    C2 = _reference.convex_capacities_numpy(v, K, mu2, share2)
     np.testing.assert_allclose(C, C2, rtol=0, atol=1e-9)
     poly = (C > 1e-9) & (C < 1 - 1e-9) & (K != 3)
     if poly.any():
@@ -182,7 +183,7 @@ def test_sweep_with_aggregate_matches_full_sweep(args, where):
         B0 = float(np.sum((2 / (K - 3))[poly]))
     args2 = (v[rest], K[rest], budget, float(np.count_nonzero(above)), A0, B0, top)
     mu2, _, _ = _kernels.sweep(*args2)
-    mu3, _, _ = _kernels.sweep_numpy(*args2)
+    mu3, _, _ = _reference.sweep_numpy(*args2)
     assert math.isclose(mu, mu2, rel_tol=1e-10)
     assert math.isclose(mu2, mu3, rel_tol=1e-12)
 
@@ -204,7 +205,7 @@ def test_convex_capacities_match_numpy_twin(args, mu, share, at_tie):
     if at_tie:
         mu = float(v[np.argmax(v)])  # land exactly on a breakpoint
     C = _kernels.convex_capacities(v, K, mu, share)
-    C2 = _kernels.convex_capacities_numpy(v, K, mu, share)
+    C2 = _reference.convex_capacities_numpy(v, K, mu, share)
     np.testing.assert_allclose(C, C2, rtol=1e-13, atol=1e-15)
     assert np.all((C >= 0) & (C <= 1))
 
@@ -217,7 +218,7 @@ def test_bracket_pass_matches_twin_and_direct_sums(args, f, ratio):
     mu_lo = f * vmax
     mu_hi = mu_lo * ratio
     m0, A0, B0, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
-    twin = _kernels.bracket_pass_numpy(v, K, mu_lo, mu_hi)
+    twin = _reference.bracket_pass_numpy(v, K, mu_lo, mu_hi)
     assert (m0, npos) == (twin[0], twin[5]) and npos == np.count_nonzero(v)
     for ours, theirs in zip(
         (A0, B0, s_lo, s_hi), (twin[1], twin[2], twin[6], twin[7]), strict=True

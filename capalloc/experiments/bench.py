@@ -35,7 +35,7 @@ SIZES = (10**2, 10**3, 10**4, 10**5, 10**6, 10**7)
 QUICK_SIZES = (10**2, 10**3, 10**4, 10**5)
 METHODS = ("waterfill", "scipy", "cvxpy", "slsqp")
 _LIMITS = {"cvxpy": 10**5, "slsqp": 200}  # largest n each reference method is run at
-_OPTIONS = {"slsqp": {"starts": 1}}  # one SLSQP run: the timing of a single local solve
+OPTIONS = {"slsqp": {"starts": 1}}  # one SLSQP run: the timing of a single local solve
 _CVXPY_BUDGET_S = 60.0  # skip cvxpy where the extrapolated time exceeds this
 _BATCH = (10**5, 100)  # (m, n) of the batched row
 _QUICK_BATCH = (10**4, 100)
@@ -200,7 +200,7 @@ def run_solver_benchmark(
             reps = 1 if method in ("cvxpy", "slsqp") and n > 10**3 else repeats
 
             def run(p: QuadraticProblem = problem, method: str = method) -> Any:
-                return solve(p, method=method, **_OPTIONS.get(method, {}))
+                return solve(p, method=method, **OPTIONS.get(method, {}))
 
             times[method], results[method] = _best_time(run, reps)
             if method == "cvxpy":
@@ -210,7 +210,7 @@ def run_solver_benchmark(
             res = results[method]
             dC = None if method == "waterfill" else float(np.max(np.abs(res.capacity - ref)))
             speedup = times["cvxpy"] / t if "cvxpy" in times else None
-            note = ", ".join(f"{k}={v}" for k, v in _OPTIONS.get(method, {}).items())
+            note = ", ".join(f"{k}={v}" for k, v in OPTIONS.get(method, {}).items())
             if res.status != 0:
                 note += f" status {res.status}: {res.message}"
             add("power law, K=10", n, method, t, dC, speedup, note)
