@@ -1,4 +1,4 @@
-r"""Numba kernels of the exact water-filling solver, each with a plain-numpy twin.
+r"""Numba kernels of the exact water-filling solver (their numpy twins live in tests/_reference.py).
 
 Notation (quadratic model, features with :math:`K_i \ge 3` and :math:`v_i > 0`):
 with :math:`T = 2\mu^2`, feature ``i`` has capacity
