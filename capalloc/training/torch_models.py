@@ -22,7 +22,7 @@ The first three draw sparse Gaussian inputs :math:`x_i = B_i z_i/\sqrt p`
 model sees kurtosis :math:`K = 3/p`); the autoencoder draws
 :math:`x_i \sim U[0, 1]` with probability ``1 - sparsity``, else 0.
 
-This module imports torch at import time; :mod:`capalloc.models` does not
+This module imports torch at import time; :mod:`capalloc.training` does not
 import it.
 
 References
