@@ -34,9 +34,7 @@ class Solvers:
 
     def track_max_abs_dC(self, n, method):
         ref = capalloc.solve(self.problem, method="waterfill").capacity
-        res = capalloc.solve(
-            self.problem, method=method, **_bench.OPTIONS.get(method, {})
-        ).capacity
+        res = capalloc.solve(self.problem, method=method, **_bench.OPTIONS.get(method, {})).capacity
         return float(np.max(np.abs(res - ref)))
 
     track_max_abs_dC.unit = "capacity"

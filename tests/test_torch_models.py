@@ -10,9 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from capalloc.training import torch_models as tm  # noqa: E402
-
 import capalloc  # noqa: E402
+from capalloc.training import torch_models as tm  # noqa: E402
 from capalloc.training.torch_models import (  # noqa: E402
     build_model,
     default_importance,
