@@ -332,7 +332,7 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
         trained = train_phase_points(pts, steps=args.steps, device=args.device)
     fig = plot_phase_diagram(diagram, trained)
     fig.savefig(output, dpi=args.dpi)
-    summary = {
+    summary: dict[str, Any] = {
         "output": output,
         "grid": list(diagram.regime.shape),
         "solve_seconds": diagram.elapsed,

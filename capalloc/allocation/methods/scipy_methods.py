@@ -671,8 +671,11 @@ def _mixed(
             f"n <= {MAX_SLSQP_N}) or, for a QuadraticProblem, method='waterfill'"
         )
     convex = (kinds == "convex") & ~view.linear
-    cls = _QuadMixedSearch if isinstance(view, _QuadView) else _MixedSearch
-    search = cls(view, convex, ~convex, d, xtol, maxiter)
+    search = (
+        _QuadMixedSearch(view, convex, ~convex, d, xtol, maxiter)
+        if isinstance(view, _QuadView)
+        else _MixedSearch(view, convex, ~convex, d, xtol, maxiter)
+    )
     return search.solve(), search.nit, search.ok
 
 

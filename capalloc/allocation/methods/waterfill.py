@@ -280,8 +280,9 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
         C, nit, cert = _solve_one(v, Ks, d, curvature)
     # certified on the given importances: levels h range like v, so nothing overflows
     v0 = problem.importance
-    fresh = cert is None or snapped or shift is not None
-    T, loss, kkt = _kernels.certificate(v0, K, C, d) if fresh else cert
+    if cert is None or snapped or shift is not None:
+        cert = _kernels.certificate(v0, K, C, d)
+    T, loss, kkt = cert
     if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
         C, T, loss, kkt = _robust(v, v0, K, Ks, d, C, T, loss, kkt)
     return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt, copy=False)
