@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._lib.validation import short
+from capalloc._lib.validation import MAX_COUNT, short
 from capalloc.experiments.sweep import SweepError
 
 __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
@@ -57,7 +57,6 @@ _DEMO = {"n": 12, "ratio": 0.8, "d": 5, "p": 0.2}
 _FLOAT32_WORK = 1e10  # capacity reports costing more multiply-adds use float32 by default
 _RANK_MAX_D = 1024  # numerical rank is computed by default up to this min(d, n)
 _FEATURE_BYTES = 400  # peak memory of `capalloc solve` per feature (measured: ~370 bytes)
-_MAX_D = 2**53  # the solver counts capacity in float64
 
 
 class CliError(ValueError):
@@ -436,7 +435,7 @@ def _check_max_rows(value: int) -> None:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    if not 0 <= args.d <= _MAX_D:
+    if not 0 <= args.d <= MAX_COUNT:
         raise CliError(f"-d/--d must be an integer in [0, 2**53], got {short(args.d)}")
     _check_max_rows(args.max_rows)
     figure = _figure_path(args.plot, "capalloc_solve.png", "--plot") if args.plot else None
