@@ -18,6 +18,7 @@ from capalloc._capacity import (
     POLYSEMANTIC,
     capacity,
     classify,
+    label_counts,
     leverage,
 )
 from capalloc.allocation import (
@@ -52,6 +53,8 @@ _LAZY = {
     "sensitivity": "capalloc.allocation.sensitivity",
     "train": "capalloc.training.train",
     "geometry": "capalloc.geometry",
+    "profiles": "capalloc.profiles",
+    "parse_profile": "capalloc.profiles",
     "solve_scipy": "capalloc.allocation.methods.scipy_methods",
     "solve_slsqp": "capalloc.allocation.methods.scipy_methods",
     "solve_cvxpy": "capalloc.allocation.methods.cvxpy_method",
@@ -72,6 +75,7 @@ _MODULES = {
     "sensitivity",
     "train",
     "geometry",
+    "profiles",
 }
 
 __all__ = [
@@ -94,6 +98,7 @@ __all__ = [
     "capacity_form_loss",
     "classify",
     "distributions",
+    "label_counts",
     "leverage",
     "optimal_bias",
     "quadratic_loss",

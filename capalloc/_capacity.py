@@ -29,6 +29,7 @@ __all__ = [
     "capacity",
     "leverage",
     "classify",
+    "label_counts",
     "MONOSEMANTIC",
     "POLYSEMANTIC",
     "IGNORED",
@@ -313,3 +314,42 @@ def classify(C: Any, atol: float = 1e-6) -> np.ndarray:
     labels[C >= 1 - atol] = MONOSEMANTIC
     labels[C <= atol] = IGNORED
     return labels
+
+
+def label_counts(C: Any, atol: float = 1e-6) -> dict[str, int]:
+    """Number of monosemantic, polysemantic and ignored features, in the order of :data:`LABELS`.
+
+    Parameters
+    ----------
+    C : array_like of float, or array_like of str
+        Capacities, counted as :func:`classify` labels them (without building
+        the labels), or labels as :func:`classify` returns them.
+    atol : float, default 1e-6
+        Tolerance of :func:`classify` (capacities only).
+
+    Returns
+    -------
+    counts : dict of str -> int
+        One entry per label, over every axis of ``C``.
+
+    Examples
+    --------
+    >>> from capalloc import label_counts
+    >>> label_counts([1.0, 0.4, 0.0, 0.3])
+    {'monosemantic': 1, 'polysemantic': 2, 'ignored': 1}
+    >>> label_counts(["ignored", "ignored"])
+    {'monosemantic': 0, 'polysemantic': 0, 'ignored': 2}
+    """
+    if _is_torch(C):
+        C = C.detach().cpu().numpy()
+    arr = np.asarray(C)
+    if arr.dtype.kind in "US" or (
+        arr.dtype.kind == "O" and arr.size and isinstance(arr.flat[0], str)
+    ):
+        return {lab: int(np.count_nonzero(arr == lab)) for lab in LABELS}
+    C = as_float_array(arr, "C")
+    if not (0 <= atol < 0.5):
+        raise ValueError(f"atol must lie in [0, 0.5), got {atol!r}")
+    mono = int(np.count_nonzero(C >= 1 - atol))
+    ignored = int(np.count_nonzero(C <= atol))
+    return {MONOSEMANTIC: mono, POLYSEMANTIC: C.size - mono - ignored, IGNORED: ignored}

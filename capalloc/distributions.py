@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._lib.validation import check_kurtosis, check_probability
+from capalloc._lib.validation import as_float_array, check_kurtosis, check_probability, short
 
 __all__ = [
     "InputLaw",
@@ -38,6 +38,7 @@ __all__ = [
     "PerFeature",
     "from_kurtosis",
     "kurtosis_vector",
+    "sparse_kurtosis",
 ]
 
 
@@ -243,6 +244,48 @@ def from_kurtosis(K: float) -> InputLaw:
     """
     K = float(check_kurtosis(K, "K"))
     return Gaussian() if K == 3.0 else ThreePoint(K)
+
+
+def sparse_kurtosis(sparsity: Any, base: InputLaw | float | None = None) -> Any:
+    r"""Kurtosis of a feature that is zero with probability ``sparsity``: :math:`K_0 / (1 - S)`.
+
+    Following Elhage et al., the *sparsity* :math:`S` is the fraction of zeros:
+    the feature is active with probability :math:`p = 1 - S` and its active value,
+    drawn from ``base``, is rescaled to unit variance (the law
+    ``Sparse(base, p=1 - S)``), so :math:`K = K_0 / p`. This is the one
+    sparsity-to-kurtosis conversion of the package.
+
+    Parameters
+    ----------
+    sparsity : float or array_like of float
+        :math:`S \in [0, 1)`.
+    base : InputLaw or float, optional
+        Law of the active value, or its kurtosis :math:`K_0 \ge 1`; default
+        :class:`Gaussian` (:math:`K_0 = 3`).
+
+    Returns
+    -------
+    K : float or ndarray
+        Same shape as ``sparsity``.
+
+    Examples
+    --------
+    >>> from capalloc.distributions import Uniform, sparse_kurtosis
+    >>> sparse_kurtosis(0.5)
+    6.0
+    >>> sparse_kurtosis(0.5, Uniform())
+    3.6
+    >>> sparse_kurtosis([0.0, 0.9], base=1.0).round(6).tolist()
+    [1.0, 10.0]
+    """
+    if base is None:
+        base = Gaussian()
+    K0 = base.kurtosis if isinstance(base, InputLaw) else float(check_kurtosis(base, "base"))
+    S = as_float_array(sparsity, "sparsity")
+    if not np.all((S >= 0) & (S < 1)):
+        raise ValueError(f"sparsity must lie in [0, 1) (fraction of zeros), got {short(sparsity)}")
+    K = K0 / (1.0 - S)
+    return float(K) if K.ndim == 0 else K
 
 
 @dataclass(frozen=True)
