@@ -49,7 +49,13 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from capalloc._lib.validation import as_float_array, check_importance, check_kurtosis, short
+from capalloc._lib.validation import as_float_array, check_capacity, check_kurtosis, short
+from capalloc.quadratic.closed_form import (
+    curvature,
+    marginal_benefit,
+    optimal_norm,
+    per_feature_loss,
+)
 
 __all__ = [
     "CompiledLoss",
@@ -268,189 +274,21 @@ def derive() -> Derivation:
 
 
 # ---------------------------------------------------------------------------
-# Compiled single-feature functions
+# Compiled two-feature functions (the single-feature closed forms are
+# capalloc.quadratic.closed_form, re-exported here; the tests check them against derive())
 # ---------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1)
 def _compiled() -> dict[str, Callable[..., Any]]:
-    """Lambdify the derivation once."""
+    """Lambdify the two-feature derivation once."""
     d = derive()
-    single = {
-        name: sp.lambdify((d.C, d.v, d.K), getattr(d, name), modules="numpy")
-        for name in ("optimal_norm", "per_feature_loss", "marginal_benefit", "curvature")
-    }
     pair = {
         name: sp.lambdify((d.a, d.b, d.K), getattr(d, name), modules="numpy")
         for name in ("c2", "e2", "beta")
     }
     pair["threshold"] = sp.lambdify((d.a, d.b), d.polysemantic_threshold, modules="numpy")
-    return {**single, **pair}
-
-
-def _check_capacity(C: Any) -> np.ndarray:
-    arr = as_float_array(C, "C")
-    if arr.size and (arr.min() < 0 or arr.max() > 1):
-        bad = float(arr[(arr < 0) | (arr > 1)].ravel()[0])
-        raise ValueError(f"C must lie in [0, 1], found {bad!r}")
-    return arr
-
-
-def _evaluate(name: str, C: Any, v: Any, K: Any) -> Any:
-    C = _check_capacity(C)
-    v = check_importance(v, "v", ndim=None)  # type: ignore[arg-type]
-    K = check_kurtosis(K, "K")
-    shape = np.broadcast_shapes(C.shape, v.shape, K.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.asarray(_compiled()[name](C, v, K), dtype=float)
-    # K = 1 (x^2 = 1 a.s.): l = 0 and N* = 0 for C < 1, but the formulas give 0/0 at
-    # C = 1 (where every N is optimal); use 0 there too (the minimum-norm minimiser).
-    out = np.where(np.broadcast_to(K == 1, shape), 0.0, np.broadcast_to(out, shape))
-    return out[()]
-
-
-def optimal_norm(C: Any, v: Any, K: Any) -> Any:
-    r"""Optimal squared norm of a feature at capacity ``C``.
-
-    .. math::
-
-        N^*(C) = \arg\min_N L(N, C) = \frac{(K-1) v C}{2 + (K-3) C}
-
-    Parameters
-    ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`. ``C``, ``v`` and ``K`` broadcast together.
-
-    Returns
-    -------
-    ndarray or float
-        :math:`N^*` with the broadcast shape (a numpy scalar for scalar inputs).
-        At :math:`K = 1` the per-feature loss is zero and the minimum-norm
-        minimiser 0 is returned (at :math:`C = 1` every :math:`N` is optimal).
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
-
-    Examples
-    --------
-    >>> from capalloc.theory import optimal_norm
-    >>> [round(float(x), 6) for x in optimal_norm([0.0, 0.5, 1.0], 2.0, 5.0)]
-    [0.0, 1.333333, 2.0]
-    """
-    return _evaluate("optimal_norm", C, v, K)
-
-
-def per_feature_loss(C: Any, v: Any, K: Any) -> Any:
-    r"""Loss of one feature at capacity ``C`` with its norm chosen optimally.
-
-    .. math::
-
-        \ell(C) = \frac{2 (K-1) v^2 (1 - C)}{2 + (K-3) C},
-        \qquad \ell(0) = (K-1) v^2, \quad \ell(1) = 0
-
-    Parameters
-    ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
-
-    Returns
-    -------
-    ndarray or float
-        :math:`\ell(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
-
-    Examples
-    --------
-    >>> from capalloc.theory import per_feature_loss
-    >>> [round(float(x), 6) for x in per_feature_loss([0.0, 1.0], 2.0, 5.0)]
-    [16.0, 0.0]
-    """
-    return _evaluate("per_feature_loss", C, v, K)
-
-
-def marginal_benefit(C: Any, v: Any, K: Any) -> Any:
-    r"""Marginal benefit of capacity, :math:`-\ell'(C)`.
-
-    .. math::
-
-        -\ell'(C) = \frac{2 (K-1)^2 v^2}{(2 + (K-3) C)^2}
-
-    Parameters
-    ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
-
-    Returns
-    -------
-    ndarray or float
-        :math:`-\ell'(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
-
-    Examples
-    --------
-    >>> from capalloc.theory import marginal_benefit
-    >>> round(float(marginal_benefit(0.0, 1.0, 3.0)), 6)  # K = 3: constant 2 v^2
-    2.0
-    """
-    return _evaluate("marginal_benefit", C, v, K)
-
-
-def curvature(C: Any, v: Any, K: Any) -> Any:
-    r"""Second derivative of the per-feature loss; its sign is the sign of :math:`K - 3`.
-
-    .. math::
-
-        \ell''(C) = \frac{4 (K-1)^2 (K-3) v^2}{(2 + (K-3) C)^3}
-
-    Parameters
-    ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
-
-    Returns
-    -------
-    ndarray or float
-        :math:`\ell''(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from capalloc.theory import curvature
-    >>> np.sign(curvature(0.5, 1.0, [2.0, 3.0, 4.0])).tolist()
-    [-1.0, 0.0, 1.0]
-    """
-    return _evaluate("curvature", C, v, K)
+    return pair
 
 
 # ---------------------------------------------------------------------------
@@ -789,7 +627,7 @@ def curvature_class(
             f"params_arrays must hold {len(compiled.params)} arrays (one per "
             f"{list(compiled.params)}), got {len(values)}"
         )
-    grid = np.linspace(0.0, 1.0, 257) if grid is None else _check_capacity(grid).ravel()
+    grid = np.linspace(0.0, 1.0, 257) if grid is None else check_capacity(grid, "grid").ravel()
     if grid.size < 2:
         raise ValueError(f"grid must hold at least 2 capacities, got {short(grid)}")
     shape = np.broadcast_shapes(*(x.shape for x in values))

@@ -7,9 +7,11 @@ The whole-float-range reference is :func:`capalloc.testing.bisection_reference`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from capalloc.allocation.methods.kernels import SNAP
+from capalloc.quadratic import closed_form
 
 
 def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
@@ -64,21 +66,6 @@ def sweep_numpy(v, K, budget, m0, A0, B0, mu_top):
     return 0.0, np.nan, mus.size
 
 
-def convex_capacities_numpy(v, K, mu, share):
-    """Plain-numpy twin of :func:`convex_capacities`."""
-    v = np.asarray(v, float)
-    K = np.asarray(K, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b = 2 / np.where(K == 3, 1.0, K - 3)
-        x = v / mu
-        c = x + b * (x - 1)
-    snap = SNAP * (1 + np.abs(b))
-    c = np.where(c < snap, 0.0, np.where(c > 1 - snap, 1.0, c))
-    tie = 0.0 if np.isnan(share) else share
-    step = np.where(v > mu, 1.0, np.where(v < mu, 0.0, tie))
-    return np.where(v == 0, 0.0, np.where(K == 3, step, c))
-
-
 def bracket_pass_numpy(v, K, mu_lo, mu_hi):
     """Plain-numpy twin of :func:`bracket_pass`."""
     v = np.asarray(v, float)
@@ -90,7 +77,7 @@ def bracket_pass_numpy(v, K, mu_lo, mu_hi):
         A0 = np.sum(((K - 1) * v / (K - 3))[poly])
         B0 = np.sum((2 / (K - 3))[poly])
     live = np.flatnonzero(~mono & ~ign & ~poly)
-    ends = [convex_capacities_numpy(v[live], K[live], mu, np.nan).sum() for mu in (mu_lo, mu_hi)]
+    ends = [closed_form.capacity_at(mu, v[live], K[live]).sum() for mu in (mu_lo, mu_hi)]
     return (
         float(mono.sum()),
         float(A0),
@@ -100,3 +87,22 @@ def bracket_pass_numpy(v, K, mu_lo, mu_hi):
         float(np.count_nonzero(v)),
         *ends,
     )
+
+
+def quad_capacities_numpy(v, K, mu):
+    """Capacities ``C_i(mu)`` of features with ``K >= 3``, written from the paper's form
+    ``clip(((K - 1) v / mu - 2) / (K - 3), 0, 1)`` (a unit step ``v > mu`` at ``K = 3``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.clip(((K - 1) * v / mu - 2) / (K - 3), 0.0, 1.0)
+    c = np.where(K == 3, (v > mu).astype(float), c)
+    return np.where(v > 0, c, 0.0)
+
+
+def quad_segment_numpy(v, K, mu):
+    """Twin of the scipy method's segment kernel: ``(m, npoly, A, B)`` at ``mu``."""
+    pos, lin = v > 0, K == 3
+    mono = pos & np.where(lin, v > mu, v >= mu)
+    poly = pos & ~lin & ~mono & ((K - 1) * v > 2 * mu)
+    A = math.fsum((K[poly] - 1) * v[poly] / (K[poly] - 3))
+    B = math.fsum(2 / (K[poly] - 3))
+    return int(mono.sum()), int(poly.sum()), A, B

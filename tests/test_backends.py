@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 
+import _reference
 import numpy as np
 import pytest
 from hypothesis import given
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 import capalloc
 from capalloc import AllocationWarning, QuadraticProblem, SeparableProblem
 from capalloc.allocation.methods import scipy_methods as sm
+from capalloc.quadratic import closed_form
 
 # capacity tolerance against waterfill on convex problems, per method
 C_TOL = {"scipy": 1e-9, "cvxpy": 2e-5, "slsqp": 5e-6}
@@ -207,15 +209,12 @@ def test_quadratic_kernel_twins():
     v = rng.uniform(0.0, 2.0, 200)
     K = np.where(rng.random(200) < 0.2, 3.0, rng.uniform(3.0, 30.0, 200))
     for log_mu in np.linspace(-4, 3, 15):
-        assert sm._quad_excess(log_mu, v, K, 7.0) == pytest.approx(
-            sm._quad_excess_numpy(log_mu, v, K, 7.0), abs=1e-11
-        )
         mu = np.exp(log_mu)
-        np.testing.assert_allclose(
-            sm._quad_capacities(v, K, mu), sm._quad_caps(v, K, mu), atol=1e-15
-        )
+        naive = _reference.quad_capacities_numpy(v, K, mu)
+        assert sm._quad_excess(log_mu, v, K, 7.0) == pytest.approx(naive.sum() - 7.0, abs=1e-11)
+        np.testing.assert_allclose(sm._quad_capacities(v, K, mu), naive, atol=1e-13)
         m, npoly, A, B = sm._quad_segment(v, K, mu)
-        m2, npoly2, A2, B2 = sm._quad_segment_numpy(v, K, mu)
+        m2, npoly2, A2, B2 = _reference.quad_segment_numpy(v, K, mu)
         assert (m, npoly) == (m2, npoly2)
         assert A == pytest.approx(A2, rel=1e-14) and B == pytest.approx(B2, rel=1e-14)
 
@@ -641,7 +640,7 @@ def test_scipy_restore_budget_moves_along_one_level():
     v = np.array([1.0, 0.9, 0.5, 0.3])
     K = np.array([3 + 1e-12, 10.0, 10.0, 5.0])
     mu = 0.6
-    C = sm._stable_caps(v, K, mu)
+    C = closed_form.capacity_at(mu, v, K)
     target = C.sum() + 1e-6
     D = sm._restore_budget(C.copy(), K, target)
     assert math.fsum(D) == pytest.approx(target, abs=1e-15)

@@ -23,6 +23,7 @@ from capalloc import QuadraticProblem, kkt_residual, waterfill
 from capalloc.allocation.methods import kernels as _kernels
 from capalloc.allocation.methods.waterfill import convex_mu
 from capalloc.allocation.result import smallest_threshold
+from capalloc.quadratic import closed_form
 
 # the plain-numpy twin divides by breakpoints at zero importance (harmless inf/nan)
 pytestmark = [
@@ -110,7 +111,7 @@ def test_sweep_matches_numpy_twin(args):
     mu2, share2, _ = _reference.sweep_numpy(v, K, budget, 0.0, 0.0, 0.0, math.inf)
     assert mu > 0 and mu2 > 0
     C = _kernels.convex_capacities(v, K, mu, share)
-    C2 = _reference.convex_capacities_numpy(v, K, mu2, share2)
+    C2 = closed_form.capacity_at(mu2, v, K, share2)
     np.testing.assert_allclose(C, C2, rtol=0, atol=1e-9)
     poly = (C > 1e-9) & (C < 1 - 1e-9) & (K != 3)
     if poly.any():
@@ -205,7 +206,7 @@ def test_convex_capacities_match_numpy_twin(args, mu, share, at_tie):
     if at_tie:
         mu = float(v[np.argmax(v)])  # land exactly on a breakpoint
     C = _kernels.convex_capacities(v, K, mu, share)
-    C2 = _reference.convex_capacities_numpy(v, K, mu, share)
+    C2 = closed_form.capacity_at(mu, v, K, share)
     np.testing.assert_allclose(C, C2, rtol=1e-13, atol=1e-15)
     assert np.all((C >= 0) & (C <= 1))
 

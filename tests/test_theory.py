@@ -37,10 +37,6 @@ HAND_PAIR = {
 }
 
 
-def hand_numeric(name, c, vv, kk):
-    return sp.lambdify((C, v, K), HAND[name], "numpy")(c, vv, kk)
-
-
 def random_points(rng, size=50):
     c = rng.uniform(0.01, 1.0, size)
     vv = rng.uniform(0.1, 3.0, size)
@@ -64,10 +60,12 @@ def test_two_feature_symbolic_matches_hand_form(name):
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
-def test_compiled_matches_hand_form(name, rng):
+def test_closed_form_matches_derivation(name, rng):
+    # theory re-exports capalloc.quadratic.closed_form; the reference is sympy's own result
     c, vv, kk = random_points(rng)
     got = getattr(theory, name)(c, vv, kk)
-    np.testing.assert_allclose(got, hand_numeric(name, c, vv, kk), rtol=1e-12)
+    derived = sp.lambdify((C, v, K), getattr(D, name), "numpy")(c, vv, kk)
+    np.testing.assert_allclose(got, derived, rtol=1e-12)
 
 
 def test_derivation_is_cached_and_frozen():
@@ -409,7 +407,7 @@ def test_curvature_class_mixed_parameters_and_validation():
     assert got.tolist() == ["convex", "convex", "mixed"]
     with pytest.raises(ValueError, match="must hold 1 arrays"):
         theory.curvature_class(f, [])
-    with pytest.raises(ValueError, match=r"C must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"grid must lie in \[0, 1\], found 2.0"):
         theory.curvature_class(f, [1.0], grid=[0.0, 2.0])
     with pytest.raises(TypeError, match="CompiledLoss"):
         theory.curvature_class(object(), [])  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "check_capacity",
     "check_kurtosis",
     "check_importance",
     "check_budget",
@@ -133,6 +134,15 @@ def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
             f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {float(arr.min())!r} in "
             f"{short(arr)}"
         )
+    return arr
+
+
+def check_capacity(value: Any, name: str = "C") -> np.ndarray:
+    """Finite capacities in ``[0, 1]``."""
+    arr = as_float_array(value, name)
+    if arr.size and (arr.min() < 0 or arr.max() > 1):
+        bad = float(arr[(arr < 0) | (arr > 1)].ravel()[0])
+        raise ValueError(f"{name} must lie in [0, 1], found {bad!r}")
     return arr
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from capalloc._lib.validation import check_budget, check_importance, check_kurtosis, readonly, short
 from capalloc.distributions import InputLaw
+from capalloc.quadratic import closed_form
 
 __all__ = ["QuadraticProblem", "SeparableProblem", "Problem"]
 
@@ -95,29 +96,22 @@ class QuadraticProblem:
             return "concave"
         return "mixed"
 
-    def _ratio(self, C: Any) -> np.ndarray:
-        """:math:`h_i = (K_i - 1) v_i / (2 + (K_i - 3) C_i)`, 0 where ``K_i = 1`` (loss vanishes)."""
-        v, K = self.importance, self.kurtosis
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = v * ((K - 1) / (2 + (K - 3) * np.asarray(C, dtype=float)))
-        return np.where(K == 1, 0.0, h)
-
     def loss(self, C: Any) -> np.ndarray:
         r"""Per-feature optimal loss :math:`\ell_i(C_i) = 2 h_i v_i (1 - C_i)` (broadcasts)."""
-        return 2 * self._ratio(C) * self.importance * (1 - np.asarray(C, dtype=float))
+        return closed_form.feature_loss(C, self.importance, self.kurtosis)
 
     def marginal_benefit(self, C: Any) -> np.ndarray:
         r"""Marginal benefit :math:`-\ell_i'(C_i) = 2 (K_i-1)^2 v_i^2 / (2 + (K_i-3) C_i)^2 = 2 h_i^2`."""
-        return 2 * self._ratio(C) ** 2
+        return closed_form.feature_benefit(C, self.importance, self.kurtosis)
 
     def benefit_level(self, C: Any) -> np.ndarray:
         r"""Level :math:`h_i = \sqrt{g_i/2} = (K_i-1) v_i/(2 + (K_i-3) C_i)` of the marginal
         benefit (ranges like ``v``, where :math:`g_i` would under- or overflow)."""
-        return self._ratio(C)
+        return closed_form.benefit_level(C, self.importance, self.kurtosis)
 
     def optimal_norms(self, C: Any) -> np.ndarray:
         r"""Optimal squared norms :math:`N_i^* = (K_i-1) v_i C_i / (2 + (K_i-3) C_i) = h_i C_i`."""
-        return self._ratio(C) * np.asarray(C, dtype=float)
+        return closed_form.feature_norm(C, self.importance, self.kurtosis)
 
     def __repr__(self) -> str:
         K = self.kurtosis

@@ -32,6 +32,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from capalloc._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC
 from capalloc._lib.validation import readonly
 from capalloc.allocation.problems import QuadraticProblem
 from capalloc.allocation.result import AllocationResult
+from capalloc.quadratic import closed_form
 
 __all__ = ["Sensitivity", "sensitivity"]
 
@@ -87,7 +89,6 @@ class Sensitivity:
     capacity: np.ndarray
     labels: np.ndarray
     mu: float
-    threshold: float
     loss: float
     dC_dv: np.ndarray
     dC_dK: np.ndarray
@@ -95,14 +96,31 @@ class Sensitivity:
     dmu_dv: np.ndarray
     dmu_dK: np.ndarray
     dmu_dd: float
-    dT_dv: np.ndarray
-    dT_dK: np.ndarray
-    dT_dd: float
     dloss_dv: np.ndarray
     dloss_dK: np.ndarray
     dloss_dd: float
     regime_boundaries: np.ndarray
     regime_interval: np.ndarray
+
+    @property
+    def threshold(self) -> float:
+        r""":math:`T = 2\mu^2`."""
+        return 2 * self.mu * self.mu
+
+    @property
+    def dT_dv(self) -> np.ndarray:
+        r""":math:`\partial T/\partial v_j = 4 \mu\, \partial \mu/\partial v_j`."""
+        return readonly(4 * self.mu * self.dmu_dv)
+
+    @property
+    def dT_dK(self) -> np.ndarray:
+        r""":math:`\partial T/\partial K_j`."""
+        return readonly(4 * self.mu * self.dmu_dK)
+
+    @property
+    def dT_dd(self) -> float:
+        r""":math:`\partial T/\partial d`."""
+        return 4 * self.mu * self.dmu_dd
 
     @property
     def dC_dK_common(self) -> np.ndarray:
@@ -209,67 +227,43 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
     dloss_dK = 4 * v * v * (1 - C) ** 2 / den**2
     loss = float(np.sum(problem.loss(C)))
 
-    dC_dv = np.zeros((n, n))
-    dC_dK = np.zeros((n, n))
-    dC_dd = np.zeros(n)
-    dmu_dv = np.zeros(n)
-    dmu_dK = np.zeros(n)
+    fixed = {"capacity": C, "labels": labels, "loss": loss, "dloss_dv": dloss_dv}
+    fixed["dloss_dK"] = dloss_dK
+    still = {"dC_dv": np.zeros((n, n)), "dC_dK": np.zeros((n, n)), "dC_dd": np.zeros(n)}
     bounds = np.full((n, 2), np.nan)
 
     binding = np.sum(C) >= min(d, int(np.count_nonzero(v))) - 1e-9 and d < np.count_nonzero(v)
     if not binding:  # every feature with v > 0 is monosemantic, nothing is scarce
-        mu = 0.0
-        dmu_dd = 0.0
         bounds[mono, 0] = 0.0
         bounds[~mono, 1] = 0.0
+        zero = np.zeros(n)
         return _finish(
-            C,
-            labels,
-            mu,
-            dC_dv,
-            dC_dK,
-            dC_dd,
-            dmu_dv,
-            dmu_dK,
-            dmu_dd,
-            dloss_dv,
-            dloss_dK,
-            0.0,
-            loss,
-            bounds,
-            _own_interval(bounds),
+            fixed, bounds, mu=0.0, dmu_dv=zero, dmu_dK=zero, dmu_dd=0.0, dloss_dd=0.0, **still
         )
 
     if not poly.any():  # mu only known to lie in [lo, hi]
-        lo = float(np.max((K[ign] - 1) * v[ign] / 2, initial=0.0))
+        lo = float(np.max(closed_form.breakpoints(v[ign], K[ign])[1], initial=0.0))
         hi = float(np.min(v[mono], initial=np.inf))
         bounds[mono, 0] = lo
         bounds[ign, 1] = 2 * hi / (K[ign] - 1)
         nan = np.full(n, np.nan)
         return _finish(
-            C,
-            labels,
-            np.nan,
-            dC_dv,
-            dC_dK,
-            dC_dd,
-            nan,
-            nan,
-            np.nan,
-            dloss_dv,
-            dloss_dK,
-            np.nan,
-            loss,
+            fixed,
             bounds,
-            _own_interval(bounds),
+            mu=np.nan,
+            dmu_dv=nan,
+            dmu_dK=nan,
+            dmu_dd=np.nan,
+            dloss_dd=np.nan,
+            **still,
         )
 
     Kp, vp = K[poly], v[poly]
-    a = (Kp - 1) * vp / (Kp - 3)
-    b = 2 / (Kp - 3)
+    a, b = closed_form.segment_coefficients(vp, Kp)
     denom = (d - np.count_nonzero(mono)) + b.sum()
     mu = float(a.sum() / denom)
 
+    dmu_dv, dmu_dK = np.zeros(n), np.zeros(n)
     dmu_dv[poly] = (Kp - 1) / (Kp - 3) / denom
     dmu_dK[poly] = 2 * (mu - vp) / ((Kp - 3) ** 2 * denom)
     dmu_dd = -mu / denom
@@ -278,6 +272,7 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
     dC_dmu = np.zeros(n)
     dC_dmu[poly] = -(Kp - 1) * vp / ((Kp - 3) * mu * mu)
     idx = np.flatnonzero(poly)
+    dC_dv, dC_dK = still["dC_dv"], still["dC_dK"]
     dC_dv[idx, :] = np.outer(dC_dmu[poly], dmu_dv)
     dC_dv[idx, idx] += (Kp - 1) / ((Kp - 3) * mu)
     dC_dK[idx, :] = np.outer(dC_dmu[poly], dmu_dK)
@@ -294,8 +289,9 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
 
     # the whole regime holds while mu stays between the others' breakpoints
     interval = _own_interval(bounds)
-    up_break = np.where(mono, v, np.where(poly, (K - 1) * v / 2, np.inf))  # mu rising past
-    down_break = np.where(poly, v, np.where(ign, (K - 1) * v / 2, -np.inf))  # mu falling past
+    saturate, enter = closed_form.breakpoints(v, K)
+    up_break = np.where(mono, saturate, np.where(poly, enter, np.inf))  # mu rising past
+    down_break = np.where(poly, saturate, np.where(ign, enter, -np.inf))  # mu falling past
     for pos, j in enumerate(idx):
         others = np.arange(n) != j
         mu_hi = np.min(up_break[others], initial=np.inf)
@@ -303,23 +299,18 @@ def sensitivity(problem: QuadraticProblem, result: AllocationResult | None = Non
         interval[j, 1] = min(interval[j, 1], v[j] + (mu_hi - mu) / s[pos])
         interval[j, 0] = max(interval[j, 0], v[j] + (mu_lo - mu) / s[pos])
 
-    threshold = 2 * mu * mu
     return _finish(
-        C,
-        labels,
-        mu,
-        dC_dv,
-        dC_dK,
-        dC_dd,
-        dmu_dv,
-        dmu_dK,
-        dmu_dd,
-        dloss_dv,
-        dloss_dK,
-        -threshold,
-        loss,
+        fixed,
         bounds,
         interval,
+        mu=mu,
+        dC_dv=dC_dv,
+        dC_dK=dC_dK,
+        dC_dd=dC_dd,
+        dmu_dv=dmu_dv,
+        dmu_dK=dmu_dK,
+        dmu_dd=dmu_dd,
+        dloss_dd=-2 * mu * mu,
     )
 
 
@@ -332,41 +323,12 @@ def _own_interval(bounds: np.ndarray) -> np.ndarray:
 
 
 def _finish(
-    C,
-    labels,
-    mu,
-    dC_dv,
-    dC_dK,
-    dC_dd,
-    dmu_dv,
-    dmu_dK,
-    dmu_dd,
-    dloss_dv,
-    dloss_dK,
-    dloss_dd,
-    loss,
-    bounds,
-    interval,
+    fixed: dict[str, Any], bounds: np.ndarray, interval: np.ndarray | None = None, **fields: Any
 ) -> Sensitivity:
-    mu = float(mu)
+    """The :class:`Sensitivity`, arrays read-only; ``interval`` defaults to the own-regime one."""
+    if interval is None:
+        interval = _own_interval(bounds)
+    values = {**fixed, **fields, "regime_boundaries": bounds, "regime_interval": interval}
     return Sensitivity(
-        capacity=readonly(C),
-        labels=readonly(labels),
-        mu=mu,
-        threshold=2 * mu * mu,
-        loss=float(loss),
-        dC_dv=readonly(dC_dv),
-        dC_dK=readonly(dC_dK),
-        dC_dd=readonly(dC_dd),
-        dmu_dv=readonly(dmu_dv),
-        dmu_dK=readonly(dmu_dK),
-        dmu_dd=float(dmu_dd),
-        dT_dv=readonly(4 * mu * dmu_dv),
-        dT_dK=readonly(4 * mu * dmu_dK),
-        dT_dd=float(4 * mu * dmu_dd),
-        dloss_dv=readonly(dloss_dv),
-        dloss_dK=readonly(dloss_dK),
-        dloss_dd=float(dloss_dd),
-        regime_boundaries=readonly(bounds),
-        regime_interval=readonly(interval),
+        **{k: readonly(x) if isinstance(x, np.ndarray) else float(x) for k, x in values.items()}
     )

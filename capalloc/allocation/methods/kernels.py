@@ -26,7 +26,11 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+from capalloc.quadratic import closed_form
+
 __all__ = [
+    "capacity",
+    "segment",
     "sweep",
     "sweep_sorted",
     "sweep_scalar",
@@ -44,12 +48,18 @@ __all__ = [
 ]
 
 ENTER, SATURATE, JUMP = 0, 1, 2
-SNAP = 4.0 * np.finfo(np.float64).eps  # capacities this close to 0 or 1 are set to it
 
 # Passes over all features may use reciprocals (a shared kurtosis and mu then leave the
 # loop) and, where every term is non-negative so that nothing cancels, reassociate sums:
 # they then vectorise, at a cost of an ulp per feature. Sweeps never do either.
 _FAST = {"reassoc", "arcp"}
+
+# The closed forms, compiled from their one definition (inlined into each kernel).
+_inline = numba.njit(cache=True, inline="always")
+capacity = _inline(closed_form.capacity_scalar)  # C(mu) of one feature
+_h = _inline(closed_form.level_scalar)  # benefit level h(C)
+_entry = _inline(closed_form.entry_scalar)  # (K - 1) v / 2
+segment = _inline(closed_form.segment_scalar)  # (a, b) of C = a/mu - b
 
 
 def _at(K, i):
@@ -153,12 +163,13 @@ def sweep_events(v, K, m0, A0, B0, mu_top):  # pragma: no cover - compiled
             ev_kind[ne] = JUMP
             ne += 1
         else:
-            if (Ki - 1.0) * vi / 2.0 > mu_top:
-                A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-                B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
+            if _entry(vi, Ki) > mu_top:
+                a, b = segment(vi, Ki)
+                A, cA = _add(A, cA, a)
+                B, cB = _add(B, cB, b)
                 npoly += 1
             else:
-                ev_mu[ne] = (Ki - 1.0) * vi / 2.0
+                ev_mu[ne] = _entry(vi, Ki)
                 ev_idx[ne] = i
                 ev_kind[ne] = ENTER
                 ne += 1
@@ -178,9 +189,10 @@ def _fresh_aggregate(v, K, mu_e, mu_top, A0, B0):  # pragma: no cover - compiled
     for i in range(v.size):
         vi = v[i]
         Ki = _at(K, i)
-        if Ki != 3.0 and vi <= mu_top and vi <= mu_e and (Ki - 1.0) * vi / 2.0 > mu_e:
-            A, cA = _add(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-            B, cB = _add(B, cB, 2.0 / (Ki - 3.0))
+        if Ki != 3.0 and vi <= mu_top and vi <= mu_e and _entry(vi, Ki) > mu_e:
+            a, b = segment(vi, Ki)
+            A, cA = _add(A, cA, a)
+            B, cB = _add(B, cB, b)
     return A, cA, B, cB
 
 
@@ -350,31 +362,12 @@ def sweep_sorted(v, K, budgets, m0, A0, B0, mu_top):
     ]
 
 
-@numba.njit(cache=True, inline="always")
-def _capacity_at(vi, Ki, mu, share):  # pragma: no cover - compiled
-    """Capacity of one feature at level ``mu`` (``share`` at a ``K = 3`` jump).
-
-    Written with selects and no division by zero, so that loops over it vectorise, in
-    the form ``x + b (x - 1)``, ``x = v/mu``, ``b = 2/(K - 3)``. Values within
-    :data:`SNAP` ``(1 + b)`` of 0 or 1 (the formula's rounding scale) snap to the bound (a feature saturating exactly at ``mu`` gets 1, not ``1 - ulp``).
-    """
-    linear = Ki == 3.0
-    b = 2.0 / (1.0 if linear else Ki - 3.0)
-    x = vi / mu  # 1 exactly where the feature saturates: no cancellation there
-    c = x + b * (x - 1.0)
-    snap = SNAP * (1.0 + abs(b))  # the rounding scale of c
-    c = 0.0 if c < snap else (1.0 if c > 1.0 - snap else c)
-    tie = share if share == share else 0.0
-    step = 1.0 if vi > mu else (tie if vi == mu else 0.0)
-    return 0.0 if vi == 0.0 else (step if linear else c)
-
-
 @numba.njit(cache=True, error_model="numpy")
 def convex_capacities(v, K, mu, share):  # pragma: no cover - compiled
     """Capacities at ``mu`` (``share`` for ``K = 3`` features with ``v == mu``)."""
     C = np.empty(v.size)
     for i in range(v.size):
-        C[i] = _capacity_at(v[i], _at(K, i), mu, share)
+        C[i] = capacity(v[i], _at(K, i), mu, share)
     return C
 
 
@@ -484,15 +477,8 @@ def total_capacity(v, K, mu, m0, A0, B0):  # pragma: no cover - compiled
     (a sum of terms in [0, 1], reassociated so that it vectorises)."""
     s = m0 + A0 / mu - B0
     for i in range(v.size):
-        s += _capacity_at(v[i], _at(K, i), mu, np.nan)
+        s += capacity(v[i], _at(K, i), mu, np.nan)
     return s
-
-
-@numba.njit(cache=True, inline="always")
-def _h(v, K, C):  # pragma: no cover - compiled
-    """``(K - 1) v / (2 + (K - 3) C)``; 0 for ``K = 1`` (where ``l`` vanishes identically)."""
-    flat = K == 1.0
-    return 0.0 if flat else v * ((K - 1.0) / (1.0 if flat else 2.0 + (K - 3.0) * C))
 
 
 @numba.njit(cache=True)
@@ -521,7 +507,7 @@ def _fill_chunk(v, K, mu, share, C, lo, hi, from_mu, buf):  # pragma: no cover -
         vi = v[i]
         Ki = _at(K, i)
         if from_mu:
-            c = _capacity_at(vi, Ki, mu, share)
+            c = capacity(vi, Ki, mu, share)
             C[i] = c
         else:
             c = C[i]

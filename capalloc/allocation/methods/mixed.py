@@ -82,6 +82,8 @@ from typing import cast
 
 import numpy as np
 
+from capalloc.quadratic import closed_form
+
 __all__ = ["mixed_capacities"]
 
 _CHUNK = 1 << 20  # (feature, segment) pairs handled per vectorised block
@@ -158,9 +160,9 @@ class _Convex:
     @classmethod
     def _build(cls, v: np.ndarray, K: np.ndarray) -> _Convex:
         lin = K == 3.0
-        a = np.where(lin, 0.0, (K - 1) * v / (K - 3))
-        b = np.where(lin, 0.0, 2.0 / (K - 3))
-        hi = np.where(lin, v, (K - 1) * v / 2)
+        a, b = closed_form.segment_coefficients(v, K)
+        a, b = np.where(lin, 0.0, a), np.where(lin, 0.0, b)
+        hi = np.where(lin, v, closed_form.breakpoints(v, K)[1])
         u = np.unique(np.concatenate([v, hi]))
         E = u.size
         p = np.searchsorted(u, v)  # index of v_i among the breakpoints
@@ -230,8 +232,7 @@ class _Convex:
         """Capacities at level ``mu``; ``K = 3`` features with ``v == mu`` share what is left."""
         v = self.v
         with np.errstate(divide="ignore", invalid="ignore"):
-            c = np.clip(self.a / mu - self.b, 0.0, 1.0)
-        C = np.where(self.lin, (v > mu).astype(float), c)
+            C = np.where(self.lin, (v > mu).astype(float), np.clip(self.a / mu - self.b, 0.0, 1.0))
         tie = self.lin & (v == mu)
         if tie.any():
             C[tie] = np.clip((budget - C[~tie].sum()) / np.count_nonzero(tie), 0.0, 1.0)
@@ -239,8 +240,8 @@ class _Convex:
 
 
 def _loss(v: np.ndarray, K: np.ndarray, C: np.ndarray) -> float:
-    """Total loss; ``K = 1`` features (zero loss) are never given capacity here."""
-    return float(np.sum(2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C)))
+    """Total loss of capacities ``C``."""
+    return float(np.sum(closed_form.feature_loss(C, v, K)))
 
 
 def _newton(

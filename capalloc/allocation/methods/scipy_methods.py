@@ -45,6 +45,7 @@ from capalloc.allocation.result import (
     smallest_threshold,
 )
 from capalloc.allocation.solve import register_method
+from capalloc.quadratic import closed_form
 
 __all__ = ["solve_scipy", "solve_slsqp", "MAX_MIXED_N", "MAX_SLSQP_N"]
 
@@ -83,19 +84,8 @@ def _quad_excess(log_mu, v, K, d):  # pragma: no cover - compiled
     mu = math.exp(log_mu)
     s = 0.0
     for i in range(v.size):
-        if v[i] > 0.0:
-            if K[i] == 3.0:
-                if v[i] > mu:
-                    s += 1.0
-            else:
-                c = ((K[i] - 1.0) * v[i] / mu - 2.0) / (K[i] - 3.0)
-                s += min(max(c, 0.0), 1.0)
+        s += _kernels.capacity(v[i], K[i], mu, 0.0)
     return s - d
-
-
-def _quad_excess_numpy(log_mu: float, v: np.ndarray, K: np.ndarray, d: float) -> float:
-    """Plain-numpy twin of :func:`_quad_excess`."""
-    return float(_quad_caps(v, K, math.exp(log_mu)).sum() - d)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -103,7 +93,7 @@ def _quad_segment(v, K, mu):  # pragma: no cover - compiled
     """The segment holding ``mu``: ``(m, npoly, A, B)`` with ``S = m + A/mu - B`` on it.
 
     ``m`` counts monosemantic features, ``npoly`` polysemantic ones, whose
-    ``a_i = (K_i-1) v_i/(K_i-3)`` and ``b_i = 2/(K_i-3)`` sum (compensated) to ``A``, ``B``.
+    segment coefficients ``a_i``, ``b_i`` sum (compensated) to ``A``, ``B``.
     """
     m = 0
     npoly = 0
@@ -119,52 +109,19 @@ def _quad_segment(v, K, mu):  # pragma: no cover - compiled
             m += 1
         elif (Ki - 1.0) * vi > 2.0 * mu:
             npoly += 1
-            A, cA = _nadd(A, cA, (Ki - 1.0) * vi / (Ki - 3.0))
-            B, cB = _nadd(B, cB, 2.0 / (Ki - 3.0))
+            a, b = _kernels.segment(vi, Ki)
+            A, cA = _nadd(A, cA, a)
+            B, cB = _nadd(B, cB, b)
     return m, npoly, A + cA, B + cB
-
-
-def _quad_segment_numpy(v: np.ndarray, K: np.ndarray, mu: float) -> tuple[int, int, float, float]:
-    """Plain-numpy twin of :func:`_quad_segment`."""
-    pos, lin = v > 0, K == 3
-    mono = pos & np.where(lin, v > mu, v >= mu)
-    poly = pos & ~lin & ~mono & ((K - 1) * v > 2 * mu)
-    A = math.fsum((K[poly] - 1) * v[poly] / (K[poly] - 3))
-    B = math.fsum(2 / (K[poly] - 3))
-    return int(mono.sum()), int(poly.sum()), A, B
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _quad_capacities(v, K, mu):  # pragma: no cover - compiled
-    """Capacities ``C_i(mu)`` of features with ``K >= 3`` (twin: :func:`_quad_caps`)."""
+    """Capacities ``C_i(mu)`` of features with ``K >= 3`` (0 at a ``K = 3`` tie)."""
     C = np.empty(v.size)
     for i in range(v.size):
-        if v[i] <= 0.0:
-            C[i] = 0.0
-        elif K[i] == 3.0:
-            C[i] = 1.0 if v[i] > mu else 0.0
-        else:
-            C[i] = min(max(((K[i] - 1.0) * v[i] / mu - 2.0) / (K[i] - 3.0), 0.0), 1.0)
+        C[i] = _kernels.capacity(v[i], K[i], mu, 0.0)
     return C
-
-
-def _quad_caps(v: np.ndarray, K: np.ndarray, mu: float) -> np.ndarray:
-    r"""Capacities :math:`C_i(\mu)` of features with ``K >= 3`` (0 at a ``K = 3`` tie)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.clip(((K - 1) * v / mu - 2) / (K - 3), 0.0, 1.0)
-    c = np.where(K == 3, (v > mu).astype(float), c)
-    return np.where(v > 0, c, 0.0)
-
-
-def _stable_caps(v: np.ndarray, K: np.ndarray, mu: float) -> np.ndarray:
-    r"""Capacities :math:`C_i(\mu)` (``K >= 3``) in the form ``x + 2 (x - 1)/(K - 3)``,
-    ``x = v/mu``: ``x - 1`` is exact near the breakpoint ``x = 1``, so features with ``K``
-    near 3 carry only the rounding of ``x`` (a step at ``x > 1`` where ``K = 3``)."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        x = v / mu
-        c = x + 2 * (x - 1) / (K - 3)
-    c = np.where(K == 3, (x > 1).astype(float), np.nan_to_num(c, nan=1.0))
-    return np.where(v > 0, np.clip(c, 0.0, 1.0), 0.0)
 
 
 def _restore_budget(
@@ -346,20 +303,14 @@ class _QuadView(_View):
         super().__init__(self._quad_loss, self._quad_benefit, v.size, K == 3)
 
     def _quad_loss(self, C: np.ndarray) -> np.ndarray:
-        v, K = self.v, self.K
-        with np.errstate(divide="ignore", invalid="ignore"):
-            val = 2 * (K - 1) * v * v * (1 - C) / (2 + (K - 3) * C)
-        return np.where(C >= 1, 0.0, val)  # 0/0 at C = 1 when K = 1
+        return closed_form.feature_loss(C, self.v, self.K)
 
     def _quad_benefit(self, C: np.ndarray) -> np.ndarray:
-        v, K = self.v, self.K
-        with np.errstate(divide="ignore", invalid="ignore"):
-            val = 2 * ((K - 1) * v / (2 + (K - 3) * C)) ** 2
-        return np.where(K == 1, 0.0, val)
+        return closed_form.feature_benefit(C, self.v, self.K)
 
     def inverse(self, T: float, mask: np.ndarray) -> np.ndarray:
         mu = math.sqrt(max(T, 0.0) / 2)
-        return np.where(mask, _quad_caps(self.v, self.K, mu), 0.0)
+        return np.where(mask, closed_form.capacity_at(mu, self.v, self.K), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -646,7 +597,7 @@ class _QuadMixedSearch(_MixedSearch):
         if not 0 < t < 1:
             return fallback
         C = np.zeros(self.view.n)
-        C[self.X] = _stable_caps(v[self.X], K[self.X], mu)
+        C[self.X] = closed_form.capacity_at(mu, v[self.X], K[self.X])
         others = np.delete(self.V, col)
         C[others[:k]] = 1.0
         # the budget's rounding goes to the steeper side: the convex features (capacity
