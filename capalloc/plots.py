@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC, classify
+from capalloc._capacity import (
+    IGNORED,
+    MONOSEMANTIC,
+    POLYSEMANTIC,
+    classify,
+    label_counts,
+)
 
 __all__ = [
     "LABEL_COLORS",
@@ -115,9 +121,9 @@ def _label_legend(ax: Any, labels: np.ndarray, **kwargs: Any) -> None:
     from matplotlib.patches import Patch
 
     handles = [
-        Patch(facecolor=LABEL_COLORS[lab], label=f"{lab} ({int(np.sum(labels == lab))})")
-        for lab in LABELS
-        if np.any(labels == lab)
+        Patch(facecolor=LABEL_COLORS[lab], label=f"{lab} ({count})")
+        for lab, count in label_counts(labels).items()
+        if count
     ]
     ax.legend(handles=handles, **kwargs)
 

@@ -21,6 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from capalloc._lib.tables import format_table
+from capalloc.cli._output import figure_path, print_json
+
 __all__ = ["add_experiment_parser", "DEFAULT_OUT_DIR", "DEFAULT_PHASE_POINTS"]
 
 #: Default resume directory of ``experiment sparsity`` (relative to the working directory).
@@ -229,14 +232,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['elapsed']:.1f}" if "elapsed" in r else "-",
             )
         )
-    widths = [
-        max(len(h), *(len(row[i]) for row in body)) if body else len(h)
-        for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
+    return format_table(headers, body, align="left", rule=True)
 
 
 def _training_bytes(seeds: int, n: int, d: int, batch_size: int) -> int:
@@ -246,7 +242,6 @@ def _training_bytes(seeds: int, n: int, d: int, batch_size: int) -> int:
 
 def _cmd_sparsity(args: argparse.Namespace) -> int:
     from capalloc._lib.validation import short
-    from capalloc.cli.main import _figure_path, _print_json
     from capalloc.experiments.reproductions import (
         plot_block_sizes,
         plot_sparsity_sweep,
@@ -262,9 +257,9 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
     check_memory(
         _training_bytes(args.seeds, args.n, args.d, args.batch_size), f"training with {sizes}"
     )
-    plot = _figure_path(args.plot, "sparsity_sweep.png", "--plot") if args.plot else None
+    plot = figure_path(args.plot, "sparsity_sweep.png", "--plot") if args.plot else None
     plot_blocks = (
-        _figure_path(args.plot_blocks, "block_sizes.png", "--plot-blocks")
+        figure_path(args.plot_blocks, "block_sizes.png", "--plot-blocks")
         if args.plot_blocks
         else None
     )
@@ -294,7 +289,7 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
         ax = plot_block_sizes(rows, min_sparsity=0.5)
         ax.figure.savefig(plot_blocks, dpi=100, bbox_inches="tight")
     if args.json:
-        _print_json(rows, indent=1)
+        print_json(rows, indent=1)
     else:
         print(_table(rows))
         print(f"\n{len(rows)} rows in {elapsed:.1f} s (results kept in {args.out_dir})")
@@ -304,8 +299,8 @@ def _cmd_sparsity(args: argparse.Namespace) -> int:
 def _cmd_phase_diagram(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from capalloc import label_counts
     from capalloc._lib.validation import short
-    from capalloc.cli.main import _figure_path, _print_json
     from capalloc.experiments.reproductions import (
         phase_diagram,
         plot_phase_diagram,
@@ -321,7 +316,7 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
     check_memory(
         res * res * _CELL_BYTES, f"--resolution {short(res)}: solving {short(res * res)} grid cells"
     )
-    output = _figure_path(args.output, "phase_diagram.png", "-o")
+    output = figure_path(args.output, "phase_diagram.png", "-o")
     diagram = phase_diagram(np.linspace(1.2, args.k_max, res), np.geomspace(0.1, 10.0, res))
     trained = None
     if args.trained:
@@ -336,14 +331,11 @@ def _cmd_phase_diagram(args: argparse.Namespace) -> int:
         "output": output,
         "grid": list(diagram.regime.shape),
         "solve_seconds": diagram.elapsed,
-        "cells": {
-            lab: int(np.sum(diagram.labels == lab))
-            for lab in ("monosemantic", "polysemantic", "ignored")
-        },
+        "cells": label_counts(diagram.labels),
         "trained": trained,
     }
     if args.json:
-        _print_json(summary, indent=1)
+        print_json(summary, indent=1)
     else:
         cells = ", ".join(f"{k} {v}" for k, v in summary["cells"].items())
         print(

@@ -19,6 +19,14 @@ Every subcommand handler takes the parsed arguments and returns an exit
 code. Bad input ends with one line ``capalloc: error: ...`` on stderr and exit
 status 2 (set ``CAPALLOC_TRACEBACK=1`` to see the traceback instead).
 
+The command parses and prints only: importance SPECs are
+:func:`capalloc.profiles.parse_profile`, sparsities become kurtoses through
+:func:`capalloc.distributions.sparse_kurtosis`, label counts are
+:func:`capalloc.label_counts`. Output streams: a table formats only the rows it
+shows (``--max-rows``), and ``--json`` writes the per-feature arrays chunk by
+chunk, so ``capalloc solve`` on ten million features costs little more than the
+solve itself.
+
 Examples
 --------
 >>> from capalloc.cli.main import main, parse_vector
@@ -36,54 +44,36 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from capalloc._capacity import classify
+from capalloc._capacity import label_counts as _counts
 from capalloc._lib.validation import MAX_COUNT, short
+from capalloc.cli._output import Chunked, CliError, write_json
+from capalloc.cli._output import counts_text as _counts_text
+from capalloc.cli._output import figure_path as _figure_path
+from capalloc.cli._output import print_json as _print_json
+from capalloc.cli._output import save_figure as _save_figure
+from capalloc.cli._output import table as _table
 from capalloc.experiments.sweep import SweepError
 
 __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
 
 _BASES = {"gaussian": "Gaussian", "uniform": "Uniform", "rademacher": "Rademacher"}
-_VECTOR_SUFFIXES = (".npy", ".npz", ".txt", ".csv", ".tsv")
 _DEMO = {"n": 12, "ratio": 0.8, "d": 5, "p": 0.2}
 _FLOAT32_WORK = 1e10  # capacity reports costing more multiply-adds use float32 by default
 _RANK_MAX_D = 1024  # numerical rank is computed by default up to this min(d, n)
 _FEATURE_BYTES = 400  # peak memory of `capalloc solve` per feature (measured: ~370 bytes)
-
-
-class CliError(ValueError):
-    """A user-facing error: printed as one line, exit status 2."""
+_LABEL_BLOCK = 4096  # features classified at a time for the table and the JSON labels
 
 
 # ----------------------------------------------------------------------------- input parsing
-
-
-def _positive_int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise CliError(f"{what} must be a positive integer, got {short(text)}") from None
-    if value < 1:
-        raise CliError(f"{what} must be a positive integer, got {short(value)}")
-    return value
-
-
-def _float(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise CliError(f"{what} must be a number, got {short(text)}") from None
-    if not math.isfinite(value):
-        raise CliError(f"{what} must be finite, got {short(text)}")
-    return value
 
 
 def _check_features(n: int, what: str) -> None:
@@ -93,48 +83,18 @@ def _check_features(n: int, what: str) -> None:
     check_memory(n * _FEATURE_BYTES, f"{what}: solving {short(n)} features")
 
 
-def _generator(name: str, args: list[str], spec: str, what: str = "importance") -> np.ndarray:
-    usage = "geometric:RATIO:N, powerlaw:EXPONENT:N, uniform:N[:SEED] or constant:N[:VALUE]"
-    spec = short(spec)
-
-    def size(text: str) -> int:  # N, refused before allocating when it cannot fit in memory
-        n = _positive_int(text, f"N in {spec}")
-        _check_features(n, f"{what} SPEC {spec}")
-        return n
-
-    if name == "geometric" and len(args) == 2:
-        ratio = _float(args[0], f"RATIO in {spec}")
-        if ratio <= 0:
-            raise CliError(f"RATIO in {spec} must be > 0, got {ratio}")
-        return ratio ** np.arange(size(args[1]), dtype=float)
-    if name == "powerlaw" and len(args) == 2:
-        exponent = _float(args[0], f"EXPONENT in {spec}")
-        return np.arange(1, size(args[1]) + 1, dtype=float) ** -exponent
-    if name == "uniform" and len(args) in (1, 2):
-        n = size(args[0])
-        seed = int(_float(args[1], f"SEED in {spec}")) if len(args) == 2 else 0
-        return np.random.default_rng(seed).uniform(0.0, 1.0, n)
-    if name == "constant" and len(args) in (1, 2):
-        n = size(args[0])
-        value = _float(args[1], f"VALUE in {spec}") if len(args) == 2 else 1.0
-        return np.full(n, value)
-    raise CliError(f"bad generator SPEC {spec}; use {usage}")
-
-
 def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
-    """A float vector from a command-line SPEC.
+    """A float vector from a command-line SPEC (:func:`capalloc.profiles.parse_profile`).
+
+    Before anything is allocated, a list or generator longer than ``capalloc
+    solve`` can hold in memory is refused.
 
     Parameters
     ----------
     spec : str
-        One of
-
-        - a comma-separated list: ``"1,0.5,0.25"``;
-        - a file: ``.npy``, ``.npz`` (one array), ``.txt``, ``.csv``;
-        - a generator: ``geometric:RATIO:N`` (:math:`v_i = r^i`, ``i = 0..N-1``),
-          ``powerlaw:EXPONENT:N`` (:math:`v_i = i^{-a}`, ``i = 1..N``),
-          ``uniform:N[:SEED]`` (uniform on [0, 1), seed 0 by default) or
-          ``constant:N[:VALUE]`` (value 1 by default).
+        A comma-separated list, a ``.npy``/``.npz``/``.txt``/``.csv``/``.tsv`` file,
+        or a generator ``geometric:RATIO:N``, ``powerlaw:EXPONENT:N``,
+        ``uniform:N[:SEED]`` or ``constant:N[:VALUE]``.
     what : str
         Name used in error messages.
 
@@ -149,30 +109,19 @@ def parse_vector(spec: str, what: str = "importance") -> np.ndarray:
     >>> parse_vector("1, 0.5,0.25").tolist()
     [1.0, 0.5, 0.25]
     """
-    from capalloc.io import load_vector
+    from capalloc.profiles import parse_profile, spec_length
 
-    text = str(spec).strip()
-    if not text:
-        raise CliError(f"{what} SPEC is empty")
-    if os.path.exists(text) or os.path.splitext(text)[1].lower() in _VECTOR_SUFFIXES:
-        return load_vector(text)
-    if ":" in text:
-        name, *args = text.split(":")
-        return _generator(name.strip().lower(), [a.strip() for a in args], text, what)
-    items = [item.strip() for item in text.split(",")]
-    if any(not item for item in items):
-        raise CliError(f"{what} SPEC {text!r} has an empty entry")
-    return np.array([_float(item, f"{what} entry") for item in items])
+    n = spec_length(spec, what)
+    if n is not None:
+        _check_features(n, f"{what} SPEC {short(str(spec).strip())}")
+    return parse_profile(spec, what)
 
 
 def sparse_kurtosis(sparsity: float, base: str = "gaussian") -> float:
-    r"""Kurtosis of a feature that is zero with probability ``sparsity``.
+    r"""Kurtosis of sparse inputs for ``--sparsity`` and ``--base``.
 
-    Following Elhage et al., *sparsity* ``S`` is the fraction of zeros: the
-    feature is active with probability :math:`p = 1 - S`, its active value
-    drawn from ``base`` and rescaled to unit variance, so
-    :math:`K = K_0 / (1 - S)` (:math:`K_0` = 3 Gaussian, 1.8 uniform,
-    1 Rademacher).
+    The base law is named as on the command line; the conversion
+    :math:`K = K_0 / (1 - S)` is :func:`capalloc.distributions.sparse_kurtosis`.
 
     Examples
     --------
@@ -183,12 +132,10 @@ def sparse_kurtosis(sparsity: float, base: str = "gaussian") -> float:
     """
     from capalloc import distributions
 
-    if not 0.0 <= sparsity < 1.0:
-        raise CliError(f"--sparsity must lie in [0, 1) (fraction of zeros), got {sparsity!r}")
     if base not in _BASES:
         raise CliError(f"--base must be one of {sorted(_BASES)}, got {base!r}")
     law = getattr(distributions, _BASES[base])()
-    return float(distributions.Sparse(law, p=1.0 - sparsity).kurtosis)
+    return float(distributions.sparse_kurtosis(sparsity, law))
 
 
 def _kurtosis(args: argparse.Namespace) -> tuple[Any, str]:
@@ -206,124 +153,43 @@ def _kurtosis(args: argparse.Namespace) -> tuple[Any, str]:
         return parse_vector(text, "kurtosis"), "per-feature kurtosis"
 
 
-# ----------------------------------------------------------------------------- output helpers
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int) -> str:
-    """Right-aligned text table; long tables keep their head and tail with a note between."""
-    note = None
-    if max_rows and len(rows) > max_rows:
-        tail = max(max_rows // 4, 1)
-        head = max_rows - tail
-        omitted = len(rows) - head - tail
-        note = f"... {omitted} rows omitted (--max-rows 0 shows all)"
-        rows = [*rows[:head], None, *rows[-tail:]]  # type: ignore[list-item]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        if row is not None:
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    for row in rows:
-        lines.append(
-            note if row is None else "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
-        )
-    return "\n".join(lines)
-
-
-def _counts(labels: np.ndarray) -> dict[str, int]:
-    from capalloc._capacity import LABELS
-
-    return {lab: int(np.sum(labels == lab)) for lab in LABELS}
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {lab}" for lab, k in counts.items())
-
-
-def _jsonable(x: Any) -> Any:
-    """Plain Python values for ``json.dumps`` (non-finite floats become ``None``)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.generic,)):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _print_json(obj: Any, indent: int | None = None) -> None:
-    print(json.dumps(_jsonable(obj), allow_nan=False, indent=indent))
-
-
-def _figure_path(path: str, default: str, option: str) -> str:
-    """The file a figure option names: ``path``, or ``path/default`` when ``path`` is a directory.
-
-    Checked before any long computation: the directory must exist, an existing
-    ``path`` must be a regular file, and the suffix a format matplotlib writes
-    (``.png`` is added when there is none).
-    """
-    if not path:
-        raise CliError(f"{option} needs a file or directory name")
-    if os.path.isdir(path):
-        path = os.path.join(path, default)
-    elif path.endswith(("/", os.sep)):
-        raise CliError(f"{option} {path}: no such directory")
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        raise CliError(f"{option} {path}: directory {parent} does not exist")
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise CliError(f"{option} {path}: is not a regular file")
-    if not os.path.splitext(path)[1]:
-        path += ".png"
-    try:
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError:  # _save_figure says so
-        return path
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = os.path.splitext(path)[1][1:].lower()
-    if suffix not in formats:
-        raise CliError(
-            f"{option} {path}: unknown figure format .{suffix}; use one of "
-            f"{', '.join(sorted(formats))}"
-        )
-    return path
-
-
-def _save_figure(
-    path: str,
-    draw: Callable[[Any], None],
-    ncols: int,
-    size: tuple[float, float],
-    *,
-    quiet: bool = False,
-) -> bool:
-    """Draw into a new figure with ``ncols`` panels and save it; False without matplotlib.
-
-    The figure is built without pyplot, so no GUI backend is involved. Messages go
-    to stdout, or to stderr when ``quiet`` (stdout then carries JSON only).
-    """
-    stream = sys.stderr if quiet else sys.stdout
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print(
-            "matplotlib is not installed: no figure written (pip install 'capalloc[plot]')",
-            file=stream,
-        )
-        return False
-    fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    draw(axes)
-    fig.savefig(path, dpi=90)
-    print(f"figure written to {path}", file=stream)
-    return True
-
-
 # ----------------------------------------------------------------------------- solve / demo
+
+
+class _Labels:
+    """Labels of a result's capacities, classified a block at a time (the last block kept)."""
+
+    def __init__(self, result: Any):
+        self.C = np.asarray(result.capacity)
+        self.atol = result.label_tol
+        self._block = (0, 0)
+        self._labels = np.empty(0, dtype="<U12")
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        return classify(self.C[lo:hi], atol=self.atol)
+
+    def __getitem__(self, i: int) -> str:
+        lo, hi = self._block
+        if not lo <= i < hi:
+            lo = i - i % _LABEL_BLOCK
+            hi = min(self.C.size, lo + _LABEL_BLOCK)
+            self._block, self._labels = (lo, hi), self.get(lo, hi)
+        return str(self._labels[i - lo])
+
+
+class _FeatureRows(Sequence):
+    """The rows of the feature table, each formatted only when the table shows it."""
+
+    def __init__(self, importance: np.ndarray, capacity: np.ndarray, labels: _Labels):
+        self.v, self.C, self.labels = importance, capacity, labels
+
+    def __len__(self) -> int:
+        return self.v.size
+
+    def __getitem__(self, i: Any) -> list[str]:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("rows are read one index at a time")
+        return [str(i), f"{self.v[i]:.6g}", f"{self.C[i]:.4f}", self.labels[i]]
 
 
 def _solve_and_report(
@@ -345,7 +211,7 @@ def _solve_and_report(
     result = capalloc.solve(problem, method=method)
     kurt = problem.kurtosis
     K_out = float(kurt[0]) if kurt.size and np.all(kurt == kurt[0]) else kurt
-    counts = _counts(result.labels)
+    counts = capalloc.label_counts(result.capacity, atol=result.label_tol)
     _report_solution(problem, result, K_out, counts, source, as_json, max_rows)
     if figure:
         from capalloc import plots
@@ -367,8 +233,9 @@ def _report_solution(
     as_json: bool,
     max_rows: int,
 ) -> None:
-    if as_json:
-        _print_json(
+    labels = _Labels(result)
+    if as_json:  # one object; the per-feature arrays stream in chunks
+        write_json(
             {
                 "method": result.method,
                 "status": result.status,
@@ -386,7 +253,7 @@ def _report_solution(
                 "importance": problem.importance,
                 "capacity": result.capacity,
                 "norms": result.norms,
-                "labels": result.labels,
+                "labels": Chunked(problem.n, labels.get),
             }
         )
         return
@@ -397,12 +264,7 @@ def _report_solution(
         else (f"K in [{kurt.min():.4g}, {kurt.max():.4g}]")
     )
     print(f"n = {problem.n} features, d = {problem.d}, {K_text} ({source})")
-    rows = [
-        [str(i), f"{v:.6g}", f"{c:.4f}", str(lab)]
-        for i, (v, c, lab) in enumerate(
-            zip(problem.importance, result.capacity, result.labels, strict=True)
-        )
-    ]
+    rows = _FeatureRows(problem.importance, result.capacity, labels)
     print(_table(["feature", "importance", "capacity", "label"], rows, max_rows))
     total = float(np.sum(result.capacity))
     print(
@@ -727,13 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="solver method (default auto; see capalloc.methods())",
     )
-    solve.add_argument("--json", action="store_true", help="print one JSON object")
+    solve.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object; its per-feature arrays are written in chunks, so "
+        "memory stays bounded for any number of features (--max-rows does not apply)",
+    )
     solve.add_argument(
         "--max-rows",
         type=int,
         default=40,
         metavar="N",
-        help="rows of the table before truncation (0: all; default 40)",
+        help="rows of the table before truncation (0: all; default 40); only the rows "
+        "shown are formatted",
     )
     solve.add_argument("--plot", metavar="FILE", help="also draw the allocation to FILE")
     solve.set_defaults(func=_cmd_solve)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from capalloc._lib.tables import format_table as _text_table
 from capalloc.allocation.problems import QuadraticProblem
 from capalloc.allocation.solve import solve
 
@@ -301,13 +302,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 str(r.get("note", "")),
             )
         )
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
-        "  ".join("-" * w for w in widths).rstrip(),
-    ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
-    return "\n".join(lines)
+    return _text_table(header, body, align="left", rule=True)
 
 
 def sum_ratio(n: int = 10**7, calls: int = 15) -> dict[str, float]:
