@@ -40,6 +40,7 @@ from capalloc._capacity import IGNORED, LABELS, MONOSEMANTIC, POLYSEMANTIC
 from capalloc._lib.validation import check_importance, check_kurtosis, readonly, short
 from capalloc.allocation.problems import QuadraticProblem
 from capalloc.allocation.solve import solve
+from capalloc.distributions import sparse_kurtosis
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -155,8 +156,7 @@ def exact_sparsity_curve(
     """
     S = _check_sparsities(sparsities)
     v = check_importance(importance)
-    K0 = float(check_kurtosis(base_kurtosis, "base_kurtosis"))
-    K = K0 / (1 - S)
+    K = sparse_kurtosis(S, float(check_kurtosis(base_kurtosis, "base_kurtosis")))
     result = solve(QuadraticProblem(np.tile(v, (S.size, 1)), d, K[:, None]))
     labels = np.asarray(result.labels)
     out = {"sparsity": S, "kurtosis": K}
@@ -225,7 +225,7 @@ def sparsity_point(
     row: dict[str, Any] = {
         "model": model,
         "sparsity": float(sparsity),
-        "kurtosis": None if model == "relu-ae" else 3.0 / (1.0 - float(sparsity)),
+        "kurtosis": None if model == "relu-ae" else sparse_kurtosis(float(sparsity)),
         "seeds": int(seeds),
         "n": int(n),
         "d": int(d),
