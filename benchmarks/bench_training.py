@@ -3,7 +3,7 @@
 For each size the script times
 
 - ``solve``: :func:`capalloc.solve` (exact water-filling), best of several runs;
-- ``exact``: :func:`capalloc.training.train.train_quadratic` with L-BFGS-B on the exact
+- ``exact``: :func:`capalloc.training.train_quadratic` with L-BFGS-B on the exact
   expected loss, up to the first iteration whose loss is within ``1e-6``
   (relative) of the solver's optimum (one restart, no Newton polish; the
   iteration is found by a first run, and a second, timed run stops there: the
@@ -63,7 +63,7 @@ if __name__ == "__main__":  # thread counts must be fixed before numpy loads
 import numpy as np  # noqa: E402
 
 import capalloc  # noqa: E402
-from capalloc.training.train import train_quadratic  # noqa: E402
+from capalloc.training import TrainConfig, default_config, train_quadratic  # noqa: E402
 
 SIZES = [(50, 10), (200, 40), (1000, 100)]
 QUICK_SIZES = [(50, 10), (200, 40)]
@@ -102,10 +102,16 @@ def best_time(fn, repeat: int = 5) -> float:
     return best
 
 
+def exact_config(seed: int, steps: int | None = None, polish: bool = False) -> TrainConfig:
+    """One restart of exact training, capped at ``steps`` L-BFGS-B iterations when given."""
+    config = default_config("exact").replace(restarts=1, seed=seed, polish=polish)
+    return config if steps is None else config.replace(steps=steps)
+
+
 def iterations_to_gap(problem: capalloc.QuadraticProblem, optimum: float, seed: int) -> int:
     """First L-BFGS iteration (1-based) whose loss is within GAP of the optimum."""
-    out = train_quadratic(problem, restarts=1, seed=seed, polish=False)
-    hit = np.flatnonzero(out.history <= optimum * (1 + GAP))
+    out = train_quadratic(problem, config=exact_config(seed))
+    hit = np.flatnonzero(out.loss_history <= optimum * (1 + GAP))
     return int(hit[0]) + 1 if hit.size else out.nit
 
 
@@ -132,28 +138,19 @@ class TrainingSuite:
         capalloc.solve(self.problem)
 
     def time_exact(self, size) -> None:
-        train_quadratic(
-            self.problem, restarts=1, seed=self.seed, steps=self.exact_iters, polish=False
-        )
+        train_quadratic(self.problem, config=exact_config(self.seed, self.exact_iters))
 
     def time_exact_full(self, size) -> None:
-        self.full = train_quadratic(self.problem, restarts=1, seed=self.seed)
+        self.full = train_quadratic(self.problem, config=exact_config(self.seed, polish=True))
 
     def time_sampled(self, size) -> None:
-        self.sampled = train_quadratic(
-            self.problem,
-            "sampled",
-            seed=self.seed,
-            steps=self.steps,
-            batch_size=self.batch,
-            lr=self.lr,
-            device=self.device,
+        config = default_config("sampled").replace(
+            seed=self.seed, steps=self.steps, batch_size=self.batch, lr=self.lr, device=self.device
         )
+        self.sampled = train_quadratic(self.problem, "sampled", config=config)
 
     def track_exact_gap(self, size) -> float:
-        out = train_quadratic(
-            self.problem, restarts=1, seed=self.seed, steps=self.exact_iters, polish=False
-        )
+        out = train_quadratic(self.problem, config=exact_config(self.seed, self.exact_iters))
         return (out.loss - self.result.loss) / self.result.loss
 
     def track_sampled_gap(self, size) -> float:
@@ -192,9 +189,7 @@ def main(args: argparse.Namespace) -> None:
         suite.setup((n, d), quick=args.quick, device=device, kurtosis=args.kurtosis, seed=args.seed)
         t_solve = best_time(functools.partial(suite.time_solve, (n, d)))
         t0 = time.perf_counter()
-        out = train_quadratic(
-            suite.problem, restarts=1, seed=args.seed, steps=suite.exact_iters, polish=False
-        )
+        out = train_quadratic(suite.problem, config=exact_config(args.seed, suite.exact_iters))
         t_exact = time.perf_counter() - t0
         gap_exact = (out.loss - suite.result.loss) / suite.result.loss
         t0 = time.perf_counter()

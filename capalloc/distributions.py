@@ -63,10 +63,33 @@ class InputLaw(ABC):
         return self.kurtosis
 
     @abstractmethod
-    def _draw_numpy(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray: ...
+    def draw_numpy(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Draw a numpy array of ``shape`` from ``rng`` (no checks; :meth:`sample` checks).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from capalloc.distributions import Rademacher
+        >>> Rademacher().draw_numpy(np.random.default_rng(0), (2, 3)).shape
+        (2, 3)
+        """
 
     @abstractmethod
-    def _draw_torch(self, gen: Any, shape: tuple[int, ...], device: Any, dtype: Any) -> Any: ...
+    def draw_torch(self, gen: Any, shape: tuple[int, ...], device: Any, dtype: Any) -> Any:
+        """Draw a torch tensor of ``shape`` from the ``torch.Generator`` ``gen`` on ``device``.
+
+        The building block of the samplers of :mod:`capalloc.training`; :meth:`sample`
+        with ``backend="torch"`` is the checked entry point.
+
+        Examples
+        --------
+        >>> import pytest
+        >>> torch = pytest.importorskip("torch")
+        >>> from capalloc.distributions import Gaussian
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> Gaussian().draw_torch(gen, (4, 2), "cpu", torch.float64).dtype
+        torch.float64
+        """
 
     def sample(
         self,
@@ -93,7 +116,7 @@ class InputLaw(ABC):
         """
         shape = (_count(n_samples, "n_samples"), _count(n_features, "n_features"))
         if backend == "numpy":
-            return self._draw_numpy(_numpy_rng(seed), shape)
+            return self.draw_numpy(_numpy_rng(seed), shape)
         if backend == "torch":
             import torch
 
@@ -104,7 +127,7 @@ class InputLaw(ABC):
                     gen.seed()  # fresh entropy for this generator only; global RNG untouched
                 else:
                     gen.manual_seed(int(seed))
-            return self._draw_torch(gen, shape, device, dtype or torch.float32)
+            return self.draw_torch(gen, shape, device, dtype or torch.float32)
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
 
 
@@ -122,10 +145,10 @@ class Gaussian(InputLaw):
     def kurtosis(self) -> float:
         return 3.0
 
-    def _draw_numpy(self, rng, shape):
+    def draw_numpy(self, rng, shape):
         return rng.standard_normal(shape)
 
-    def _draw_torch(self, gen, shape, device, dtype):
+    def draw_torch(self, gen, shape, device, dtype):
         import torch
 
         return torch.randn(shape, generator=gen, device=device, dtype=dtype)
@@ -139,10 +162,10 @@ class Uniform(InputLaw):
     def kurtosis(self) -> float:
         return 1.8
 
-    def _draw_numpy(self, rng, shape):
+    def draw_numpy(self, rng, shape):
         return rng.uniform(-math.sqrt(3), math.sqrt(3), shape)
 
-    def _draw_torch(self, gen, shape, device, dtype):
+    def draw_torch(self, gen, shape, device, dtype):
         import torch
 
         u = torch.rand(shape, generator=gen, device=device, dtype=dtype)
@@ -157,10 +180,10 @@ class Rademacher(InputLaw):
     def kurtosis(self) -> float:
         return 1.0
 
-    def _draw_numpy(self, rng, shape):
+    def draw_numpy(self, rng, shape):
         return rng.integers(0, 2, shape) * 2.0 - 1.0
 
-    def _draw_torch(self, gen, shape, device, dtype):
+    def draw_torch(self, gen, shape, device, dtype):
         import torch
 
         return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype) * 2 - 1
@@ -193,14 +216,14 @@ class Sparse(InputLaw):
     def kurtosis(self) -> float:
         return self.base.kurtosis / self.p
 
-    def _draw_numpy(self, rng, shape):
-        z = self.base._draw_numpy(rng, shape)
+    def draw_numpy(self, rng, shape):
+        z = self.base.draw_numpy(rng, shape)
         return z * (rng.random(shape) < self.p) / math.sqrt(self.p)
 
-    def _draw_torch(self, gen, shape, device, dtype):
+    def draw_torch(self, gen, shape, device, dtype):
         import torch
 
-        z = self.base._draw_torch(gen, shape, device, dtype)
+        z = self.base.draw_torch(gen, shape, device, dtype)
         on = torch.rand(shape, generator=gen, device=device, dtype=dtype) < self.p
         return z * on / math.sqrt(self.p)
 
@@ -226,11 +249,11 @@ class ThreePoint(InputLaw):
     def _as_sparse(self) -> Sparse:
         return Sparse(Rademacher(), 1.0 / self.K)
 
-    def _draw_numpy(self, rng, shape):
-        return self._as_sparse()._draw_numpy(rng, shape)
+    def draw_numpy(self, rng, shape):
+        return self._as_sparse().draw_numpy(rng, shape)
 
-    def _draw_torch(self, gen, shape, device, dtype):
-        return self._as_sparse()._draw_torch(gen, shape, device, dtype)
+    def draw_torch(self, gen, shape, device, dtype):
+        return self._as_sparse().draw_torch(gen, shape, device, dtype)
 
 
 def from_kurtosis(K: float) -> InputLaw:
@@ -322,16 +345,16 @@ class PerFeature(InputLaw):
                 f"n_features must equal the number of laws ({len(self.laws)}), got {shape[1]}"
             )
 
-    def _draw_numpy(self, rng, shape):
+    def draw_numpy(self, rng, shape):
         self._check_width(shape)
-        cols = [law._draw_numpy(rng, (shape[0], 1)) for law in self.laws]
+        cols = [law.draw_numpy(rng, (shape[0], 1)) for law in self.laws]
         return np.concatenate(cols, axis=1)
 
-    def _draw_torch(self, gen, shape, device, dtype):
+    def draw_torch(self, gen, shape, device, dtype):
         import torch
 
         self._check_width(shape)
-        cols = [law._draw_torch(gen, (shape[0], 1), device, dtype) for law in self.laws]
+        cols = [law.draw_torch(gen, (shape[0], 1), device, dtype) for law in self.laws]
         return torch.cat(cols, dim=1)
 
 

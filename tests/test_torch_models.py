@@ -1,4 +1,4 @@
-"""Tests of capalloc.training.torch_models: forward passes, samplers, training, summaries."""
+"""Tests of capalloc.training.torch_models: forward passes, the sampler, the trainer, results."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import capalloc  # noqa: E402
+from capalloc import distributions as D  # noqa: E402
+from capalloc.training import TrainConfig, TrainResult  # noqa: E402
 from capalloc.training import torch_models as tm  # noqa: E402
 from capalloc.training.torch_models import (  # noqa: E402
+    LawSampler,
     build_model,
     default_importance,
     effective_capacity,
+    fit,
     train_model,
     trained_labels,
 )
@@ -110,10 +114,15 @@ def test_train_model_run_fields_and_reproducibility():
     run = train_model("relu", **kw)
     again = train_model("relu", **kw)
     np.testing.assert_array_equal(run.W, again.W)
-    assert run.W.shape == (2, 3, 6) and run.capacities.shape == (2, 6)
+    assert isinstance(run, TrainResult) and tm.ModelRun is TrainResult
+    assert run.W.shape == (2, 3, 6) and run.capacity.shape == (2, 6)
     assert run.labels.shape == (2, 6) and run.loss.shape == (2,)
-    assert run.loss_history.shape[1] == 2 and np.all(np.isfinite(run.loss))
-    np.testing.assert_allclose(run.capacities, capalloc.capacity(run.W))
+    assert run.loss_history.shape == (2, 30) and np.all(np.isfinite(run.loss))
+    assert run.restart_losses.shape == (2, 1) and run.nit == run.steps == 30
+    assert run.model == "relu" and run.method == "sampled" and run.seed == 3
+    np.testing.assert_allclose(run.capacity, capalloc.capacity(run.W))
+    # the names of 0.1.0's ModelRun
+    assert run.capacities is run.capacity and run.effective_capacities is run.effective_capacity
     for frac in (
         run.polysemantic_fraction,
         run.polysemantic_fraction_all,
@@ -121,12 +130,26 @@ def test_train_model_run_fields_and_reproducibility():
     ):
         assert np.all((frac >= 0) & (frac <= 1))
     assert np.all(run.polysemantic_fraction >= run.polysemantic_fraction_all)
-    assert not run.W.flags.writeable
+    assert not run.W.flags.writeable and not run.loss_history.flags.writeable
     with pytest.raises(dataclasses.FrozenInstanceError):
-        run.steps = 1  # type: ignore[misc]
-    assert "ModelRun(model='relu'" in repr(run)
+        run.nit = 1  # type: ignore[misc]
+    assert repr(run).startswith("TrainResult(method='sampled', W.shape=(2, 3, 6), model='relu'")
     other = train_model("relu", **{**kw, "seed": 4})
     assert not np.array_equal(run.W, other.W)
+
+
+def test_train_model_config_and_keywords_are_one_setting():
+    config = TrainConfig(steps=25, batch_size=32, lr=0.02, seed=7)
+    by_config = train_model("gelu", n=4, d=2, sparsity=0.5, config=config)
+    by_keywords = train_model(
+        "gelu", n=4, d=2, sparsity=0.5, steps=25, batch_size=32, lr=0.02, seed=7
+    )
+    np.testing.assert_array_equal(by_config.W, by_keywords.W)
+    assert by_config.config == by_keywords.config == config
+    # a keyword replaces that field of the config
+    assert train_model("gelu", n=4, d=2, config=config, steps=3).config == config.replace(steps=3)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train_model("gelu", n=4, d=2, config={"steps": 3})
 
 
 def test_train_model_blocks_when_geometry_available():
@@ -152,6 +175,9 @@ def test_train_model_blocks_when_geometry_available():
         (dict(n=5, importance=np.ones(4)), "n=5"),
         (dict(importance=-np.ones(4)), "importance"),
         (dict(device="nonsense"), "device"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(cap_tol=0.5), "cap_tol"),
+        (dict(norm_tol=-1.0), "norm_tol"),
     ],
 )
 def test_train_model_rejects_bad_input(kwargs, match):
@@ -221,5 +247,75 @@ def test_relu_autoencoder_polysemanticity_rises_with_sparsity():
 @pytest.mark.parametrize("name", ["relu", "gelu"])
 def test_activation_variants_train_and_lose_loss(name):
     run = train_model(name, n=6, d=3, sparsity=0.5, steps=150, batch_size=256)
-    first, last = run.loss_history[0], run.loss_history[-1]
+    first, last = run.loss_history[:, :15].mean(-1), run.loss_history[:, -15:].mean(-1)
     assert np.all(last < first)
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+@pytest.mark.parametrize(
+    "law",
+    [D.Gaussian(), D.Sparse(D.Gaussian(), 0.2), D.ThreePoint(6.0), D.Uniform(), D.Rademacher()],
+    ids=repr,
+)
+def test_law_sampler_moments_match_the_law(law):
+    x = LawSampler([law] * 3)(200_000, torch.Generator().manual_seed(2), dtype=F64).numpy()
+    assert x.shape == (200_000, 3)
+    se = math.sqrt(law.kurtosis / 200_000)  # standard error of the second moment, roughly
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=5 * se)
+    np.testing.assert_allclose((x**2).mean(0), 1.0, atol=5 * se)
+    np.testing.assert_allclose((x**4).mean(0), law.kurtosis, rtol=0.05)
+
+
+def test_law_sampler_mixed_columns_keep_their_laws():
+    laws = [D.Uniform(), D.Gaussian(), D.ThreePoint(10.0), D.Sparse(D.Gaussian(), 0.5)] * 2
+    x = LawSampler(laws)(100_000, torch.Generator().manual_seed(0), dtype=F64).numpy()
+    kurtosis = np.array([law.kurtosis for law in laws])
+    np.testing.assert_allclose((x**4).mean(0), kurtosis, rtol=0.08)
+    # three-point columns take only the values 0 and +-sqrt(K)
+    np.testing.assert_allclose(np.unique(np.abs(x[:, 2])), [0.0, math.sqrt(10.0)], rtol=1e-12)
+    assert np.mean(x[:, 3] == 0) == pytest.approx(0.5, abs=0.01)
+    a = LawSampler(laws)(64, torch.Generator().manual_seed(5))
+    b = LawSampler(laws)(64, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_law_sampler_rejects_bad_laws():
+    with pytest.raises(ValueError, match="laws must be a non-empty sequence"):
+        LawSampler([])
+    with pytest.raises(ValueError, match="single-feature"):
+        LawSampler([D.PerFeature([D.Gaussian()])])
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def test_fit_follows_the_schedule_and_records_every_step(monkeypatch):
+    """Each Adam step of fit runs at the closed-form learning rate of its step."""
+    model = build_model("quadratic", np.ones(3), 2, 0.5, instances=2, dtype=F64)
+    config = TrainConfig(steps=40, batch_size=16, lr=0.05, lr_final=0.2, warmup=0.25)
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    history = fit(model, config)
+    assert history.shape == (2, 40) and np.all(np.isfinite(history))
+    # 10 warm-up steps at lr (t + 1) / 10, then lr (0.2 + 0.8 (1 + cos(pi s)) / 2), s = (t - 10) / 30
+    t = np.arange(40)
+    s = (t - 10) / 30
+    expected = np.where(t < 10, 0.05 * (t + 1) / 10, 0.05 * (0.2 + 0.4 * (1 + np.cos(np.pi * s))))
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+
+
+def test_fit_restores_the_thread_setting_and_checks_its_config():
+    before = torch.get_num_threads()
+    model = build_model("relu", np.ones(3), 2, 0.5)
+    fit(model, TrainConfig(steps=2, batch_size=4, num_threads=1))
+    assert torch.get_num_threads() == before
+    with pytest.raises(TypeError, match="TrainConfig"):
+        fit(model, {"steps": 2})

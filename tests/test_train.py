@@ -1,4 +1,4 @@
-"""Tests of :mod:`capalloc.training.train` (spec sections 5-6, checkable facts 10 and 11).
+"""Tests of :mod:`capalloc.training` (spec sections 5-6, checkable facts 10 and 11).
 
 Training is checked against :func:`capalloc.solve` (an independent method: the
 exact allocation problem rather than descent on ``W``); the geometry of the
@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 import capalloc
 from capalloc import distributions as D
 from capalloc.geometry import find_blocks, ignored_features, is_block_semi_orthogonal
-from capalloc.training.train import TrainResult, train_methods, train_quadratic
+from capalloc.training import (
+    TrainConfig,
+    TrainResult,
+    default_config,
+    polysemantic_summary,
+    train_methods,
+    train_quadratic,
+)
 
 
 def _torch():
@@ -123,25 +130,41 @@ def test_exact_result_fields():
     assert out.restart_losses.shape == (3,)
     assert out.loss == pytest.approx(out.restart_losses.min(), rel=1e-12)
     assert out.bias == pytest.approx(np.sum(problem.importance - np.sum(out.W**2, axis=0)))
-    assert out.history.ndim == 1 and out.history.size >= 1
-    assert np.all(np.diff(out.history) <= 1e-12 * out.history[0])  # L-BFGS never goes up
-    assert out.history[-1] == pytest.approx(out.loss, rel=1e-9)
-    assert out.nit >= 1
+    hist = out.loss_history
+    assert hist.ndim == 1 and hist.size >= 1 and out.history is hist  # 0.1.0's name
+    assert np.all(np.diff(hist) <= 1e-12 * hist[0])  # L-BFGS never goes up
+    assert hist[-1] == pytest.approx(out.loss, rel=1e-9)
+    assert out.nit >= 1 and out.model == "quadratic" and out.elapsed > 0
+    assert out.config == default_config("exact").replace(restarts=3, seed=5)
+    np.testing.assert_array_equal(out.importance, problem.importance)
+    assert out.sparsity is None and out.instances == 1
     assert repr(out).startswith("TrainResult(method='exact', W.shape=(2, 4)")
-    for field in (out.W, out.capacity, out.history, out.restart_losses):
+    for field in (out.W, out.capacity, hist, out.restart_losses, out.labels):
         assert not field.flags.writeable
 
 
-def test_hessian_vector_product_matches_finite_differences():
+def _second_derivative(f, h=0.5):
+    """f''(0) of a polynomial of degree <= 4, exactly, from its values at five points."""
+    t = h * np.arange(-2.0, 3.0)
+    return 2 * np.polyfit(t, [f(s) for s in t], 4)[-3]
+
+
+def test_hessian_vector_product_matches_the_quartic_loss():
+    """<U, H V> against the second derivatives of the Gram-matrix loss along lines (exact:
+    the loss is a quartic polynomial in W), by polarisation."""
     from capalloc.training.train import _hessp
 
     rng = np.random.default_rng(0)
-    W, V = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+    W, U, V = rng.standard_normal((3, 3, 5))
     v, K = rng.uniform(0.1, 1, 5), rng.uniform(1.5, 9, 5)
-    h = 1e-5
-    plus = capalloc.quadratic_loss_grad(W + h * V, v, K)[1]
-    minus = capalloc.quadratic_loss_grad(W - h * V, v, K)[1]
-    np.testing.assert_allclose(_hessp(W, v, K, V), (plus - minus) / (2 * h), atol=1e-6)
+
+    def q(X):
+        return _second_derivative(lambda t: naive_loss(W + t * X, v, K))
+
+    HV = _hessp(W, v, K, V)
+    assert np.sum(V * HV) == pytest.approx(q(V), rel=1e-9)
+    assert np.sum(U * HV) == pytest.approx((q(U + V) - q(U - V)) / 4, rel=1e-9)
+    np.testing.assert_array_equal(_hessp(W, v, K, np.zeros_like(V)), 0.0)
 
 
 def test_polish_sharpens_weakly_curved_directions():
@@ -175,7 +198,7 @@ def test_exact_batched_problem_rows():
     out = train_quadratic(problem, restarts=2)
     assert out.W.shape == (3, 2, 4)
     assert out.restart_losses.shape == (3, 2)
-    assert out.history.shape[0] == 3
+    assert out.loss_history.shape[0] == 3 and out.instances == 3
     np.testing.assert_allclose(out.capacity, res.capacity, atol=1e-5)
     np.testing.assert_allclose(out.loss, res.loss, rtol=1e-8)
 
@@ -259,13 +282,13 @@ def test_sampled_smoke(one_thread):
     res = capalloc.solve(problem)
     out = train_quadratic(problem, "sampled", steps=600, batch_size=1024, seed=0)
     assert out.method == "sampled" and out.device == "cpu" and out.nit == 600
-    assert out.W.shape == (2, 4) and out.history.shape == (600,)
+    assert out.W.shape == (2, 4) and out.loss_history.shape == (600,)
     assert np.abs(out.capacity - res.capacity).max() < 0.15
     assert out.loss < 1.1 * res.loss
     assert out.loss == pytest.approx(
         naive_loss(out.W, problem.importance, np.full(4, 10.0), out.bias), rel=1e-9
     )
-    assert np.mean(out.history[-50:]) < np.mean(out.history[:50])
+    assert np.mean(out.loss_history[-50:]) < np.mean(out.loss_history[:50])
 
 
 def test_sampled_is_seeded_and_batched(one_thread):
@@ -277,7 +300,7 @@ def test_sampled_is_seeded_and_batched(one_thread):
     np.testing.assert_array_equal(a.W, b.W)
     assert not np.array_equal(a.W, c.W)
     assert a.W.shape == (2, 1, 3) and a.restart_losses.shape == (2, 2)
-    assert a.history.shape == (2, 30) and np.shape(a.bias) == (2,)
+    assert a.loss_history.shape == (2, 30) and np.shape(a.bias) == (2,)
     np.testing.assert_allclose(a.loss, a.restart_losses.min(axis=1), rtol=1e-12)
 
 
@@ -431,3 +454,94 @@ def test_bad_method_problem_and_width():
 
 def test_methods_registry():
     assert train_methods() == ["exact", "sampled"]
+    with pytest.raises(ValueError, match="method must be one of"):
+        default_config("adam")
+
+
+# ---------------------------------------------------------------------------
+# One config: TrainConfig, its schedule, and the keywords of 0.1.0
+# ---------------------------------------------------------------------------
+
+
+def test_config_and_keywords_are_one_setting():
+    problem = capalloc.QuadraticProblem([1.0, 0.8, 0.5], d=1, kurtosis=6.0)
+    config = default_config("exact").replace(restarts=2, seed=3, steps=500)
+    by_config = train_quadratic(problem, config=config)
+    by_keywords = train_quadratic(problem, restarts=2, seed=3, steps=500)
+    np.testing.assert_array_equal(by_config.W, by_keywords.W)
+    assert by_config.config == by_keywords.config == config
+    assert train_quadratic(problem, config=config, seed=4).config.seed == 4
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train_quadratic(problem, config={"restarts": 2})
+
+
+def test_default_configs():
+    exact, sampled = default_config("exact"), default_config("sampled")
+    assert (exact.steps, exact.restarts, exact.tol, exact.polish) == (100_000, 4, 1e-12, True)
+    assert (sampled.steps, sampled.batch_size, sampled.lr) == (4000, 2048, 0.01)
+    assert (sampled.lr_final, sampled.warmup, sampled.num_threads) == (0.0, 0.02, None)
+    assert TrainConfig() == TrainConfig(steps=3000, batch_size=1024, lr=0.01, lr_final=0.05)
+
+
+def test_learning_rate_schedule_closed_form():
+    config = TrainConfig(steps=1000, lr=0.2, lr_final=0.1, warmup=0.1)
+    assert config.warmup_steps == 100
+    lr = np.array([config.lr_at(t) for t in range(1000)])
+    np.testing.assert_allclose(lr[:100], 0.2 * np.arange(1, 101) / 100, rtol=1e-15)
+    assert lr[100] == 0.2  # the peak, where the cosine starts
+    assert lr[550] == pytest.approx(0.2 * (0.1 + 0.9 / 2), rel=1e-12)  # half-way down
+    assert np.all(np.diff(lr[100:]) < 0) and lr[-1] > 0.02  # decays towards lr * lr_final
+    assert [TrainConfig(steps=3, lr=1.0, lr_final=0.0).lr_at(t) for t in range(3)] == [
+        1.0,
+        pytest.approx(0.75),
+        pytest.approx(0.25),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("steps", 0),
+        ("steps", 1.5),
+        ("batch_size", -1),
+        ("lr", float("inf")),
+        ("lr_final", 1.5),
+        ("lr_final", -0.1),
+        ("warmup", 1.0),
+        ("seed", -1),
+        ("seed", True),
+        ("device", 3),
+        ("dtype", "int64"),
+        ("restarts", 0),
+        ("tol", -1.0),
+        ("eval_batch", 0),
+        ("num_threads", 0),
+        ("polish", "yes"),
+        ("progress", 1),
+    ],
+)
+def test_config_rejects_bad_values(name, value):
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**{name: value})
+
+
+def test_config_is_frozen_and_replace_checks_names():
+    config = TrainConfig()
+    with pytest.raises(AttributeError):
+        config.steps = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="no field 'step'"):
+        config.replace(step=3)
+    with pytest.raises(ValueError, match="steps"):
+        config.replace(steps=-3)
+    assert hash(config) == hash(TrainConfig())  # plain values: usable as a key
+
+
+def test_polysemantic_summary_counts():
+    labels = np.array(
+        [["monosemantic", "polysemantic", "polysemantic", "ignored"], ["ignored"] * 4]
+    )
+    C = np.array([[1.0, 0.6, 0.4, 0.0], [0.0] * 4])
+    s = polysemantic_summary(labels, C)
+    np.testing.assert_allclose(s["polysemantic_fraction"], [2 / 3, 0.0])
+    np.testing.assert_allclose(s["polysemantic_fraction_all"], [0.5, 0.0])
+    np.testing.assert_allclose(s["capacity_held_by_poly"], [0.5, 0.0])

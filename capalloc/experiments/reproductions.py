@@ -41,6 +41,8 @@ from capalloc._lib.validation import check_importance, check_kurtosis, readonly,
 from capalloc.allocation.problems import QuadraticProblem
 from capalloc.allocation.solve import solve
 from capalloc.distributions import sparse_kurtosis
+from capalloc.training.config import TrainConfig
+from capalloc.training.result import polysemantic_summary
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -103,20 +105,6 @@ def _check_sparsities(sparsities: Any) -> np.ndarray:
     return s
 
 
-def _fractions(labels: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
-    """Polysemantic fraction (of represented / of all features) and capacity share, per row."""
-    poly = labels == POLYSEMANTIC
-    kept = np.sum(labels != IGNORED, axis=-1)
-    total = C.sum(-1)
-    return {
-        "polysemantic_fraction": np.where(kept > 0, poly.sum(-1) / np.maximum(kept, 1), 0.0),
-        "polysemantic_fraction_all": poly.mean(-1),
-        "capacity_held_by_poly": np.where(
-            total > 0, (C * poly).sum(-1) / np.where(total > 0, total, 1.0), 0.0
-        ),
-    }
-
-
 # ----------------------------------------------------------------------------- sparsity sweep
 
 
@@ -160,7 +148,7 @@ def exact_sparsity_curve(
     result = solve(QuadraticProblem(np.tile(v, (S.size, 1)), d, K[:, None]))
     labels = np.asarray(result.labels)
     out = {"sparsity": S, "kurtosis": K}
-    out.update(_fractions(labels, np.asarray(result.capacity)))
+    out.update(polysemantic_summary(labels, np.asarray(result.capacity)))
     for lab, name in ((MONOSEMANTIC, "n_mono"), (POLYSEMANTIC, "n_poly"), (IGNORED, "n_ignored")):
         out[name] = np.sum(labels == lab, axis=-1)
     out["loss"] = np.asarray(result.loss, dtype=float)
@@ -172,6 +160,40 @@ def _block_counts(shapes: list[list[tuple[int, int]]] | None) -> dict[str, int] 
         return None
     counts = Counter(f"{dim}x{k}" for inst in shapes for dim, k in inst)
     return dict(sorted(counts.items(), key=lambda kv: tuple(map(int, kv[0].split("x")))))
+
+
+#: The per-point summaries of a sparsity sweep (see :func:`polysemantic_summary`).
+_FRACTIONS = ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly")
+
+
+def _sweep_row(
+    model: str,
+    sparsity: float,
+    kurtosis: float | None,
+    seeds: int,
+    n: int,
+    d: int,
+    steps: int,
+    fractions: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One row of :func:`sparsity_sweep`: the point, then mean, std (and per-seed values)
+    of each of :data:`_FRACTIONS` (``fractions`` maps each to its values over the seeds,
+    a scalar for the exact rows, whose std is 0)."""
+    row: dict[str, Any] = {
+        "model": model,
+        "sparsity": float(sparsity),
+        "kurtosis": None if kurtosis is None else float(kurtosis),
+        "seeds": int(seeds),
+        "n": int(n),
+        "d": int(d),
+        "steps": int(steps),
+    }
+    for name in _FRACTIONS:
+        values = np.asarray(fractions[name], dtype=float)
+        row[name], row[f"{name}_std"] = _stats(values)
+        if values.ndim:
+            row[f"{name}_seeds"] = values.tolist()
+    return row
 
 
 def _stats(values: np.ndarray) -> tuple[float, float]:
@@ -216,26 +238,20 @@ def sparsity_point(
         d,
         float(sparsity),
         instances=seeds,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        seed=seed,
+        config=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed),
     )
-    row: dict[str, Any] = {
-        "model": model,
-        "sparsity": float(sparsity),
-        "kurtosis": None if model == "relu-ae" else sparse_kurtosis(float(sparsity)),
-        "seeds": int(seeds),
-        "n": int(n),
-        "d": int(d),
-        "steps": int(steps),
-    }
-    for name in ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly"):
-        values = np.asarray(getattr(run, name), dtype=float)
-        row[name], row[f"{name}_std"] = _stats(values)
-        row[f"{name}_seeds"] = values.tolist()
-    row["total_capacity"] = float(np.mean(run.effective_capacities.sum(-1)))
+    kurtosis = None if model == "relu-ae" else sparse_kurtosis(float(sparsity))
+    row = _sweep_row(
+        model,
+        sparsity,
+        kurtosis,
+        seeds,
+        n,
+        d,
+        steps,
+        {name: getattr(run, name) for name in _FRACTIONS},
+    )
+    row["total_capacity"] = float(np.mean(run.effective_capacity.sum(-1)))
     row["loss"] = float(np.mean(run.loss))
     row["block_shapes"] = _block_counts(run.block_shapes())
     row["elapsed"] = time.perf_counter() - start
@@ -255,18 +271,8 @@ def _exact_rows(sparsities: np.ndarray, n: int, d: int, decay: float) -> list[di
     curve = exact_sparsity_curve(sparsities, decay ** np.arange(n, dtype=float), d)
     rows = []
     for i, s in enumerate(sparsities):
-        row: dict[str, Any] = {
-            "model": EXACT_MODEL,
-            "sparsity": float(s),
-            "kurtosis": float(curve["kurtosis"][i]),
-            "seeds": 0,
-            "n": int(n),
-            "d": int(d),
-            "steps": 0,
-        }
-        for name in ("polysemantic_fraction", "polysemantic_fraction_all", "capacity_held_by_poly"):
-            row[name] = float(curve[name][i])
-            row[f"{name}_std"] = 0.0
+        fractions = {name: curve[name][i] for name in _FRACTIONS}
+        row = _sweep_row(EXACT_MODEL, s, curve["kurtosis"][i], 0, n, d, 0, fractions)
         row["loss"] = float(curve["loss"][i])
         row["total_capacity"] = float(min(d, n))
         rows.append(row)
@@ -311,7 +317,7 @@ def sparsity_sweep(
         Features and embedding dimension.
     importance_decay : float, default 0.9
         Importances :math:`v_i = \text{decay}^i` (also used by the exact curve).
-    steps, batch_size, lr : training settings, see :func:`~capalloc.training.torch_models.train_model`
+    steps, batch_size, lr : training settings, see :class:`~capalloc.training.TrainConfig`
     device : str, default "cpu"
     seed : int, default 0
     exact : bool, default True
@@ -737,7 +743,7 @@ def train_phase_points(
     importance, d, feature
         As in :func:`phase_diagram`.
     steps, batch_size, lr, device, seed
-        Training settings (see :func:`~capalloc.training.torch_models.train_model`).
+        Training settings (see :class:`~capalloc.training.TrainConfig`).
     cap_tol : float, default 0.05
         Labelling tolerance for the trained capacities.
 
@@ -763,11 +769,7 @@ def train_phase_points(
         V,
         d,
         1 - 3 / K,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        seed=seed,
+        config=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed),
         cap_tol=cap_tol,
     )
     exact = solve(QuadraticProblem(V, d, K[:, None]))
@@ -776,7 +778,7 @@ def train_phase_points(
             "kurtosis": float(K[i]),
             "ratio": float(r[i]),
             "label": str(run.labels[i, feature]),
-            "capacity": float(run.effective_capacities[i, feature]),
+            "capacity": float(run.effective_capacity[i, feature]),
             "exact_label": str(exact.labels[i, feature]),
             "exact_capacity": float(exact.capacity[i, feature]),
         }

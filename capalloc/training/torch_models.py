@@ -1,4 +1,4 @@
-r"""Batched torch toy models and a common trainer.
+r"""Batched torch toy models, the input sampler and the one Adam trainer.
 
 Every model holds ``m`` independent instances in one tensor program: the
 embedding is a parameter of shape ``(m, d, n)``, inputs are ``(m, B, n)`` and
@@ -19,8 +19,14 @@ Models (the registry is :func:`available_models`):
 
 The first three draw sparse Gaussian inputs :math:`x_i = B_i z_i/\sqrt p`
 (:math:`B_i \sim \mathrm{Bernoulli}(p)`, ``p = 1 - sparsity``, so the quadratic
-model sees kurtosis :math:`K = 3/p`); the autoencoder draws
-:math:`x_i \sim U[0, 1]` with probability ``1 - sparsity``, else 0.
+model sees kurtosis :math:`K = 3/p`) through :class:`LawSampler` and the laws of
+:mod:`capalloc.distributions`; the autoencoder draws :math:`x_i \sim U[0, 1]`
+with probability ``1 - sparsity``, else 0 (not centred, so not one of those laws).
+
+:func:`fit` is the one training loop of the package (Adam on fresh minibatches,
+the learning-rate schedule of :meth:`~capalloc.training.TrainConfig.lr_at`);
+:func:`train_model` and ``train_quadratic(method="sampled")`` both run it, and
+both return a :class:`~capalloc.training.TrainResult` (``ModelRun`` is that class).
 
 This module imports torch at import time; :mod:`capalloc.training` does not
 import it.
@@ -34,10 +40,12 @@ References
 
 Examples
 --------
+>>> from capalloc.training import TrainConfig
 >>> from capalloc.training.torch_models import train_model
->>> run = train_model("quadratic", d=2, n=4, sparsity=0.5, instances=2, steps=50)
->>> run.W.shape, run.capacities.shape, run.loss.shape
-((2, 2, 4), (2, 4), (2,))
+>>> run = train_model("quadratic", d=2, n=4, sparsity=0.5, instances=2,
+...                   config=TrainConfig(steps=50))
+>>> run.W.shape, run.capacity.shape, run.loss.shape, run.loss_history.shape
+((2, 2, 4), (2, 4), (2,), (2, 50))
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,16 +69,26 @@ except ModuleNotFoundError as exc:
         name="torch",
     ) from exc
 
-from capalloc._capacity import IGNORED, MONOSEMANTIC, POLYSEMANTIC, capacity
 from capalloc._lib.registry import Registry
 from capalloc._lib.validation import check_importance, check_positive, short
+from capalloc.distributions import Gaussian, InputLaw, PerFeature, Sparse, ThreePoint
+from capalloc.training.config import TrainConfig
+from capalloc.training.result import (
+    TrainResult,
+    check_tolerances,
+    effective_capacity,
+    trained_labels,
+)
 
 __all__ = [
     "ToyModel",
     "QuadraticModel",
     "ActivationModel",
     "ReluAutoencoder",
+    "LawSampler",
     "ModelRun",
+    "TrainConfig",
+    "TrainResult",
     "available_models",
     "build_model",
     "default_importance",
@@ -80,8 +97,12 @@ __all__ = [
     "resolve_device",
     "effective_capacity",
     "trained_labels",
+    "fit",
     "train_model",
 ]
+
+#: The result type of 0.1.0's :func:`train_model`; now the one :class:`TrainResult`.
+ModelRun = TrainResult
 
 _MODELS: Registry[Callable[..., ToyModel]] = Registry("model_name")
 
@@ -92,6 +113,13 @@ def register_model(name: str) -> Callable[[Callable[..., ToyModel]], Callable[..
     The factory is called as ``factory(importance, sparsity, d, generator=...)``
     with ``importance`` of shape ``(m, n)`` and ``sparsity`` of shape ``(m,)``
     (tensors on the target device) and returns a :class:`ToyModel`.
+
+    Examples
+    --------
+    >>> from capalloc.training.torch_models import QuadraticModel, register_model
+    >>> register_model("quadratic")(QuadraticModel)
+    Traceback (most recent call last):
+    ValueError: model_name 'quadratic' is already registered
     """
     return _MODELS.register(name)
 
@@ -109,12 +137,27 @@ def available_models() -> list[str]:
 
 
 def get_model(name: str) -> Callable[..., ToyModel]:
-    """The factory registered under ``name`` (``ValueError`` listing the valid names)."""
+    """The factory registered under ``name`` (``ValueError`` listing the valid names).
+
+    Examples
+    --------
+    >>> from capalloc.training.torch_models import get_model
+    >>> get_model("relu-ae").__name__
+    'ReluAutoencoder'
+    """
     return _MODELS[name]
 
 
 def resolve_device(device: Any) -> torch.device:
-    """A :class:`torch.device`, checking that CUDA is there when asked for.
+    """A :class:`torch.device`, checking that CUDA (and the device index) is there when asked for.
+
+    The one device check of the package: every trainer resolves its
+    ``config.device`` here before it allocates anything.
+
+    Raises
+    ------
+    ValueError
+        ``device`` names no torch device, or CUDA (that CUDA device) is not available.
 
     Examples
     --------
@@ -125,10 +168,26 @@ def resolve_device(device: Any) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must name a torch device, got {device!r}") from exc
+        raise ValueError(
+            f"device must name a torch device such as 'cpu' or 'cuda', got {short(device)}"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(
+            f"device={short(device)} was requested but CUDA is not available "
+            f"(torch.cuda.is_available() is False); use device='cpu'"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={short(device)}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return dev
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype:
+    """``torch.float32`` / ``torch.float64`` from a torch dtype or its name."""
+    return (
+        dtype if isinstance(dtype, torch.dtype) else getattr(torch, TrainConfig(dtype=dtype).dtype)
+    )
 
 
 def default_importance(n: int, decay: float = 0.9) -> np.ndarray:
@@ -141,6 +200,124 @@ def default_importance(n: int, decay: float = 0.9) -> np.ndarray:
     [1.0, 0.9, 0.81]
     """
     return float(decay) ** np.arange(n, dtype=float)
+
+
+# ---------------------------------------------------------------------------
+# The sampler: inputs drawn from the laws of capalloc.distributions
+# ---------------------------------------------------------------------------
+
+
+def _family(law: InputLaw) -> str:
+    if isinstance(law, Gaussian):
+        return "gauss"
+    if isinstance(law, Sparse) and isinstance(law.base, Gaussian):
+        return "sparse-gauss"
+    if isinstance(law, ThreePoint):
+        return "three"
+    return "law"
+
+
+class LawSampler:
+    r"""Draws ``(batch, k)`` inputs whose column ``j`` follows ``laws[j]``, columns independent.
+
+    Columns are drawn by law family, one call per family: Gaussian columns from
+    one ``randn``, sparse Gaussian columns (:class:`~capalloc.distributions.Sparse`
+    of a Gaussian, any ``p``) from one ``randn`` and one ``rand``, three-point
+    columns (any kurtosis) from one ``rand``; any other law with its own
+    :meth:`~capalloc.distributions.InputLaw.draw_torch`, once per distinct law.
+
+    Parameters
+    ----------
+    laws : sequence of InputLaw
+        One single-feature law per column (expand a
+        :class:`~capalloc.distributions.PerFeature` law into its ``laws``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from capalloc import distributions as D
+    >>> from capalloc.training.torch_models import LawSampler
+    >>> sampler = LawSampler([D.Gaussian(), D.ThreePoint(4.0), D.Sparse(D.Gaussian(), 0.5)])
+    >>> x = sampler(200_000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> x.shape, (x**4).mean(0).round(decimals=1).tolist()
+    (torch.Size([200000, 3]), [3.0, 4.0, 6.0])
+    """
+
+    def __init__(self, laws: Sequence[InputLaw]) -> None:
+        laws = list(laws)
+        if not laws or not all(isinstance(law, InputLaw) for law in laws):
+            raise ValueError(f"laws must be a non-empty sequence of InputLaw, got {short(laws)}")
+        if any(isinstance(law, PerFeature) for law in laws):
+            raise ValueError("laws must hold one single-feature law per column, got a PerFeature")
+        self.laws = tuple(laws)
+        groups: dict[Any, list[int]] = {}
+        for j, law in enumerate(laws):
+            kind = _family(law)
+            groups.setdefault((kind, law) if kind == "law" else (kind, None), []).append(j)
+        # (family, law of a "law" group, columns, parameter p per column or None)
+        self._groups: list[tuple[str, InputLaw | None, list[int], list[float] | None]] = []
+        for (kind, law), cols in groups.items():
+            p = None
+            if kind == "sparse-gauss":
+                p = [float(laws[j].p) for j in cols]  # type: ignore[attr-defined]
+            elif kind == "three":
+                p = [1.0 / laws[j].kurtosis for j in cols]
+            self._groups.append((kind, law, cols, p))
+        self._on: dict[tuple[Any, Any], list[tuple[Any, Any]]] = {}
+
+    @property
+    def width(self) -> int:
+        """Number of columns ``k``."""
+        return len(self.laws)
+
+    def _tensors(self, device: Any, dtype: Any) -> list[tuple[Any, Any]]:
+        """Column indices and parameters on ``device`` (built once per device and dtype)."""
+        key = (str(device), dtype)
+        if key not in self._on:
+            self._on[key] = [
+                (
+                    torch.tensor(cols, dtype=torch.long, device=device),
+                    None if p is None else torch.tensor(p, dtype=dtype, device=device),
+                )
+                for _, _, cols, p in self._groups
+            ]
+        return self._on[key]
+
+    def __call__(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        device: Any = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Draw a ``(batch, k)`` tensor on ``device`` from ``generator``."""
+        tensors = self._tensors(device, dtype)
+        single = len(self._groups) == 1
+        x = None if single else torch.empty(batch, self.width, device=device, dtype=dtype)
+        for (kind, law, cols, _), (index, p) in zip(self._groups, tensors, strict=True):
+            shape = (batch, len(cols))
+            if kind == "gauss":
+                part = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            elif kind == "sparse-gauss":
+                z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+                u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+                part = z * (u < p).to(dtype) * p.rsqrt()
+            elif kind == "three":
+                # x = +-1/sqrt(p) with probability p/2 each, else 0: kurtosis 1/p
+                u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+                part = (2 * (u < p / 2).to(dtype) - (u < p).to(dtype)) * p.rsqrt()
+            else:
+                assert law is not None
+                part = law.draw_torch(generator, shape, device, dtype)
+            if x is None:
+                return part
+            x[:, index] = part
+        return x
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
 
 
 class ToyModel(nn.Module):
@@ -206,29 +383,29 @@ class ToyModel(nn.Module):
         raise NotImplementedError
 
 
-def _sparse_gaussian(
-    sparsity: torch.Tensor, shape: tuple[int, int, int], generator: torch.Generator | None
-) -> torch.Tensor:
-    """``x = B z / sqrt(p)``, ``p = 1 - sparsity`` per instance (leading axis)."""
-    p = (1.0 - sparsity).to(torch.float64)
-    dev, dt = sparsity.device, sparsity.dtype
-    z = torch.randn(shape, generator=generator, device=dev, dtype=dt)
-    on = torch.rand(shape, generator=generator, device=dev, dtype=dt) < p.to(dt)[:, None, None]
-    return z * on / torch.sqrt(p).to(dt)[:, None, None]
-
-
 class _ScalarOutput(ToyModel):
     """Shared code of the models that sum an activation of ``W x`` into one output."""
 
     def __init__(self, importance, sparsity, d, generator=None):
         super().__init__(importance, sparsity, d, generator)
         self.b = nn.Parameter(torch.zeros(self.m, device=importance.device, dtype=importance.dtype))
+        self._sampler: LawSampler | None = None
+
+    @property
+    def sampler(self) -> LawSampler:
+        """The input sampler, built on first use from ``sparsity``: for each of the ``n``
+        features of an instance, ``Sparse(Gaussian(), 1 - sparsity)``."""
+        if self._sampler is None:
+            laws = [Sparse(Gaussian(), 1.0 - s) for s in self.sparsity.tolist()]
+            self._sampler = LawSampler([law for law in laws for _ in range(self.n)])
+        return self._sampler
 
     def activation(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def sample(self, batch_size, generator=None):
-        return _sparse_gaussian(self.sparsity, (self.m, batch_size, self.n), generator)
+        x = self.sampler(batch_size, generator, self.W.device, self.W.dtype)
+        return x.reshape(batch_size, self.m, self.n).transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\hat y = \sum_k f((W x)_k) + b`, shape ``(m, B)``."""
@@ -268,6 +445,14 @@ class ActivationModel(_ScalarOutput):
         As in :class:`ToyModel`.
     activation : {"relu", "gelu"}
         The non-linearity :math:`f`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from capalloc.training.torch_models import ActivationModel
+    >>> model = ActivationModel(torch.ones(2, 3), torch.zeros(2), d=2, activation="gelu")
+    >>> model.loss(model.sample(4)).shape
+    torch.Size([2])
     """
 
     _FUNCTIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
@@ -336,194 +521,6 @@ class ReluAutoencoder(ToyModel):
         return (err * self.importance[:, None, :]).sum(-1).mean(-1)
 
 
-def effective_capacity(W: Any, norm_tol: float = 1e-2) -> np.ndarray:
-    r"""Capacities after dropping the columns a trained model has (almost) switched off.
-
-    Columns with :math:`\lVert W_i\rVert^2 \le \text{norm\_tol} \cdot \max_j \lVert W_j\rVert^2`
-    are set to zero (capacity 0) before :func:`capalloc.capacity` is taken, so
-    that the slowly decaying remnants of ignored features, which training never
-    drives exactly to zero, do not count as interference with the others.
-
-    Parameters
-    ----------
-    W : (..., d, n) array_like
-        Embeddings.
-    norm_tol : float, default 1e-2
-        Relative squared-norm tolerance, >= 0 (0 keeps every non-zero column).
-
-    Returns
-    -------
-    C : (..., n) ndarray
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from capalloc.training.torch_models import effective_capacity
-    >>> W = np.array([[1.0, 0.0, 0.05], [0.0, 1.0, 0.05]])
-    >>> effective_capacity(W).round(3).tolist()
-    [1.0, 1.0, 0.0]
-    """
-    W = np.asarray(W, dtype=float)
-    if not norm_tol >= 0:
-        raise ValueError(f"norm_tol must be >= 0, got {norm_tol!r}")
-    N = np.einsum("...kn,...kn->...n", W, W)
-    keep = N > norm_tol * N.max(axis=-1, keepdims=True, initial=0.0)
-    return capacity(W * keep[..., None, :])
-
-
-def trained_labels(W: Any, *, cap_tol: float = 0.05, norm_tol: float = 1e-2) -> np.ndarray:
-    r"""Monosemantic / polysemantic / ignored labels for trained (noisy) embeddings.
-
-    A trained column is never exactly zero nor exactly orthogonal, so the
-    tolerances are loose. With :math:`C` the :func:`effective_capacity`, feature
-    ``i`` is *ignored* when its squared norm is at most ``norm_tol`` times the
-    largest or :math:`C_i \le \text{cap\_tol}`, *monosemantic* when
-    :math:`C_i \ge 1 - \text{cap\_tol}`, and *polysemantic* otherwise.
-
-    Parameters
-    ----------
-    W : (..., d, n) array_like
-        Embeddings.
-    cap_tol : float, default 0.05
-        Capacity tolerance, in [0, 0.5).
-    norm_tol : float, default 1e-2
-        Relative squared-norm tolerance, >= 0.
-
-    Returns
-    -------
-    labels : (..., n) ndarray of str
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from capalloc.training.torch_models import trained_labels
-    >>> W = np.array([[1.0, 0.0, 0.6, 0.001], [0.0, 1.0, -0.6, 0.0]])
-    >>> trained_labels(W).tolist()
-    ['polysemantic', 'polysemantic', 'polysemantic', 'ignored']
-    >>> trained_labels(np.eye(2, 3)).tolist()
-    ['monosemantic', 'monosemantic', 'ignored']
-    """
-    if not 0 <= cap_tol < 0.5:
-        raise ValueError(f"cap_tol must lie in [0, 0.5), got {cap_tol!r}")
-    C = effective_capacity(W, norm_tol)
-    labels = np.full(C.shape, POLYSEMANTIC, dtype="<U12")
-    labels[C >= 1 - cap_tol] = MONOSEMANTIC
-    labels[C <= cap_tol] = IGNORED
-    return labels
-
-
-def _readonly(a: Any) -> Any:
-    a = np.array(a)
-    a.setflags(write=False)
-    return a
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class ModelRun:
-    """Outcome of :func:`train_model` for ``m`` instances.
-
-    Attributes
-    ----------
-    model : str
-        Model name.
-    W : (m, d, n) ndarray
-        Trained embeddings.
-    bias : (m,) or (m, n) ndarray
-        Trained biases.
-    importance : (m, n) ndarray
-    sparsity : (m,) ndarray
-    capacities : (m, n) ndarray
-        Capacities of the trained embeddings, :func:`capalloc.capacity` of ``W``.
-    effective_capacities : (m, n) ndarray
-        :func:`effective_capacity` (remnants of ignored columns dropped); the
-        labels and the summaries below use these.
-    labels : (m, n) ndarray of str
-        From :func:`trained_labels`.
-    polysemantic_fraction : (m,) ndarray
-        Fraction of the non-ignored features that are polysemantic (0 when all are ignored).
-    polysemantic_fraction_all : (m,) ndarray
-        Fraction of all ``n`` features that are polysemantic.
-    capacity_held_by_poly : (m,) ndarray
-        Share of the total capacity :math:`\\sum_i C_i` held by polysemantic features.
-    blocks : tuple of list or None
-        Per instance, the blocks found by :func:`capalloc.geometry.find_blocks`
-        (tolerance ``block_tol``) among the non-ignored features, each of which
-        lies in exactly one block; ``None`` when that module is unavailable.
-    loss : (m,) ndarray
-        Final loss per instance, on a fresh evaluation batch.
-    loss_history : (k, m) ndarray
-        Mean training loss over successive windows of steps.
-    steps : int
-    device : str
-    seed : int
-    elapsed : float
-        Training wall time in seconds.
-    """
-
-    model: str
-    W: np.ndarray
-    bias: np.ndarray
-    importance: np.ndarray
-    sparsity: np.ndarray
-    capacities: np.ndarray
-    effective_capacities: np.ndarray
-    labels: np.ndarray
-    polysemantic_fraction: np.ndarray
-    polysemantic_fraction_all: np.ndarray
-    capacity_held_by_poly: np.ndarray
-    blocks: tuple[list[Any], ...] | None
-    loss: np.ndarray
-    loss_history: np.ndarray
-    steps: int
-    device: str
-    seed: int
-    elapsed: float
-
-    @property
-    def instances(self) -> int:
-        """Number of instances ``m``."""
-        return int(self.W.shape[0])
-
-    def block_shapes(self) -> list[list[tuple[int, int]]] | None:
-        """Per instance, ``(dim, number of features)`` of each block (``None`` without blocks)."""
-        if self.blocks is None:
-            return None
-        return [[(int(b.dim), len(b.features)) for b in inst] for inst in self.blocks]
-
-    def __repr__(self) -> str:
-        pf = self.polysemantic_fraction
-        return (
-            f"ModelRun(model={self.model!r}, m={self.instances}, d={self.W.shape[1]}, "
-            f"n={self.W.shape[2]}, steps={self.steps}, "
-            f"polysemantic_fraction={np.round(pf, 3).tolist()}, "
-            f"loss={np.array2string(self.loss, precision=4)})"
-        )
-
-
-def _find_blocks(W: np.ndarray, labels: np.ndarray, tol: float) -> tuple[list[Any], ...] | None:
-    """Blocks of each instance from :mod:`capalloc.geometry`, or ``None`` if it is missing.
-
-    Ignored columns are zeroed. :func:`~capalloc.geometry.find_blocks` drops
-    columns whose squared norm is at most ``tol`` times the largest; represented
-    columns below that are scaled up to just above it, which leaves every cosine
-    (hence block membership) unchanged, so each represented feature lies in
-    exactly one block.
-    """
-    try:
-        from capalloc.geometry import find_blocks
-    except ImportError:
-        return None
-    out = []
-    for Wi, lab in zip(W, labels, strict=True):
-        kept = lab != IGNORED
-        Wk = Wi * kept[None, :]
-        N = np.einsum("kn,kn->n", Wk, Wk)
-        floor = 2 * tol * N.max(initial=0.0)
-        lift = np.where(kept & (N > 0) & (N < floor), np.sqrt(floor / np.where(N > 0, N, 1.0)), 1.0)
-        out.append(list(find_blocks(Wk * lift[None, :], tol)))
-    return tuple(out)
-
-
 def _per_instance(value: Any, m: int, name: str) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
     if arr.ndim == 0:
@@ -541,7 +538,7 @@ def build_model(
     *,
     instances: int = 1,
     device: Any = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: Any = torch.float32,
     generator: torch.Generator | None = None,
 ) -> ToyModel:
     """Construct a registered model for ``instances`` instances (no training).
@@ -558,14 +555,28 @@ def build_model(
         Probability that a feature is zero, in [0, 1).
     instances : int, default 1
         ``m``; ignored when ``importance`` or ``sparsity`` already fixes it.
-    device, dtype
-        Torch device and dtype.
+    device : str or torch.device, default "cpu"
+        Checked by :func:`resolve_device`.
+    dtype : torch.dtype or {"float32", "float64"}, default torch.float32
     generator : torch.Generator, optional
         Source of the initial weights.
 
     Returns
     -------
     ToyModel
+
+    Raises
+    ------
+    ValueError
+        Unknown ``model_name``, bad ``d``, ``importance``, ``sparsity``,
+        ``instances``, ``device`` or ``dtype``.
+
+    Examples
+    --------
+    >>> from capalloc.training.torch_models import build_model
+    >>> model = build_model("relu", [1.0, 0.5, 0.2], d=2, sparsity=[0.0, 0.9])
+    >>> model.m, model.n, tuple(model.W.shape)
+    (2, 3, (2, 2, 3))
     """
     factory = get_model(model_name)
     d = check_positive(d, "d", integer=True)
@@ -581,9 +592,101 @@ def build_model(
     if np.any(~np.isfinite(s)) or s.min() < 0 or s.max() >= 1:
         raise ValueError(f"sparsity must lie in [0, 1), got {short(sparsity)}")
     dev = resolve_device(device)
-    tv = torch.as_tensor(np.array(v), dtype=dtype, device=dev)
-    ts = torch.as_tensor(s, dtype=dtype, device=dev)
+    dt = _torch_dtype(dtype)
+    tv = torch.as_tensor(np.array(v), dtype=dt, device=dev)
+    ts = torch.as_tensor(s, dtype=dt, device=dev)
     return factory(tv, ts, d, generator=generator)
+
+
+# ---------------------------------------------------------------------------
+# The one training loop
+# ---------------------------------------------------------------------------
+
+
+def fit(
+    model: ToyModel,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator | None = None,
+    sample: Callable[[int, Any], torch.Tensor] | None = None,
+    desc: str = "train",
+) -> np.ndarray:
+    r"""Train ``model`` in place with Adam on fresh minibatches: the package's one training loop.
+
+    Step ``t`` draws ``config.batch_size`` inputs, evaluates the per-instance
+    losses ``model.loss(x)`` (shape ``(m,)``) and takes an Adam step on their
+    sum at learning rate ``config.lr_at(t)``, so every instance follows its own
+    loss. While it runs torch uses ``config.num_threads`` CPU threads (its
+    setting is restored afterwards; ``None`` leaves it alone): these models are
+    far too small to gain from threads, and on a busy machine spinning threads
+    slow a step several times over.
+
+    Parameters
+    ----------
+    model : ToyModel
+        Any model with parameters, ``m``, ``W``, ``sample`` and a per-instance ``loss``.
+    config : TrainConfig
+        ``steps``, ``batch_size``, ``lr``, ``lr_final``, ``warmup``, ``seed``,
+        ``num_threads`` and ``progress`` are used.
+    generator : torch.Generator, optional
+        Source of the batches; default a generator on the model's device seeded with ``config.seed``.
+    sample : callable, optional
+        ``sample(batch_size, generator)`` returning inputs for ``model.loss``;
+        default ``model.sample``.
+    desc : str, default "train"
+        Label of the progress bar.
+
+    Returns
+    -------
+    history : (m, steps) ndarray
+        Minibatch loss of every instance at every step.
+
+    Raises
+    ------
+    TypeError
+        ``config`` is not a :class:`~capalloc.training.TrainConfig`.
+
+    Examples
+    --------
+    >>> from capalloc.training import TrainConfig
+    >>> from capalloc.training.torch_models import build_model, fit
+    >>> model = build_model("quadratic", [1.0, 0.5], d=1, sparsity=0.5, instances=3)
+    >>> history = fit(model, TrainConfig(steps=200, batch_size=256, lr=0.03))
+    >>> history.shape, bool((history[:, -20:].mean() < history[:, :20].mean()))
+    ((3, 200), True)
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {short(config)}")
+    draw = model.sample if sample is None else sample
+    dev = model.W.device
+    if generator is None:
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr_at(0))
+    history = torch.empty(config.steps, model.m, device=dev, dtype=model.W.dtype)
+    steps: Any = range(config.steps)
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=desc, unit="step", leave=False)
+    previous = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        for step in steps:
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step)
+            loss = model.loss(draw(config.batch_size, generator))
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            history[step] = loss.detach()
+            if config.progress and (step % 50 == 0 or step == config.steps - 1):
+                steps.set_postfix(loss=f"{float(loss.detach().mean()):.4g}")
+    finally:
+        if config.num_threads is not None:
+            torch.set_num_threads(previous)
+    return history.T.to("cpu", torch.float64).numpy()
 
 
 def train_model(
@@ -594,25 +697,26 @@ def train_model(
     *,
     n: int | None = None,
     instances: int = 1,
-    steps: int = 3000,
-    batch_size: int = 1024,
-    lr: float = 1e-2,
-    lr_final: float = 0.05,
-    device: Any = "cpu",
-    seed: int = 0,
-    progress: bool = False,
-    eval_batch: int = 8192,
+    config: TrainConfig | None = None,
     cap_tol: float = 0.05,
     norm_tol: float = 1e-2,
     block_tol: float = 0.05,
-    dtype: torch.dtype = torch.float32,
-    num_threads: int | None = 1,
-) -> ModelRun:
-    r"""Train ``instances`` copies of a toy model with Adam and report its capacities.
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lr_final: float | None = None,
+    device: Any = None,
+    seed: int | None = None,
+    progress: bool | None = None,
+    eval_batch: int | None = None,
+    dtype: Any = None,
+    num_threads: int | None = None,
+) -> TrainResult:
+    r"""Train ``instances`` copies of a toy model with :func:`fit` and report its capacities.
 
-    Each step draws a fresh batch; the learning rate follows a cosine decay from
-    ``lr`` to ``lr * lr_final``. The loss summed over instances is minimised, which
-    trains each instance on its own loss.
+    Each step draws a fresh batch; with the default settings the learning rate
+    follows a cosine decay from ``lr`` to ``lr * lr_final``. The loss summed
+    over instances is minimised, which trains each instance on its own loss.
 
     Parameters
     ----------
@@ -629,34 +733,29 @@ def train_model(
     instances : int, default 1
         Instances ``m`` when neither ``importance`` nor ``sparsity`` is per instance
         (e.g. several seeds of one setting).
-    steps : int, default 3000
-    batch_size : int, default 1024
-    lr : float, default 1e-2
-        Initial Adam learning rate.
-    lr_final : float, default 0.05
-        Final learning rate as a fraction of ``lr``.
-    device : str or torch.device, default "cpu"
-        ``"cpu"`` or ``"cuda"`` (``ValueError`` when CUDA is unavailable).
-    seed : int, default 0
-        Seeds the initial weights and every batch.
-    progress : bool, default False
-        Show a tqdm progress bar.
-    eval_batch : int, default 8192
-        Size of the batch the final loss is measured on.
-    cap_tol, norm_tol : float
-        Tolerances of :func:`trained_labels`.
+    config : TrainConfig, optional
+        Settings of the run; default ``TrainConfig()`` (3000 steps of 1024
+        samples, ``lr = 0.01`` decaying to ``5e-4``, seed 0, CPU, float32, one
+        torch thread, final loss on 8192 samples).
+    cap_tol, norm_tol : float, default 0.05, 0.01
+        Tolerances of the result's labels (:func:`trained_labels`).
     block_tol : float, default 0.05
-        Tolerance passed to :func:`capalloc.geometry.find_blocks`.
-    dtype : torch.dtype, default torch.float32
-    num_threads : int or None, default 1
-        CPU threads torch may use while training (its setting is restored
-        afterwards); ``None`` leaves it alone. These models are far too small to
-        gain from threads, and on a busy machine spinning threads slow a step
-        several times over.
+        Tolerance of the result's blocks (:func:`capalloc.geometry.find_blocks`).
+    steps, batch_size, lr, lr_final, device, seed, progress, eval_batch, dtype, num_threads : optional
+        The keywords of 0.1.0: each replaces that field of ``config`` (see
+        :class:`~capalloc.training.TrainConfig`; to leave torch's thread
+        setting alone, pass a config with ``num_threads=None``).
 
     Returns
     -------
-    ModelRun
+    TrainResult
+        ``model=model_name``, ``method="sampled"``; ``loss`` on a fresh batch
+        of ``config.eval_batch`` samples, ``loss_history`` of shape ``(m, steps)``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``model_name`` or a bad setting (the message names it).
 
     References
     ----------
@@ -667,68 +766,34 @@ def train_model(
     --------
     >>> from capalloc.training.torch_models import train_model
     >>> run = train_model("relu-ae", n=5, d=2, sparsity=[0.0, 0.9], steps=20)
-    >>> run.instances, run.polysemantic_fraction.shape
-    (2, (2,))
+    >>> run.instances, run.polysemantic_fraction.shape, run.config.steps
+    (2, (2,), 20)
     """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {short(config)}")
+    given = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_final": lr_final,
+        "device": device,
+        "seed": seed,
+        "progress": None if progress is None else bool(progress),
+        "eval_batch": eval_batch,
+        "dtype": dtype,
+        "num_threads": num_threads,
+    }
+    cfg = (TrainConfig() if config is None else config).replace(
+        **{name: value for name, value in given.items() if value is not None}
+    )
+    check_tolerances(cap_tol, norm_tol, block_tol)
     if importance is None:
         importance = default_importance(20 if n is None else check_positive(n, "n", integer=True))
     elif n is not None and np.shape(importance)[-1] != n:
         raise ValueError(f"n={n!r} disagrees with importance of shape {np.shape(importance)}")
-    steps = check_positive(steps, "steps", integer=True)
-    batch_size = check_positive(batch_size, "batch_size", integer=True)
-    eval_batch = check_positive(eval_batch, "eval_batch", integer=True)
-    lr = check_positive(lr, "lr")
-    lr_final = check_positive(lr_final, "lr_final")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if num_threads is not None:
-        num_threads = check_positive(num_threads, "num_threads", integer=True)
-    dev = resolve_device(device)
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _train(
-            model_name,
-            importance,
-            d,
-            sparsity,
-            instances,
-            steps,
-            batch_size,
-            lr,
-            lr_final,
-            dev,
-            int(seed),
-            progress,
-            eval_batch,
-            dtype,
-            dict(cap_tol=cap_tol, norm_tol=norm_tol, block_tol=block_tol),
-        )
-    finally:
-        if num_threads is not None:
-            torch.set_num_threads(previous)
-
-
-def _train(
-    model_name: str,
-    importance: Any,
-    d: int,
-    sparsity: Any,
-    instances: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    lr_final: float,
-    dev: torch.device,
-    seed: int,
-    progress: bool,
-    eval_batch: int,
-    dtype: torch.dtype,
-    label_kw: dict[str, float],
-) -> ModelRun:
+    dev = resolve_device(cfg.device)
     gen = torch.Generator(device=dev)
-    gen.manual_seed(seed)
+    gen.manual_seed(cfg.seed)
     model = build_model(
         model_name,
         importance,
@@ -736,84 +801,36 @@ def _train(
         sparsity,
         instances=instances,
         device=dev,
-        dtype=dtype,
+        dtype=cfg.dtype,
         generator=gen,
     )
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def schedule(t: int) -> float:
-        return lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * t / steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    window = max(steps // 50, 1)
-    history: list[np.ndarray] = []
-    acc = torch.zeros(model.m, device=dev, dtype=dtype)
-    iterator: Sequence[int] | Any = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=f"train {model_name}", leave=False)
     start = time.perf_counter()
-    for t in iterator:
-        x = model.sample(batch_size, gen)
-        loss = model.loss(x)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        sched.step()
-        acc += loss.detach()
-        if (t + 1) % window == 0 or t + 1 == steps:
-            history.append((acc / ((t % window) + 1)).cpu().numpy())
-            acc.zero_()
+    history = fit(model, cfg, generator=gen, desc=f"train {model_name}")
     with torch.no_grad():
-        final = model.loss(model.sample(eval_batch, gen)).cpu().numpy().astype(float)
+        final = model.loss(model.sample(cfg.eval_batch, gen)).cpu().numpy().astype(float)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elapsed = time.perf_counter() - start
-    return _summarise(
-        model_name, model, final, np.array(history), steps, str(dev), seed, elapsed, **label_kw
-    )
 
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(float)
 
-def _summarise(
-    name: str,
-    model: ToyModel,
-    final: np.ndarray,
-    history: np.ndarray,
-    steps: int,
-    device: str,
-    seed: int,
-    elapsed: float,
-    *,
-    cap_tol: float,
-    norm_tol: float,
-    block_tol: float,
-) -> ModelRun:
-    W = model.W.detach().cpu().numpy().astype(float)
-    C = effective_capacity(W, norm_tol)
-    labels = trained_labels(W, cap_tol=cap_tol, norm_tol=norm_tol)
-    poly = labels == POLYSEMANTIC
-    kept = (labels != IGNORED).sum(-1)
-    frac = np.where(kept > 0, poly.sum(-1) / np.maximum(kept, 1), 0.0)
-    total = C.sum(-1)
-    held = np.where(total > 0, (C * poly).sum(-1) / np.where(total > 0, total, 1.0), 0.0)
-    return ModelRun(
-        model=name,
-        W=_readonly(W),
-        bias=_readonly(model.b.detach().cpu().numpy().astype(float)),
-        importance=_readonly(model.importance.cpu().numpy().astype(float)),
-        sparsity=_readonly(model.sparsity.cpu().numpy().astype(float)),
-        capacities=_readonly(capacity(W)),
-        effective_capacities=_readonly(C),
-        labels=_readonly(labels),
-        polysemantic_fraction=_readonly(frac),
-        polysemantic_fraction_all=_readonly(poly.mean(-1)),
-        capacity_held_by_poly=_readonly(held),
-        blocks=_find_blocks(W, labels, block_tol),
-        loss=_readonly(final),
-        loss_history=_readonly(history),
-        steps=steps,
-        device=device,
-        seed=seed,
-        elapsed=float(elapsed),
+    return TrainResult(
+        W=host(model.W),
+        bias=host(model.b),
+        loss=final,
+        loss_history=history,
+        restart_losses=final[:, None],
+        importance=host(model.importance),
+        method="sampled",
+        model=model_name,
+        nit=cfg.steps,
+        device=str(dev),
+        message=f"{cfg.steps} Adam steps",
+        elapsed=elapsed,
+        config=cfg,
+        sparsity=host(model.sparsity),
+        cap_tol=cap_tol,
+        norm_tol=norm_tol,
+        block_tol=block_tol,
     )

@@ -10,20 +10,23 @@ Two methods minimise the quadratic model's loss over the embedding ``W``:
         L(W) = \sum_i (K_i - 1)(v_i - N_i)^2 + 2 \sum_{i \ne j} (W_i \cdot W_j)^2,
 
     with its analytic gradient (:func:`capalloc.quadratic_loss_grad`), each
-    evaluation costing :math:`O(n d^2)`, finished by a few Newton steps on exact
-    Hessian-vector products; several random restarts, the best kept.
+    evaluation costing :math:`O(n d^2)`, finished by a few Newton steps on
+    Hessian-vector products derived from that gradient; several random
+    restarts, the best kept.
 ``"sampled"``
-    Minibatch Adam in torch on samples of the input law, the way a network is
-    trained: the per-instance loss is the batch mean of :math:`(\hat y - y)^2`
-    with :math:`\hat y = \lVert W x\rVert^2 + b` and a learnable bias ``b``. All
-    instances of a batched problem and all restarts train together as one
-    ``(R, m, d, n)`` tensor program, on CPU or GPU.
+    Minibatch Adam on samples of the input law, the way a network is trained:
+    the quadratic toy model of :mod:`capalloc.training.torch_models` trained by
+    its one loop, :func:`~capalloc.training.torch_models.fit` (needs torch).
+    All instances of a batched problem and all restarts train together as one
+    tensor program, on CPU or GPU.
 
 Both report the exact expected loss of what they found, so training can be
 scored against :func:`capalloc.solve`. Internally each instance is rescaled to
 :math:`\max_i v_i = 1` (the loss is homogeneous: :math:`v \to s v` maps
 :math:`W \to \sqrt s W`, :math:`L \to s^2 L`), which makes the tolerances and
-the learning rate scale free.
+the learning rate scale free. The settings of a run are one
+:class:`~capalloc.training.TrainConfig`; :func:`default_config` gives each
+method's defaults.
 
 References
 ----------
@@ -34,115 +37,44 @@ References
 from __future__ import annotations
 
 import math
-import numbers
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from capalloc._capacity import capacity
 from capalloc._lib.registry import Registry
-from capalloc._lib.validation import check_budget, readonly, short
+from capalloc._lib.validation import check_budget, check_positive, short
 from capalloc.allocation.problems import QuadraticProblem
-from capalloc.distributions import Gaussian, InputLaw, PerFeature, ThreePoint, from_kurtosis
+from capalloc.distributions import InputLaw, PerFeature, from_kurtosis
 from capalloc.quadratic.model import quadratic_loss, quadratic_loss_grad
+from capalloc.training.config import TrainConfig
+from capalloc.training.result import TrainResult
 
-__all__ = ["TrainResult", "train_quadratic", "train_methods"]
-
-#: Defaults that differ between the methods.
-_DEFAULT_RESTARTS = {"exact": 4, "sampled": 1}
-_DEFAULT_STEPS = {"exact": 100_000, "sampled": 4000}
-_DEFAULT_LR = 0.01
-_DEFAULT_BATCH = 2048
-_DEFAULT_TOL = 1e-12
-
-
-def _scalar_or_array(x: np.ndarray) -> Any:
-    return float(x) if np.ndim(x) == 0 else x
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class TrainResult:
-    """Outcome of :func:`train_quadratic`.
-
-    Attributes
-    ----------
-    W : (d, n) or (m, d, n) ndarray
-        Trained embedding (the best restart of each instance; read-only).
-    bias : float or (m,) ndarray
-        Output bias: the optimal bias for ``"exact"``, the learned one for ``"sampled"``.
-    capacity : (n,) or (m, n) ndarray
-        Capacities of the trained columns, :func:`capalloc.capacity` of ``W``.
-    loss : float or (m,) ndarray
-        Exact expected loss of the trained model ``(W, bias)``.
-    history : (T,) or (m, T) ndarray
-        Loss per iteration of the best restart: the exact loss after each
-        L-BFGS iteration and Newton step (``"exact"``; shorter runs of a batch
-        are padded with their final value) or the minibatch loss of each Adam step (``"sampled"``).
-    restart_losses : (R,) or (m, R) ndarray
-        Final exact loss of every restart, to measure how often descent ends in a
-        spurious local minimum.
-    method : str
-        ``"exact"`` or ``"sampled"``.
-    nit : int
-        Iterations: L-BFGS iterations plus Newton polishing steps of the best
-        restart (largest over a batch), or Adam steps.
-    device : str
-        Where the training ran (``"cpu"`` for ``"exact"``).
-    message : str
-        Optimiser message of the best restart (the first instance of a batch).
-    """
-
-    W: np.ndarray
-    bias: Any
-    capacity: np.ndarray
-    loss: Any
-    history: np.ndarray
-    restart_losses: np.ndarray
-    method: str
-    nit: int
-    device: str
-    message: str
-
-    def __repr__(self) -> str:
-        loss = np.asarray(self.loss)
-        loss_txt = f"{float(loss):.6g}" if loss.ndim == 0 else f"array(shape={loss.shape})"
-        return (
-            f"TrainResult(method={self.method!r}, W.shape={self.W.shape}, loss={loss_txt}, "
-            f"restarts={self.restart_losses.shape[-1]}, nit={self.nit}, "
-            f"device={self.device!r})"
-        )
+__all__ = ["TrainResult", "default_config", "train_quadratic", "train_methods"]
 
 
 # ---------------------------------------------------------------------------
-# Validation
+# Method registry: each method with its default settings
 # ---------------------------------------------------------------------------
 
 
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {short(value)}")
-    return int(value)
+@dataclass(frozen=True)
+class _Method:
+    run: Callable[..., TrainResult]
+    defaults: TrainConfig
 
 
-def _check_positive_float(value: Any, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {short(value)}")
-    return float(value)
+_METHODS: Registry[_Method] = Registry("method")
 
 
-# ---------------------------------------------------------------------------
-# Method registry
-# ---------------------------------------------------------------------------
+def _register(name: str, defaults: TrainConfig) -> Callable[[Callable[..., TrainResult]], Any]:
+    def add(run: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+        _METHODS.add(name, _Method(run, defaults))
+        return run
 
-_METHODS: Registry[Callable[..., TrainResult]] = Registry("method")
-_register = _METHODS.register
+    return add
 
 
 def train_methods() -> list[str]:
@@ -157,22 +89,47 @@ def train_methods() -> list[str]:
     return _METHODS.names()
 
 
+def default_config(method: str) -> TrainConfig:
+    """The settings :func:`train_quadratic` uses for ``method`` unless told otherwise.
+
+    ``"exact"``: at most 100000 L-BFGS-B iterations, 4 restarts, ``tol = 1e-12``,
+    Newton polish. ``"sampled"``: 4000 Adam steps of 2048 samples, learning
+    rate 0.01 with a 2 % warm-up and cosine decay to zero, one restart, torch's
+    own thread setting.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method`` (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> from capalloc.training import default_config
+    >>> default_config("sampled").replace(lr=0.03).steps
+    4000
+    >>> default_config("exact").restarts
+    4
+    """
+    return _METHODS[method].defaults
+
+
 def train_quadratic(
     problem: QuadraticProblem,
     method: str = "exact",
     *,
+    config: TrainConfig | None = None,
     d: int | None = None,
-    restarts: int | None = None,
-    seed: int = 0,
-    steps: int | None = None,
-    lr: float = _DEFAULT_LR,
-    batch_size: int = _DEFAULT_BATCH,
-    device: Any = "cpu",
-    progress: bool = False,
-    tol: float = _DEFAULT_TOL,
     law: Any = None,
     init_scale: float = 0.5,
-    polish: bool = True,
+    restarts: int | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    device: Any = None,
+    progress: bool | None = None,
+    tol: float | None = None,
+    polish: bool | None = None,
 ) -> TrainResult:
     r"""Train the quadratic model's embedding by gradient descent.
 
@@ -188,28 +145,14 @@ def train_quadratic(
     method : {"exact", "sampled"}, default "exact"
         ``"exact"``: L-BFGS-B on the exact expected loss (numpy, float64).
         ``"sampled"``: minibatch Adam on samples of the input law (torch).
+    config : TrainConfig, optional
+        All settings of the run; default :func:`default_config` of ``method``.
+        ``"exact"`` reads ``steps`` (the cap on L-BFGS-B iterations), ``restarts``,
+        ``seed``, ``tol``, ``polish`` and ``progress``; ``"sampled"`` reads
+        ``steps``, ``batch_size``, ``lr``, ``lr_final``, ``warmup``, ``restarts``,
+        ``seed``, ``device``, ``dtype``, ``num_threads`` and ``progress``.
     d : int, optional
         Width of ``W``; default ``problem.d``. Must be ``>= 1``.
-    restarts : int, optional
-        Random initialisations per instance; the one of lowest exact loss is
-        kept. Default 4 for ``"exact"``, 1 for ``"sampled"``.
-    seed : int, default 0
-        Seed of the initialisations (numpy) and of the samples (``torch.Generator``).
-    steps : int, optional
-        Maximum L-BFGS iterations (``"exact"``, default 100000) or Adam steps
-        (``"sampled"``, default 4000).
-    lr : float, default 0.01
-        Peak Adam learning rate, in units where :math:`\max_i v_i = 1`; a short
-        linear warm-up is followed by cosine decay to zero (``"sampled"`` only).
-    batch_size : int, default 2048
-        Samples per Adam step (``"sampled"`` only).
-    device : str or torch.device, default "cpu"
-        Torch device of ``"sampled"`` training; ``"cuda"`` without a GPU raises.
-    progress : bool, default False
-        Show a tqdm progress bar (over restarts for ``"exact"``, steps for ``"sampled"``).
-    tol : float, default 1e-12
-        L-BFGS-B ``gtol`` on the rescaled loss (``"exact"`` only); ``ftol`` is
-        fixed at ``1e-15``.
     law : InputLaw or sequence of InputLaw, optional
         Input law of ``"sampled"`` training: one law for all instances (a
         :class:`~capalloc.distributions.PerFeature` law gives one per feature)
@@ -221,22 +164,28 @@ def train_quadratic(
         :math:`d\sigma^2 = \text{init\_scale}^2 \cdot \overline{v}/\max v`, so
         initial squared column norms are about ``init_scale**2`` times the mean
         rescaled importance.
-    polish : bool, default True
-        ``"exact"`` only: after L-BFGS-B, take up to 4 Newton steps (MINRES on
-        exact Hessian-vector products), each accepted only if it shrinks the
-        gradient. L-BFGS-B stops when the loss no longer decreases in floating
-        point, which leaves weakly curved directions (the angle between a
-        monosemantic feature and a polysemantic one of small norm) accurate to
-        only about ``1e-6``; the Newton steps take capacities to about ``1e-12``.
+    restarts, seed, steps, lr, batch_size, device, progress, tol, polish : optional
+        The keywords of 0.1.0: each replaces that field of ``config`` (see
+        :class:`~capalloc.training.TrainConfig`). ``restarts``: random
+        initialisations per instance, the one of lowest exact loss kept.
+        ``polish``: after L-BFGS-B take up to 4 Newton steps (MINRES on
+        Hessian-vector products), each accepted only if it shrinks the gradient.
+        L-BFGS-B stops when the loss no longer decreases in floating point,
+        which leaves weakly curved directions (the angle between a monosemantic
+        feature and a polysemantic one of small norm) accurate to only about
+        ``1e-6``; the Newton steps take capacities to about ``1e-12``.
 
     Returns
     -------
     TrainResult
+        With ``model="quadratic"``, ``method`` as given and the exact expected
+        ``loss`` of the best restart.
 
     Raises
     ------
     TypeError
-        ``problem`` is not a :class:`~capalloc.QuadraticProblem`.
+        ``problem`` is not a :class:`~capalloc.QuadraticProblem`, or ``config``
+        not a :class:`~capalloc.training.TrainConfig`.
     ValueError
         Bad ``method``, ``lr``, ``steps``, ``batch_size``, ``restarts``, ``tol``,
         ``seed``, ``d``, ``device`` or ``law``, or a problem without features.
@@ -266,9 +215,9 @@ def train_quadratic(
     --------
     >>> import numpy as np
     >>> import capalloc
-    >>> from capalloc.training.train import train_quadratic
+    >>> from capalloc.training import default_config, train_quadratic
     >>> problem = capalloc.QuadraticProblem([4.0, 2.0, 1.0, 0.2], d=2, kurtosis=10.0)
-    >>> res = train_quadratic(problem, restarts=2)
+    >>> res = train_quadratic(problem, config=default_config("exact").replace(restarts=2))
     >>> res.capacity.round(4).tolist()
     [1.0, 0.7619, 0.2381, 0.0]
     >>> bool(abs(res.loss - capalloc.solve(problem).loss) < 1e-9)
@@ -278,37 +227,44 @@ def train_quadratic(
         raise TypeError(f"problem must be a QuadraticProblem, got {short(problem)}")
     if not isinstance(method, str) or method not in _METHODS:
         raise ValueError(f"method must be one of {train_methods()}, got {method!r}")
+    entry = _METHODS[method]
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {short(config)}")
+    given = {
+        "restarts": restarts,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "device": device,
+        "progress": None if progress is None else bool(progress),
+        "tol": tol,
+        "polish": None if polish is None else bool(polish),
+    }
+    cfg = (entry.defaults if config is None else config).replace(
+        **{name: value for name, value in given.items() if value is not None}
+    )
     if problem.n == 0:
         raise ValueError(f"problem must have at least one feature, got {problem!r}")
     width = problem.d if d is None else check_budget(d, "d")
     if width < 1:
         raise ValueError(f"d must be >= 1 to train an embedding, got {width!r}")
-    restarts = _check_count(_DEFAULT_RESTARTS[method] if restarts is None else restarts, "restarts")
-    steps = _check_count(_DEFAULT_STEPS[method] if steps is None else steps, "steps")
-    batch_size = _check_count(batch_size, "batch_size")
-    lr = _check_positive_float(lr, "lr")
-    tol = _check_positive_float(tol, "tol")
-    init_scale = _check_positive_float(init_scale, "init_scale")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {short(seed)}")
+    init_scale = check_positive(init_scale, "init_scale")
     if law is not None and method != "sampled":
         raise ValueError(
             f"law is used by method='sampled' only, got law={short(law)} with method={method!r}"
         )
-    return _METHODS[method](
-        problem,
-        d=width,
-        restarts=restarts,
-        seed=int(seed),
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        tol=tol,
-        law=law,
-        init_scale=init_scale,
-        polish=bool(polish),
+    start = time.perf_counter()
+    fields = entry.run(problem, d=width, config=cfg, law=law, init_scale=init_scale)
+    if not problem.batched:
+        fields = {k: (x[0] if isinstance(x, np.ndarray) else x) for k, x in fields.items()}
+    return TrainResult(
+        importance=problem.importance,
+        method=method,
+        model="quadratic",
+        elapsed=time.perf_counter() - start,
+        config=cfg,
+        **fields,
     )
 
 
@@ -317,6 +273,12 @@ def _rows(problem: QuadraticProblem) -> tuple[np.ndarray, np.ndarray]:
     v = np.atleast_2d(problem.importance)
     K = np.broadcast_to(problem.kurtosis, problem.importance.shape)
     return v, np.atleast_2d(K)
+
+
+def _scales(v: np.ndarray) -> np.ndarray:
+    """Per-row rescaling ``max_i v_i`` (1 for a row of zeros)."""
+    s = v.max(axis=-1)
+    return np.where(s > 0, s, 1.0)
 
 
 def _initial(
@@ -345,23 +307,26 @@ def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
 
 _NEWTON_STEPS = 4  # at most this many polishing steps after L-BFGS-B
 _NEWTON_KRYLOV = 100  # MINRES iterations per polishing step
+_STENCIL = np.array([1.0, -1.0, 2.0, -2.0])  # multiples of h in _hessp
 
 
 def _hessp(W: np.ndarray, v: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.ndarray:
-    r"""Hessian of the exact loss (optimal bias) applied to a direction ``V``, :math:`O(n d^2)`.
+    r"""Hessian of the exact loss (optimal bias) at ``W`` applied to ``V``, from gradients only.
 
-    Differentiating :math:`\nabla_{W_i} L = -4 (K_i-1)(v_i-N_i) W_i + 8 (M W_i - N_i W_i)`
-    along ``V`` with :math:`\dot N_i = 2 W_i\cdot V_i`, :math:`\dot M = V W^\top + W V^\top`.
+    The loss is a quartic polynomial in ``W``, so along the line :math:`W + tV`
+    its gradient :func:`~capalloc.quadratic_loss_grad` is a cubic polynomial
+    :math:`g(t) = g_0 + t\,HV + t^2 c_2 + t^3 c_3`. The odd differences
+    :math:`D(h) = g(h) - g(-h) = 2h\,HV + 2h^3 c_3` give the product exactly,
+    :math:`HV = (8 D(h) - D(2h)) / (12 h)`, from one batched gradient call at
+    the four points; :math:`h = \lVert W\rVert / (4 \lVert V\rVert)` keeps the
+    rounding error to about ten ulps of :math:`\lVert HV\rVert`. Cost :math:`O(n d^2)`.
     """
-    N = np.einsum("kn,kn->n", W, W)
-    dN = 2 * np.einsum("kn,kn->n", W, V)
-    dM = V @ W.T
-    dM += dM.T
-    return (
-        (-4 * (K - 1) * (v - N) - 8 * N) * V
-        + (4 * (K - 1) - 8) * dN * W
-        + 8 * (dM @ W + (W @ W.T) @ V)
-    )
+    size = float(np.linalg.norm(V))
+    if size == 0.0:
+        return np.zeros_like(W)
+    h = 0.25 * max(float(np.linalg.norm(W)), 1.0) / size
+    _, grads = quadratic_loss_grad(W + (h * _STENCIL)[:, None, None] * V, v, K)
+    return (8 * (grads[0] - grads[1]) - (grads[2] - grads[3])) / (12 * h)
 
 
 def _polish(
@@ -381,12 +346,14 @@ def _polish(
     loss, grad = quadratic_loss_grad(W, v, K)
     size = float(np.abs(grad).max(initial=0.0))
     losses: list[float] = []
-    op = LinearOperator(
-        (d * n, d * n), dtype=float, matvec=lambda x: _hessp(W, v, K, x.reshape(d, n)).ravel()
-    )
     for _ in range(_NEWTON_STEPS):
         if size <= gtol:
             break
+        op = LinearOperator(
+            (d * n, d * n),
+            dtype=float,
+            matvec=lambda x, W=W: _hessp(W, v, K, x.reshape(d, n)).ravel(),
+        )
         step, _info = minres(op, -grad.ravel(), maxiter=_NEWTON_KRYLOV, rtol=1e-12)
         W_new = W + step.reshape(d, n)
         loss_new, grad_new = quadratic_loss_grad(W_new, v, K)
@@ -437,68 +404,44 @@ def _lbfgs(
     return W, history + polished, int(res.nit) + len(polished), message
 
 
-@_register("exact")
+@_register("exact", TrainConfig(steps=100_000, restarts=4))
 def _train_exact(
-    problem: QuadraticProblem,
-    *,
-    d: int,
-    restarts: int,
-    seed: int,
-    steps: int,
-    tol: float,
-    progress: bool,
-    init_scale: float,
-    polish: bool,
-    **_: Any,
-) -> TrainResult:
+    problem: QuadraticProblem, *, d: int, config: TrainConfig, init_scale: float, **_: Any
+) -> dict[str, Any]:
     v, K = _rows(problem)
     m, n = v.shape
-    rng = np.random.default_rng(seed)
-    Ws = np.zeros((m, d, n))
-    losses = np.zeros((m, restarts))
-    histories: list[np.ndarray] = []
-    nits, messages = [], []
-    jobs = [(row, r) for row in range(m) for r in range(restarts)]
+    scale = _scales(v)
+    rng = np.random.default_rng(config.seed)
+    losses = np.zeros((m, config.restarts))
     best: dict[int, tuple[float, np.ndarray, list[float], int, str]] = {}
-    for row, r in _progress(jobs, progress, desc="exact training", unit="restart"):
-        s = float(v[row].max()) if n else 1.0
-        s = s if s > 0 else 1.0
+    jobs = [(row, r) for row in range(m) for r in range(config.restarts)]
+    for row, r in _progress(jobs, config.progress, desc="exact training", unit="restart"):
+        s = float(scale[row])
         vn = v[row] / s
         W0 = _initial(rng, vn, d, init_scale)
-        Wn, hist, nit, message = _lbfgs(vn, K[row], W0, steps, tol, polish)
+        Wn, hist, nit, message = _lbfgs(vn, K[row], W0, config.steps, config.tol, config.polish)
         W = Wn * math.sqrt(s)
         loss = quadratic_loss(W, v[row], K[row])
         losses[row, r] = loss
         if row not in best or loss < best[row][0]:
             best[row] = (loss, W, [h * s * s for h in hist], nit, message)
-    for row in range(m):
-        W, hist, nit, message = best[row][1:]
-        Ws[row] = W
-        histories.append(np.asarray(hist if hist else [losses[row].min()], dtype=float))
-        nits.append(nit)
-        messages.append(message)
+    Ws = np.stack([best[row][1] for row in range(m)])
+    histories = [np.asarray(best[row][2] or [losses[row].min()], dtype=float) for row in range(m)]
     length = max(h.size for h in histories)
-    history = np.stack([np.pad(h, (0, length - h.size), mode="edge") for h in histories])
-    bias = np.sum(v - np.einsum("mkn,mkn->mn", Ws, Ws), axis=-1)
-    loss = quadratic_loss(Ws, v, K)
-    if not problem.batched:
-        Ws, bias, loss, history, losses = Ws[0], bias[0], loss[0], history[0], losses[0]
-    return TrainResult(
-        W=readonly(Ws),
-        bias=readonly(_scalar_or_array(bias)),
-        capacity=readonly(capacity(Ws)),
-        loss=readonly(_scalar_or_array(loss)),
-        history=readonly(history),
-        restart_losses=readonly(losses),
-        method="exact",
-        nit=max(nits),
-        device="cpu",
-        message=messages[0],
-    )
+    return {
+        "W": Ws,
+        "bias": np.sum(v - np.einsum("mkn,mkn->mn", Ws, Ws), axis=-1),
+        "loss": quadratic_loss(Ws, v, K),
+        "loss_history": np.stack([np.pad(h, (0, length - h.size), mode="edge") for h in histories]),
+        "restart_losses": losses,
+        "nit": max(best[row][3] for row in range(m)),
+        "device": "cpu",
+        "message": best[0][4],
+    }
 
 
 # ---------------------------------------------------------------------------
-# "sampled": minibatch Adam in torch
+# "sampled": minibatch Adam in torch, through the one trainer
 # ---------------------------------------------------------------------------
 
 
@@ -510,25 +453,6 @@ def _import_torch() -> Any:
             "method='sampled' needs torch, which is not installed: pip install capalloc[torch]"
         ) from exc
     return torch
-
-
-def _torch_device(torch: Any, device: Any) -> Any:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must name a torch device such as 'cpu' or 'cuda', got {short(device)}"
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={short(device)} was requested but CUDA is not available "
-            f"(torch.cuda.is_available() is False); use device='cpu'"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device={short(device)}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-        )
-    return dev
 
 
 def _feature_laws(problem: QuadraticProblem, law: Any) -> list[InputLaw]:
@@ -566,146 +490,64 @@ def _feature_laws(problem: QuadraticProblem, law: Any) -> list[InputLaw]:
     return laws
 
 
-class _Sampler:
-    """Draws ``(B, m * n)`` samples with the per-column laws, vectorised by law family.
-
-    Gaussian columns come from one ``randn``, three-point columns (any kurtosis)
-    from one ``rand`` with a per-column activation probability; other laws are
-    drawn once per distinct law.
-    """
-
-    def __init__(self, torch: Any, laws: list[InputLaw], device: Any, dtype: Any) -> None:
-        self.torch, self.device, self.dtype, self.width = torch, device, dtype, len(laws)
-        groups: dict[Any, list[int]] = {}
-        for j, law in enumerate(laws):
-            key = (
-                ("three",)
-                if isinstance(law, ThreePoint)
-                else (("gauss",) if isinstance(law, Gaussian) else ("law", law))
-            )
-            groups.setdefault(key, []).append(j)
-        self.groups = []
-        for key, cols in groups.items():
-            index = torch.tensor(cols, dtype=torch.long, device=device)
-            extra: Any = None
-            if key[0] == "three":
-                extra = torch.tensor(
-                    [1.0 / laws[j].kurtosis for j in cols], dtype=dtype, device=device
-                )
-            self.groups.append((key, index, extra))
-
-    def __call__(self, gen: Any, batch: int) -> Any:
-        torch = self.torch
-        single = len(self.groups) == 1
-        x: Any = (
-            None if single else torch.empty(batch, self.width, device=self.device, dtype=self.dtype)
-        )
-        for key, index, p in self.groups:
-            scale = None if p is None else p.rsqrt()
-            shape = (batch, index.numel())
-            if key[0] == "gauss":
-                part = torch.randn(shape, generator=gen, device=self.device, dtype=self.dtype)
-            elif key[0] == "three":
-                # x = +-1/sqrt(p) with probability p/2 each, else 0: kurtosis 1/p
-                u = torch.rand(shape, generator=gen, device=self.device, dtype=self.dtype)
-                part = (2 * (u < p / 2).to(self.dtype) - (u < p).to(self.dtype)) * scale
-            else:
-                part = key[1]._draw_torch(gen, shape, self.device, self.dtype)
-            if single:
-                return part
-            x[:, index] = part
-        return x
-
-
-def _lr_factor(step: int, steps: int) -> float:
-    """Linear warm-up over the first 2% of steps, then cosine decay to zero."""
-    warm = max(1, steps // 50)
-    if step < warm:
-        return (step + 1) / warm
-    t = (step - warm) / max(1, steps - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-@_register("sampled")
+@_register(
+    "sampled",
+    TrainConfig(steps=4000, batch_size=2048, lr_final=0.0, warmup=0.02, num_threads=None),
+)
 def _train_sampled(
-    problem: QuadraticProblem,
-    *,
-    d: int,
-    restarts: int,
-    seed: int,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    device: Any,
-    progress: bool,
-    law: Any,
-    init_scale: float,
-    **_: Any,
-) -> TrainResult:
+    problem: QuadraticProblem, *, d: int, config: TrainConfig, law: Any, init_scale: float
+) -> dict[str, Any]:
     laws = _feature_laws(problem, law)  # checked before torch is needed
     torch = _import_torch()
-    dev = _torch_device(torch, device)
+    from capalloc.training import torch_models as tm
+
+    dev = tm.resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
     v, K = _rows(problem)
     m, n = v.shape
-    dtype = torch.float32
-    scale = v.max(axis=-1) if n else np.ones(m)
-    scale = np.where(scale > 0, scale, 1.0)
+    R = config.restarts
+    scale = _scales(v)
     vn = v / scale[:, None]
 
-    rng = np.random.default_rng(seed)
-    W0 = _initial(rng, vn, d, init_scale, shape=(restarts,))  # (R, m, d, n)
-    W = torch.tensor(W0, dtype=dtype, device=dev, requires_grad=True)
-    b0 = np.sum(vn - np.einsum("rmkn,rmkn->rmn", W0, W0), axis=-1)
-    b = torch.tensor(b0, dtype=dtype, device=dev, requires_grad=True)
-    vt = torch.tensor(vn, dtype=dtype, device=dev)
+    # R restarts of m instances: R * m instances of the quadratic toy model
+    W0 = _initial(np.random.default_rng(config.seed), vn, d, init_scale, shape=(R,))  # (R, m, d, n)
+    b0 = np.sum(vn - np.einsum("rmkn,rmkn->rmn", W0, W0), axis=-1)  # the optimal bias at W0
+    model = tm.QuadraticModel(
+        torch.tensor(np.broadcast_to(vn, (R, m, n)).reshape(R * m, n), dtype=dtype, device=dev),
+        torch.zeros(R * m, dtype=dtype, device=dev),
+        d,
+        generator=torch.Generator(device=dev),  # its random start is replaced below
+    )
+    with torch.no_grad():
+        model.W.copy_(torch.as_tensor(W0.reshape(R * m, d, n)))
+        model.b.copy_(torch.as_tensor(b0.reshape(R * m)))
+    sampler = tm.LawSampler(laws)
+
+    def sample(batch: int, gen: Any) -> Any:
+        """``(R m, B, n)``: one draw per instance, shared by its restarts."""
+        x = sampler(batch, gen, dev, dtype).reshape(batch, m, n).transpose(0, 1)
+        return x.unsqueeze(0).expand(R, m, batch, n).reshape(R * m, batch, n)
+
     gen = torch.Generator(device=dev)
-    gen.manual_seed(seed)
-    sampler = _Sampler(torch, laws, dev, dtype)
-    opt = torch.optim.Adam([W, b], lr=lr, foreach=True)
-    history = torch.zeros(steps, restarts, m, dtype=dtype, device=dev)
+    gen.manual_seed(config.seed)
+    history = tm.fit(model, config, generator=gen, sample=sample, desc="sampled training")
 
-    bar = _progress(range(steps), progress, desc="sampled training", unit="step")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(step, steps)
-        x = sampler(gen, batch_size).reshape(batch_size, m, n).transpose(0, 1)  # (m, B, n)
-        y = (x * x) @ vt.unsqueeze(-1)  # (m, B, 1)
-        h = x.unsqueeze(0) @ W.transpose(-1, -2)  # (R, m, B, d)
-        err = (h * h).sum(-1) + b.unsqueeze(-1) - y.squeeze(-1)  # (R, m, B)
-        per_instance = (err * err).mean(-1)  # (R, m)
-        opt.zero_grad(set_to_none=True)
-        per_instance.sum().backward()
-        opt.step()
-        with torch.no_grad():
-            history[step] = per_instance.detach()
-        if progress and (step % 50 == 0 or step == steps - 1):
-            bar.set_postfix(loss=f"{float(per_instance.detach().mean()):.4g}")
-
-    Wn = W.detach().to("cpu", torch.float64).numpy()  # (R, m, d, n)
-    bn = b.detach().to("cpu", torch.float64).numpy()  # (R, m)
-    hist = history.to("cpu", torch.float64).numpy() * (scale**2)[None, None, :]  # (T, R, m)
-    W_all = Wn * np.sqrt(scale)[None, :, None, None]
-    b_all = bn * scale[None, :]
+    W_all = model.W.detach().to("cpu", torch.float64).numpy().reshape(R, m, d, n)
+    W_all = W_all * np.sqrt(scale)[None, :, None, None]
+    b_all = model.b.detach().to("cpu", torch.float64).numpy().reshape(R, m) * scale[None, :]
+    hist = history.reshape(R, m, -1) * (scale**2)[None, :, None]
     losses = np.stack(
-        [quadratic_loss(W_all[r], v, K, bias=b_all[r]) for r in range(restarts)], axis=-1
+        [quadratic_loss(W_all[r], v, K, bias=b_all[r]) for r in range(R)], axis=-1
     )  # (m, R)
     pick = np.argmin(losses, axis=-1)
     rows = np.arange(m)
-    W_best = W_all[pick, rows]
-    b_best = b_all[pick, rows]
-    h_best = hist[:, pick, rows].T  # (m, T)
-    loss = losses[rows, pick]
-    if not problem.batched:
-        W_best, b_best, h_best, loss, losses = W_best[0], b_best[0], h_best[0], loss[0], losses[0]
-    return TrainResult(
-        W=readonly(W_best),
-        bias=readonly(_scalar_or_array(b_best)),
-        capacity=readonly(capacity(W_best)),
-        loss=readonly(_scalar_or_array(loss)),
-        history=readonly(h_best),
-        restart_losses=readonly(losses),
-        method="sampled",
-        nit=steps,
-        device=str(dev),
-        message=f"{steps} Adam steps",
-    )
+    return {
+        "W": W_all[pick, rows],
+        "bias": b_all[pick, rows],
+        "loss": losses[rows, pick],
+        "loss_history": hist[pick, rows],
+        "restart_losses": losses,
+        "nit": config.steps,
+        "device": str(dev),
+        "message": f"{config.steps} Adam steps",
+    }
