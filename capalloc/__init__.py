@@ -60,6 +60,7 @@ _LAZY = {
     "solve_cvxpy": "capalloc.allocation.methods.cvxpy_method",
     "train_quadratic": "capalloc.training.train",
     "TrainResult": "capalloc.training.train",
+    "TrainConfig": "capalloc.training.config",
     "find_blocks": "capalloc.geometry",
     "Block": "capalloc.geometry",
     "is_block_semi_orthogonal": "capalloc.geometry",
