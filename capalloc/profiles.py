@@ -101,7 +101,8 @@ def geometric(ratio: float, n: int) -> np.ndarray:
     [1.0, 0.5, 0.25]
     """
     ratio = check_positive(ratio, "ratio")
-    return ratio ** np.arange(_length(n, "geometric profile"), dtype=float)
+    v = np.arange(_length(n, "geometric profile"), dtype=float)
+    return np.power(ratio, v, out=v)  # in place: one array of n floats, however long
 
 
 def powerlaw(exponent: float, n: int) -> np.ndarray:
@@ -125,7 +126,8 @@ def powerlaw(exponent: float, n: int) -> np.ndarray:
     [1.0, 0.25, 0.1111]
     """
     exponent = _finite(exponent, "exponent")
-    return np.arange(1, _length(n, "power-law profile") + 1, dtype=float) ** -exponent
+    v = np.arange(1, _length(n, "power-law profile") + 1, dtype=float)
+    return np.power(v, -exponent, out=v)
 
 
 def uniform(n: int, seed: int = 0) -> np.ndarray:

@@ -149,6 +149,104 @@ def test_solve_text_table_truncates(capsys):
     assert "ΣC = 10 of d = 10" in out
 
 
+def _table_rows(out: str) -> list[list[str]]:
+    return [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0].isdigit()]
+
+
+def test_solve_table_shows_head_and_tail_rows(capsys):
+    n, d, K = 50, 5, 8.0
+    assert main(["solve", "-v", f"powerlaw:1:{n}", "-d", str(d), "-K", "8", "--max-rows", "6"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split() == ["feature", "importance", "capacity", "label"]
+    assert lines[7] == "... 44 rows omitted (--max-rows 0 shows all)"
+    rows = _table_rows(out)
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4, 49]
+    # importances v_i = 1 / (i + 1), printed with 6 significant digits
+    assert [r[1] for r in rows] == ["1", "0.5", "0.333333", "0.25", "0.2", "0.02"]
+    ref = capalloc.solve(capalloc.QuadraticProblem(1.0 / np.arange(1, n + 1), d=d, kurtosis=K))
+    np.testing.assert_allclose(
+        [float(r[2]) for r in rows], ref.capacity[[0, 1, 2, 3, 4, 49]], atol=5e-5
+    )
+    assert [r[3] for r in rows] == ref.labels[[0, 1, 2, 3, 4, 49]].tolist()
+    counts = {lab: int(np.sum(ref.labels == lab)) for lab in capalloc.LABELS}
+    assert ", ".join(f"{k} {lab}" for lab, k in counts.items()) in out
+    assert main(["solve", "-v", f"powerlaw:1:{n}", "-d", str(d), "-K", "8", "--max-rows", "0"]) == 0
+    everything = capsys.readouterr().out
+    assert [int(r[0]) for r in _table_rows(everything)] == list(range(n))
+    assert "omitted" not in everything
+
+
+def test_solve_table_formats_only_the_rows_it_shows(capsys, monkeypatch):
+    cli_main = sys.modules["capalloc.cli.main"]  # the package re-exports main(), not the module
+    built = []
+    original = cli_main._FeatureRows.__getitem__
+
+    def counting(self, i):
+        built.append(int(i))
+        return original(self, i)
+
+    monkeypatch.setattr(cli_main._FeatureRows, "__getitem__", counting)
+    argv = ["solve", "-v", "geometric:0.99999:200000", "-d", "100", "-K", "4", "--max-rows", "8"]
+    assert main(argv) == 0
+    assert sorted(built) == [0, 1, 2, 3, 4, 5, 199998, 199999]
+    assert "... 199992 rows omitted" in capsys.readouterr().out
+
+
+def test_solve_json_streams_in_chunks_and_stays_valid(capsys, monkeypatch):
+    import capalloc.cli._output as output
+
+    sizes = []
+    items = output._items
+
+    def recording(a):
+        sizes.append(a.size)
+        return items(a)
+
+    monkeypatch.setattr(output, "JSON_CHUNK", 7)
+    monkeypatch.setattr(output, "_items", recording)
+    n, d = 40, 6
+    K = np.resize([2.0, 5.0], n)
+    argv = ["solve", "-v", f"geometric:0.9:{n}", "-d", str(d), "-K", ",".join(map(str, K))]
+    data = _run_json(capsys, [*argv, "--json"])
+    assert max(sizes) == 7  # no list of more than a chunk was built
+    v = 0.9 ** np.arange(n)
+    ref = capalloc.solve(capalloc.QuadraticProblem(v, d=d, kurtosis=K))
+    np.testing.assert_allclose(data["importance"], v, rtol=1e-15)
+    assert data["kurtosis"] == K.tolist()
+    np.testing.assert_allclose(data["capacity"], ref.capacity, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(data["norms"], ref.norms, rtol=1e-12, atol=1e-12)
+    assert data["labels"] == ref.labels.tolist() and len(data["labels"]) == n
+    assert data["counts"] == {lab: int(np.sum(ref.labels == lab)) for lab in capalloc.LABELS}
+    assert data["sum_capacity"] == pytest.approx(d)
+
+
+def test_streamed_json_is_the_text_json_dumps_gives():
+    import io
+
+    from capalloc.cli._output import Chunked, write_json
+
+    x = np.array([0.1, np.nan, 3.0, -np.inf, 2.5e-300, 7.0])
+    names = np.array(["a", "b", "c", "d", "e", "f"])
+    buf = io.StringIO()
+    obj = {"n": 6, "x": x, "ids": np.arange(6), "names": Chunked(6, lambda lo, hi: names[lo:hi])}
+    write_json(
+        {**obj, "nested": {"y": np.array([[1.0, np.inf]])}, "empty": np.zeros(0)}, buf, chunk=4
+    )
+    plain = {
+        "n": 6,
+        "x": [0.1, None, 3.0, None, 2.5e-300, 7.0],
+        "ids": [0, 1, 2, 3, 4, 5],
+        "names": ["a", "b", "c", "d", "e", "f"],
+        "nested": {"y": [[1.0, None]]},
+        "empty": [],
+    }
+    assert buf.getvalue() == json.dumps(plain) + "\n"
+    assert json.loads(buf.getvalue()) == plain
+    with pytest.raises(ValueError, match="chunk must be a positive integer, got 0"):
+        write_json({}, io.StringIO(), chunk=0)
+
+
 def test_solve_plot_option(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     target = tmp_path / "solve.png"
@@ -644,10 +742,10 @@ def test_too_many_features_are_refused_before_allocating(capsys, memory_16g, mon
     line = _error(capsys, ["solve", "--importance", "constant:1000000000", "-d", "3", "-K", "3"])
     assert line == (
         "capalloc: error: importance SPEC 'constant:1000000000': solving "
-        "1000000000 features needs 373 GiB of memory; only 16 GiB available"
+        "1000000000 features needs 93.1 GiB of memory; only 16 GiB available"
     )
     line = _error(capsys, ["solve", "-v", f"geometric:0.5:{'9' * 400}", "-d", "3", "-K", "3"])
-    assert "needs about 10^402 bytes of memory; only 16 GiB available" in line
+    assert "needs about 10^401 bytes of memory; only 16 GiB available" in line
     assert len(line) < 400
     line = _error(capsys, ["solve", "-v", "1,2", "-d", "1", "-K", f"constant:{10**9}"])
     assert line.startswith("capalloc: error: kurtosis SPEC 'constant:1000000000': solving")
@@ -658,11 +756,11 @@ def test_too_many_features_from_a_file(tmp_path, capsys, monkeypatch):
 
     path = tmp_path / "v.npy"
     np.save(path, np.ones(1000))
-    monkeypatch.setattr(capalloc.io, "_available_memory", lambda: 100_000)
+    monkeypatch.setattr(capalloc.io, "_available_memory", lambda: 50_000)
     line = _error(capsys, ["solve", "-v", str(path), "-d", "1", "-K", "3"])
     assert line == (
-        "capalloc: error: importance: solving 1000 features needs 400000 bytes of "
-        "memory; only 100000 bytes available"
+        "capalloc: error: importance: solving 1000 features needs 100000 bytes of "
+        "memory; only 50000 bytes available"
     )
 
 

@@ -132,11 +132,12 @@ def _write_array(out: TextIO, value: np.ndarray | Chunked, chunk: int) -> None:
     out.write("]")
 
 
-def write_json(obj: Mapping[str, Any], out: TextIO | None = None, chunk: int = JSON_CHUNK) -> None:
+def write_json(obj: Mapping[str, Any], out: TextIO | None = None, chunk: int | None = None) -> None:
     """Write the mapping ``obj`` as one line of strict JSON, streaming its long arrays.
 
     One-dimensional ``ndarray`` and :class:`Chunked` values are written
-    ``chunk`` entries at a time; every other value goes through ``json.dumps``.
+    ``chunk`` entries at a time (default :data:`JSON_CHUNK`); every other value
+    goes through ``json.dumps``.
     The text equals ``json.dumps(jsonable(obj), allow_nan=False)`` plus a newline.
 
     Examples
@@ -148,6 +149,9 @@ def write_json(obj: Mapping[str, Any], out: TextIO | None = None, chunk: int = J
     {"n": 3, "x": [0.5, null, 2.0], "labels": ["a", "b", "c"]}
     """
     out = sys.stdout if out is None else out
+    chunk = JSON_CHUNK if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     out.write("{")
     for k, (key, value) in enumerate(obj.items()):
         out.write((", " if k else "") + json.dumps(str(key)) + ": ")
