@@ -281,9 +281,22 @@ def test_law_sampler_mixed_columns_keep_their_laws():
     assert torch.equal(a, b)
 
 
+def test_law_sampler_rows_are_instances():
+    """Rows of laws give (m, B, n); each instance keeps its own laws, mixed or not."""
+    rows = [[D.Sparse(D.Gaussian(), 0.1)] * 3, [D.Gaussian()] * 3]
+    x = LawSampler(rows)(100_000, torch.Generator().manual_seed(3), dtype=F64).numpy()
+    assert x.shape == (2, 100_000, 3)
+    np.testing.assert_allclose((x**4).mean(1), [[30.0] * 3, [3.0] * 3], rtol=0.1)
+    np.testing.assert_allclose((x[0] == 0).mean(0), 0.9, atol=0.01)
+    one = LawSampler([[D.Sparse(D.Gaussian(), 0.1)] * 3] * 2)  # one family: one draw
+    assert one(7).shape == (2, 7, 3)
+
+
 def test_law_sampler_rejects_bad_laws():
     with pytest.raises(ValueError, match="laws must be a non-empty sequence"):
         LawSampler([])
+    with pytest.raises(ValueError, match="equal-length rows"):
+        LawSampler([[D.Gaussian()] * 2, [D.Gaussian()]])
     with pytest.raises(ValueError, match="single-feature"):
         LawSampler([D.PerFeature([D.Gaussian()])])
 

@@ -172,6 +172,39 @@ class TrainConfig:
             raise ValueError(f"TrainConfig has no field {unknown[0]!r}")
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def resolve(
+        cls, config: TrainConfig | None, default: TrainConfig, **overrides: Any
+    ) -> TrainConfig:
+        """The settings of an entry point: ``config`` (``default`` when it is ``None``) with
+        every keyword that is not ``None`` replaced (``polish`` and ``progress`` taken as bools).
+
+        This is how the keywords of 0.1.0 (``steps=...``, ``seed=...``) keep working next
+        to ``config=``.
+
+        Raises
+        ------
+        TypeError
+            ``config`` is neither ``None`` nor a :class:`TrainConfig`.
+        ValueError
+            An unknown keyword or a bad value.
+
+        Examples
+        --------
+        >>> from capalloc.training import TrainConfig
+        >>> TrainConfig.resolve(None, TrainConfig(steps=50), seed=2, lr=None).steps
+        50
+        """
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"config must be a TrainConfig, got {short(config)}")
+        for flag in ("polish", "progress"):
+            if overrides.get(flag) is not None:
+                overrides[flag] = bool(overrides[flag])
+        base = default if config is None else config
+        return base.replace(
+            **{name: value for name, value in overrides.items() if value is not None}
+        )
+
     @property
     def warmup_steps(self) -> int:
         """Number of warm-up steps, :math:`\\lfloor \\text{warmup} \\cdot \\text{steps}\\rfloor`.
@@ -200,8 +233,6 @@ class TrainConfig:
         """
         warm = self.warmup_steps
         if step < warm:
-            return self.lr * (step + 1) / warm
-        s = (step - warm) / max(1, self.steps - warm)
-        return self.lr * (
-            self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * s))
-        )
+            return self.lr * ((step + 1) / warm)
+        angle = math.pi * (step - warm) / max(1, self.steps - warm)
+        return self.lr * (self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(angle)))

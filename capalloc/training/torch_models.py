@@ -217,20 +217,30 @@ def _family(law: InputLaw) -> str:
     return "law"
 
 
-class LawSampler:
-    r"""Draws ``(batch, k)`` inputs whose column ``j`` follows ``laws[j]``, columns independent.
+def _parameter(kind: str, law: InputLaw) -> float:
+    """The activation probability ``p`` of a sparse Gaussian or three-point law (else 1)."""
+    if kind == "sparse-gauss":
+        return float(law.p)  # type: ignore[attr-defined]
+    return 1.0 / float(law.kurtosis) if kind == "three" else 1.0
 
-    Columns are drawn by law family, one call per family: Gaussian columns from
-    one ``randn``, sparse Gaussian columns (:class:`~capalloc.distributions.Sparse`
+
+class LawSampler:
+    r"""Draws inputs whose feature ``j`` of instance ``i`` follows ``laws[i][j]``, all independent.
+
+    Features are drawn by law family, one call per family: Gaussian features from
+    one ``randn``, sparse Gaussian features (:class:`~capalloc.distributions.Sparse`
     of a Gaussian, any ``p``) from one ``randn`` and one ``rand``, three-point
-    columns (any kurtosis) from one ``rand``; any other law with its own
+    features (any kurtosis) from one ``rand``; any other law with its own
     :meth:`~capalloc.distributions.InputLaw.draw_torch`, once per distinct law.
+    When one family covers every feature its draw has the output's shape
+    ``(m, batch, n)`` (so one instance draws exactly like ``(batch, n)``).
 
     Parameters
     ----------
-    laws : sequence of InputLaw
-        One single-feature law per column (expand a
-        :class:`~capalloc.distributions.PerFeature` law into its ``laws``).
+    laws : sequence of InputLaw, or sequence of sequences of InputLaw
+        One single-feature law per feature (expand a
+        :class:`~capalloc.distributions.PerFeature` law into its ``laws``), or one
+        such row per instance, all of the same length ``n``.
 
     Examples
     --------
@@ -241,46 +251,66 @@ class LawSampler:
     >>> x = sampler(200_000, torch.Generator().manual_seed(0), dtype=torch.float64)
     >>> x.shape, (x**4).mean(0).round(decimals=1).tolist()
     (torch.Size([200000, 3]), [3.0, 4.0, 6.0])
+    >>> LawSampler([[D.Gaussian()] * 3, [D.Uniform()] * 3])(5).shape  # two instances
+    torch.Size([2, 5, 3])
     """
 
-    def __init__(self, laws: Sequence[InputLaw]) -> None:
-        laws = list(laws)
-        if not laws or not all(isinstance(law, InputLaw) for law in laws):
-            raise ValueError(f"laws must be a non-empty sequence of InputLaw, got {short(laws)}")
-        if any(isinstance(law, PerFeature) for law in laws):
-            raise ValueError("laws must hold one single-feature law per column, got a PerFeature")
-        self.laws = tuple(laws)
+    def __init__(self, laws: Sequence[Any]) -> None:
+        rows = list(laws)
+        self.batched = bool(rows) and not isinstance(rows[0], InputLaw)
+        grid = [list(row) for row in rows] if self.batched else [rows]
+        n = len(grid[0]) if grid else 0
+        flat = [law for row in grid for law in row]
+        if (
+            not n
+            or any(len(row) != n for row in grid)
+            or not all(isinstance(law, InputLaw) for law in flat)
+        ):
+            raise ValueError(
+                "laws must be a non-empty sequence of InputLaw (or of equal-length rows of "
+                f"them), got {short(laws)}"
+            )
+        if any(isinstance(law, PerFeature) for law in flat):
+            raise ValueError("laws must hold one single-feature law per feature, got a PerFeature")
+        self.laws = tuple(tuple(row) for row in grid) if self.batched else tuple(grid[0])
+        self.shape = (len(grid), n)
         groups: dict[Any, list[int]] = {}
-        for j, law in enumerate(laws):
+        for k, law in enumerate(flat):
             kind = _family(law)
-            groups.setdefault((kind, law) if kind == "law" else (kind, None), []).append(j)
-        # (family, law of a "law" group, columns, parameter p per column or None)
-        self._groups: list[tuple[str, InputLaw | None, list[int], list[float] | None]] = []
-        for (kind, law), cols in groups.items():
-            p = None
-            if kind == "sparse-gauss":
-                p = [float(laws[j].p) for j in cols]  # type: ignore[attr-defined]
-            elif kind == "three":
-                p = [1.0 / laws[j].kurtosis for j in cols]
-            self._groups.append((kind, law, cols, p))
-        self._on: dict[tuple[Any, Any], list[tuple[Any, Any]]] = {}
+            groups.setdefault((kind, law if kind == "law" else None), []).append(k)
+        # (family, law of a "law" group, flat positions i * n + j, parameter p per position)
+        self._groups = [
+            (kind, law, pos, [_parameter(kind, flat[k]) for k in pos])
+            for (kind, law), pos in groups.items()
+        ]
+        self._on: dict[tuple[str, Any], list[tuple[Any, Any, Any, Any]]] = {}
 
-    @property
-    def width(self) -> int:
-        """Number of columns ``k``."""
-        return len(self.laws)
+    def _tensors(self, device: Any, dtype: Any) -> list[tuple[Any, Any, Any, Any]]:
+        """Per group: instance and feature indices, ``p`` and ``sqrt(p)`` on ``device``.
 
-    def _tensors(self, device: Any, dtype: Any) -> list[tuple[Any, Any]]:
-        """Column indices and parameters on ``device`` (built once per device and dtype)."""
+        One family alone gets its ``p`` as an ``(m, 1, n)`` grid that broadcasts over
+        the batch; ``sqrt(p)`` is taken in float64 and then rounded. Built once per
+        device and dtype.
+        """
         key = (str(device), dtype)
         if key not in self._on:
-            self._on[key] = [
-                (
-                    torch.tensor(cols, dtype=torch.long, device=device),
-                    None if p is None else torch.tensor(p, dtype=dtype, device=device),
+            m, n = self.shape
+            single = len(self._groups) == 1
+            built = []
+            for _, _, pos, p in self._groups:
+                p64 = torch.tensor(p, dtype=torch.float64)
+                if single:
+                    p64 = p64.reshape(m, 1, n)
+                index = torch.tensor(pos, dtype=torch.long, device=device)
+                built.append(
+                    (
+                        index // n,
+                        index % n,
+                        p64.to(device=device, dtype=dtype),
+                        p64.sqrt().to(device=device, dtype=dtype),
+                    )
                 )
-                for _, _, cols, p in self._groups
-            ]
+            self._on[key] = built
         return self._on[key]
 
     def __call__(
@@ -290,29 +320,40 @@ class LawSampler:
         device: Any = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """Draw a ``(batch, k)`` tensor on ``device`` from ``generator``."""
-        tensors = self._tensors(device, dtype)
-        single = len(self._groups) == 1
-        x = None if single else torch.empty(batch, self.width, device=device, dtype=dtype)
-        for (kind, law, cols, _), (index, p) in zip(self._groups, tensors, strict=True):
-            shape = (batch, len(cols))
-            if kind == "gauss":
-                part = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-            elif kind == "sparse-gauss":
-                z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-                u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-                part = z * (u < p).to(dtype) * p.rsqrt()
-            elif kind == "three":
-                # x = +-1/sqrt(p) with probability p/2 each, else 0: kurtosis 1/p
-                u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-                part = (2 * (u < p / 2).to(dtype) - (u < p).to(dtype)) * p.rsqrt()
-            else:
-                assert law is not None
-                part = law.draw_torch(generator, shape, device, dtype)
-            if x is None:
-                return part
-            x[:, index] = part
-        return x
+        """Draw a ``(batch, n)`` tensor, or ``(m, batch, n)`` for rows of laws, on ``device``."""
+        m, n = self.shape
+        parts = zip(self._groups, self._tensors(device, dtype), strict=True)
+        if len(self._groups) == 1:
+            (kind, law, _, _), (_, _, p, root) = next(parts)
+            x = self._draw(kind, law, p, root, (m, batch, n), generator, device, dtype)
+        else:
+            x = torch.empty(m, batch, n, device=device, dtype=dtype)
+            for (kind, law, pos, _), (rows, cols, p, root) in parts:
+                part = self._draw(kind, law, p, root, (batch, len(pos)), generator, device, dtype)
+                x[rows, :, cols] = part.T
+        return x if self.batched else x[0]
+
+    @staticmethod
+    def _draw(
+        kind: str,
+        law: Any,
+        p: Any,
+        root: Any,
+        shape: tuple[int, ...],
+        generator: Any,
+        device: Any,
+        dtype: Any,
+    ) -> Any:
+        if kind == "gauss":
+            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if kind == "sparse-gauss":  # x = B z / sqrt(p), B ~ Bernoulli(p)
+            z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+            return z * (u < p).to(dtype) / root
+        if kind == "three":  # x = +-1/sqrt(p) with probability p/2 each, else 0: kurtosis 1/p
+            u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+            return (2 * (u < p / 2).to(dtype) - (u < p).to(dtype)) * p.rsqrt()
+        return law.draw_torch(generator, shape, device, dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -393,19 +434,18 @@ class _ScalarOutput(ToyModel):
 
     @property
     def sampler(self) -> LawSampler:
-        """The input sampler, built on first use from ``sparsity``: for each of the ``n``
-        features of an instance, ``Sparse(Gaussian(), 1 - sparsity)``."""
+        """The input sampler, built on first use from ``sparsity``: each of the ``n``
+        features of an instance follows ``Sparse(Gaussian(), p)``, ``p = 1 - sparsity``."""
         if self._sampler is None:
-            laws = [Sparse(Gaussian(), 1.0 - s) for s in self.sparsity.tolist()]
-            self._sampler = LawSampler([law for law in laws for _ in range(self.n)])
+            p = (1.0 - self.sparsity).to(torch.float64).tolist()
+            self._sampler = LawSampler([[Sparse(Gaussian(), q)] * self.n for q in p])
         return self._sampler
 
     def activation(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def sample(self, batch_size, generator=None):
-        x = self.sampler(batch_size, generator, self.W.device, self.W.dtype)
-        return x.reshape(batch_size, self.m, self.n).transpose(0, 1)
+        return self.sampler(batch_size, generator, self.W.device, self.W.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\hat y = \sum_k f((W x)_k) + b`, shape ``(m, B)``."""
@@ -769,22 +809,19 @@ def train_model(
     >>> run.instances, run.polysemantic_fraction.shape, run.config.steps
     (2, (2,), 20)
     """
-    if config is not None and not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {short(config)}")
-    given = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "lr_final": lr_final,
-        "device": device,
-        "seed": seed,
-        "progress": None if progress is None else bool(progress),
-        "eval_batch": eval_batch,
-        "dtype": dtype,
-        "num_threads": num_threads,
-    }
-    cfg = (TrainConfig() if config is None else config).replace(
-        **{name: value for name, value in given.items() if value is not None}
+    cfg = TrainConfig.resolve(
+        config,
+        TrainConfig(),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        lr_final=lr_final,
+        device=device,
+        seed=seed,
+        progress=progress,
+        eval_batch=eval_batch,
+        dtype=dtype,
+        num_threads=num_threads,
     )
     check_tolerances(cap_tol, norm_tol, block_tol)
     if importance is None:

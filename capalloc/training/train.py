@@ -60,17 +60,21 @@ __all__ = ["TrainResult", "default_config", "train_quadratic", "train_methods"]
 # ---------------------------------------------------------------------------
 
 
+#: What a method returns: the fields of its :class:`TrainResult` that depend on the method.
+_Fields = dict[str, Any]
+
+
 @dataclass(frozen=True)
 class _Method:
-    run: Callable[..., TrainResult]
+    run: Callable[..., _Fields]
     defaults: TrainConfig
 
 
 _METHODS: Registry[_Method] = Registry("method")
 
 
-def _register(name: str, defaults: TrainConfig) -> Callable[[Callable[..., TrainResult]], Any]:
-    def add(run: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+def _register(name: str, defaults: TrainConfig) -> Callable[[Callable[..., _Fields]], Any]:
+    def add(run: Callable[..., _Fields]) -> Callable[..., _Fields]:
         _METHODS.add(name, _Method(run, defaults))
         return run
 
@@ -228,21 +232,18 @@ def train_quadratic(
     if not isinstance(method, str) or method not in _METHODS:
         raise ValueError(f"method must be one of {train_methods()}, got {method!r}")
     entry = _METHODS[method]
-    if config is not None and not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {short(config)}")
-    given = {
-        "restarts": restarts,
-        "seed": seed,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "device": device,
-        "progress": None if progress is None else bool(progress),
-        "tol": tol,
-        "polish": None if polish is None else bool(polish),
-    }
-    cfg = (entry.defaults if config is None else config).replace(
-        **{name: value for name, value in given.items() if value is not None}
+    cfg = TrainConfig.resolve(
+        config,
+        entry.defaults,
+        restarts=restarts,
+        seed=seed,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        tol=tol,
+        polish=polish,
     )
     if problem.n == 0:
         raise ValueError(f"problem must have at least one feature, got {problem!r}")
@@ -255,7 +256,7 @@ def train_quadratic(
             f"law is used by method='sampled' only, got law={short(law)} with method={method!r}"
         )
     start = time.perf_counter()
-    fields = entry.run(problem, d=width, config=cfg, law=law, init_scale=init_scale)
+    fields: _Fields = entry.run(problem, d=width, config=cfg, law=law, init_scale=init_scale)
     if not problem.batched:
         fields = {k: (x[0] if isinstance(x, np.ndarray) else x) for k, x in fields.items()}
     return TrainResult(
@@ -407,7 +408,7 @@ def _lbfgs(
 @_register("exact", TrainConfig(steps=100_000, restarts=4))
 def _train_exact(
     problem: QuadraticProblem, *, d: int, config: TrainConfig, init_scale: float, **_: Any
-) -> dict[str, Any]:
+) -> _Fields:
     v, K = _rows(problem)
     m, n = v.shape
     scale = _scales(v)
@@ -496,7 +497,7 @@ def _feature_laws(problem: QuadraticProblem, law: Any) -> list[InputLaw]:
 )
 def _train_sampled(
     problem: QuadraticProblem, *, d: int, config: TrainConfig, law: Any, init_scale: float
-) -> dict[str, Any]:
+) -> _Fields:
     laws = _feature_laws(problem, law)  # checked before torch is needed
     torch = _import_torch()
     from capalloc.training import torch_models as tm
@@ -521,11 +522,11 @@ def _train_sampled(
     with torch.no_grad():
         model.W.copy_(torch.as_tensor(W0.reshape(R * m, d, n)))
         model.b.copy_(torch.as_tensor(b0.reshape(R * m)))
-    sampler = tm.LawSampler(laws)
+    sampler = tm.LawSampler([laws[i * n : (i + 1) * n] for i in range(m)])
 
     def sample(batch: int, gen: Any) -> Any:
         """``(R m, B, n)``: one draw per instance, shared by its restarts."""
-        x = sampler(batch, gen, dev, dtype).reshape(batch, m, n).transpose(0, 1)
+        x = sampler(batch, gen, dev, dtype)  # (m, B, n)
         return x.unsqueeze(0).expand(R, m, batch, n).reshape(R * m, batch, n)
 
     gen = torch.Generator(device=dev)
