@@ -308,7 +308,6 @@ def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
 
 _NEWTON_STEPS = 4  # at most this many polishing steps after L-BFGS-B
 _NEWTON_KRYLOV = 100  # MINRES iterations per polishing step
-_STENCIL = np.array([1.0, -1.0, 2.0, -2.0])  # multiples of h in _hessp
 
 
 def _hessp(W: np.ndarray, v: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -316,18 +315,22 @@ def _hessp(W: np.ndarray, v: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.nda
 
     The loss is a quartic polynomial in ``W``, so along the line :math:`W + tV`
     its gradient :func:`~capalloc.quadratic_loss_grad` is a cubic polynomial
-    :math:`g(t) = g_0 + t\,HV + t^2 c_2 + t^3 c_3`. The odd differences
-    :math:`D(h) = g(h) - g(-h) = 2h\,HV + 2h^3 c_3` give the product exactly,
-    :math:`HV = (8 D(h) - D(2h)) / (12 h)`, from one batched gradient call at
-    the four points; :math:`h = \lVert W\rVert / (4 \lVert V\rVert)` keeps the
-    rounding error to about ten ulps of :math:`\lVert HV\rVert`. Cost :math:`O(n d^2)`.
+    :math:`g(t) = g_0 + t\,HV + t^2 c_2 + t^3 c_3`, and the central difference
+    :math:`(g(h) - g(-h)) / 2h = HV + h^2 c_3` is exact once :math:`c_3` is
+    removed. The importances enter the gradient only through its linear term
+    :math:`-4 (K_i - 1) v_i W_i`, so :math:`c_3` is the gradient at ``V`` with
+    importances 0. One batched gradient call at the three points;
+    :math:`h = \lVert W\rVert / (2 \lVert V\rVert)` keeps the rounding error to a
+    few ulps of :math:`\lVert HV\rVert`. Cost :math:`O(n d^2)`.
     """
     size = float(np.linalg.norm(V))
     if size == 0.0:
         return np.zeros_like(W)
-    h = 0.25 * max(float(np.linalg.norm(W)), 1.0) / size
-    _, grads = quadratic_loss_grad(W + (h * _STENCIL)[:, None, None] * V, v, K)
-    return (8 * (grads[0] - grads[1]) - (grads[2] - grads[3])) / (12 * h)
+    h = 0.5 * max(float(np.linalg.norm(W)), 1.0) / size
+    points = np.stack([W + h * V, W - h * V, V])
+    importance = np.stack([v, v, np.zeros_like(v)])
+    _, (plus, minus, cubic) = quadratic_loss_grad(points, importance, K)
+    return (plus - minus) / (2 * h) - (h * h) * cubic
 
 
 def _polish(
