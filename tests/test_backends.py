@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import capalloc
 from capalloc import AllocationWarning, QuadraticProblem, SeparableProblem
+from capalloc.allocation.methods import kernels
 from capalloc.allocation.methods import scipy_methods as sm
 from capalloc.quadratic import closed_form
 
@@ -211,9 +212,9 @@ def test_quadratic_kernel_twins():
     for log_mu in np.linspace(-4, 3, 15):
         mu = np.exp(log_mu)
         naive = _reference.quad_capacities_numpy(v, K, mu)
-        assert sm._quad_excess(log_mu, v, K, 7.0) == pytest.approx(naive.sum() - 7.0, abs=1e-11)
-        np.testing.assert_allclose(sm._quad_capacities(v, K, mu), naive, atol=1e-13)
-        m, npoly, A, B = sm._quad_segment(v, K, mu)
+        assert kernels.dual_excess(log_mu, v, K, 7.0) == pytest.approx(naive.sum() - 7.0, abs=1e-11)
+        np.testing.assert_allclose(kernels.dual_capacities(v, K, mu), naive, atol=1e-13)
+        m, npoly, A, B = kernels.dual_segment(v, K, mu)
         m2, npoly2, A2, B2 = _reference.quad_segment_numpy(v, K, mu)
         assert (m, npoly) == (m2, npoly2)
         assert A == pytest.approx(A2, rel=1e-14) and B == pytest.approx(B2, rel=1e-14)

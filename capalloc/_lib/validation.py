@@ -19,6 +19,7 @@ __all__ = [
     "check_capacity",
     "check_kurtosis",
     "check_importance",
+    "importance_and_max",
     "check_budget",
     "check_positive",
     "check_probability",
@@ -84,6 +85,15 @@ def as_float_array(
     count ticks or parse text) raise ``TypeError``, and so does a masked array
     (its mask would be lost).
     """
+    return _float_range(value, name, ndim, min_ndim)[0]
+
+
+def _float_range(
+    value: Any, name: str, ndim: int | tuple[int, ...] | None, min_ndim: int | None
+) -> tuple[np.ndarray, float, float]:
+    """:func:`as_float_array` and the array's ``(min, max)`` (NaN for an empty array),
+    in two passes: NaN propagates through ``min`` and ``max``, and so does an infinity
+    to one of them, so no separate finiteness pass is needed."""
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError(
             f"{name} must be a plain array of real numbers, got a masked array "
@@ -110,29 +120,38 @@ def as_float_array(
         )
     if min_ndim is not None and arr.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    if not arr.size:
+        return arr, math.nan, math.nan
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = float(arr[~np.isfinite(arr)].ravel()[0])
         raise ValueError(f"{name} must be finite, found {bad!r} in {short(arr)}")
-    return arr
+    return arr, lo, hi
 
 
 def check_importance(
     value: Any, name: str = "importance", ndim: tuple[int, ...] = (1,)
 ) -> np.ndarray:
     """Finite, non-negative importances."""
-    arr = as_float_array(value, name, ndim=ndim)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must be >= 0, found {float(arr.min())!r} in {short(arr)}")
-    return arr
+    return importance_and_max(value, name, ndim)[0]
+
+
+def importance_and_max(
+    value: Any, name: str = "importance", ndim: tuple[int, ...] | None = (1,)
+) -> tuple[np.ndarray, float]:
+    """:func:`check_importance` and the largest importance (0 when empty), in two passes."""
+    arr, lo, hi = _float_range(value, name, ndim, None)
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0, found {lo!r} in {short(arr)}")
+    return arr, (hi if arr.size else 0.0)
 
 
 def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
     """Finite kurtosis values ``E[x^4] >= 1`` (no law with unit variance has less)."""
-    arr = as_float_array(value, name)
-    if arr.size and arr.min() < 1:
+    arr, lo, _ = _float_range(value, name, None, None)
+    if lo < 1:
         raise ValueError(
-            f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {float(arr.min())!r} in "
-            f"{short(arr)}"
+            f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {lo!r} in {short(arr)}"
         )
     return arr
 

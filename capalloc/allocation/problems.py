@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._lib.validation import check_budget, check_importance, check_kurtosis, readonly, short
+from capalloc._lib.validation import (
+    check_budget,
+    check_kurtosis,
+    importance_and_max,
+    readonly,
+    short,
+)
 from capalloc.distributions import InputLaw
 from capalloc.quadratic import closed_form
 
@@ -60,8 +66,8 @@ class QuadraticProblem:
     vmax: float = field(init=False, repr=False, compare=False, default=0.0)
 
     def __post_init__(self) -> None:
-        v = check_importance(self.importance, ndim=(1, 2))
-        object.__setattr__(self, "vmax", float(v.max()) if v.size else 0.0)
+        v, vmax = importance_and_max(self.importance, ndim=(1, 2))
+        object.__setattr__(self, "vmax", vmax)
         d = check_budget(self.d, "d")
         K = self.kurtosis.kurtosis if isinstance(self.kurtosis, InputLaw) else self.kurtosis
         K = check_kurtosis(K)

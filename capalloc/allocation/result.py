@@ -16,6 +16,7 @@ __all__ = [
     "AllocationResult",
     "AllocationWarning",
     "kkt_residual",
+    "level_certificate",
     "SUCCESS",
     "NOT_CONVERGED",
     "CERTIFY_TOL",
@@ -91,28 +92,53 @@ def kkt_residual(problem: Any, capacity: Any, threshold: Any) -> Any:
         level = getattr(problem, "benefit_level", None)
         if level is None:
             g = np.asarray(problem.marginal_benefit(np.clip(C, 0.0, 1.0)), dtype=float)
-            gap = relative_gap(g, T[..., None])
+            ref = T
         else:  # compared as levels sqrt(g/2): no square to underflow
             g = np.asarray(level(np.clip(C, 0.0, 1.0)), dtype=float)
-            gap = relative_gap(g, np.sqrt(T / 2)[..., None])
-        natural = np.abs(C - np.clip(C + gap, 0.0, 1.0))
-        total = np.sum(C, axis=-1)
-        d = problem.d
-        over = np.maximum(total - d, 0.0) / max(d, 1)
-        unused = np.where(T > 0, np.maximum(d - total, 0.0) / max(d, 1), 0.0)
-        bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
-        res = np.maximum.reduce(
-            [
-                np.max(natural, axis=-1, initial=0.0),
-                over,
-                unused,
-                np.max(bounds, axis=-1, initial=0.0),
-                np.where((T >= 0) & np.isfinite(T), 0.0, 1.0),
-            ]
-        )
-        bad = ~np.all(np.isfinite(C), axis=-1) | np.any(np.isnan(g), axis=-1)
+            ref = np.sqrt(T / 2)
+        valid = (T >= 0) & np.isfinite(T)
+        return _residual(problem.d, C, g, ref, T > 0, valid)
+
+
+def _residual(d: int, C: np.ndarray, g: np.ndarray, ref: Any, positive: Any, valid: Any) -> Any:
+    """The terms of :func:`kkt_residual` from the benefits ``g`` (or levels) of ``C`` and
+    their reference ``ref`` (the threshold, or its level)."""
+    gap = relative_gap(g, np.asarray(ref)[..., None])
+    natural = np.abs(C - np.clip(C + gap, 0.0, 1.0))
+    total = np.sum(C, axis=-1)
+    over = np.maximum(total - d, 0.0) / max(d, 1)
+    unused = np.where(positive, np.maximum(d - total, 0.0) / max(d, 1), 0.0)
+    bounds = np.maximum(np.maximum(-C, C - 1.0), 0.0)
+    res = np.maximum.reduce(
+        [
+            np.max(natural, axis=-1, initial=0.0),
+            over,
+            unused,
+            np.max(bounds, axis=-1, initial=0.0),
+            np.where(valid, 0.0, 1.0),
+        ]
+    )
+    bad = ~np.all(np.isfinite(C), axis=-1) | np.any(np.isnan(g), axis=-1)
     res = np.where(bad | np.isnan(res), np.inf, res)
     return float(res) if np.ndim(res) == 0 else res
+
+
+def level_certificate(problem: Any, capacity: Any) -> tuple[Any, Any, Any]:
+    r"""``(T, loss, kkt_residual)`` of quadratic-model capacities, on levels.
+
+    :math:`T = 2\mu^2` with :math:`\mu = \max_{i: C_i < 1} h_i` the smallest valid
+    threshold (:func:`smallest_threshold` in level form), and the residual of
+    :func:`kkt_residual` against :math:`\mu` itself, so that it stays finite where
+    :math:`T` overflows (importances near the top of the float range).
+    """
+    C = np.asarray(capacity, dtype=float)
+    with np.errstate(all="ignore"):
+        h = np.asarray(problem.benefit_level(np.clip(C, 0.0, 1.0)), dtype=float)
+        mu = np.max(np.where(C < 1.0, h, 0.0), axis=-1, initial=0.0)
+        loss = np.sum(problem.loss(C), axis=-1)
+        kkt = _residual(problem.d, C, h, mu, mu > 0, np.isfinite(mu))
+        T = 2 * mu * mu  # inf where the level's square overflows; kkt is on levels
+    return (float(T), float(loss), kkt) if np.ndim(T) == 0 else (T, loss, kkt)
 
 
 @dataclass(frozen=True, repr=False, eq=False)

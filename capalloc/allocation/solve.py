@@ -26,12 +26,14 @@ class MethodInfo:
 
 
 _REGISTRY: Registry[MethodInfo] = Registry("method")
-# Modules that register methods when imported (light ones first).
-_METHOD_MODULES = (
-    "capalloc.allocation.methods.waterfill",
-    "capalloc.allocation.methods.scipy_methods",
-    "capalloc.allocation.methods.cvxpy_method",
-)
+# The built-in methods and the modules that register them when imported: a solve loads
+# only its method's module (scipy and cvxpy stay unloaded for a water-filling solve).
+_METHOD_MODULES = {
+    "waterfill": "capalloc.allocation.methods.waterfill",
+    "scipy": "capalloc.allocation.methods.scipy_methods",
+    "slsqp": "capalloc.allocation.methods.scipy_methods",
+    "cvxpy": "capalloc.allocation.methods.cvxpy_method",
+}
 
 
 def register_method(
@@ -72,7 +74,7 @@ def _load_all() -> None:
         return
     import importlib
 
-    for module in _METHOD_MODULES:  # each registers its methods (heavy imports stay lazy)
+    for module in dict.fromkeys(_METHOD_MODULES.values()):  # each registers its methods
         importlib.import_module(module)
     _LOADED = True
 
@@ -92,7 +94,12 @@ def methods() -> list[str]:
 
 def get_method(name: str) -> MethodInfo:
     """The :class:`MethodInfo` registered under ``name`` (``ValueError`` listing valid names)."""
-    _load_all()
+    if name in _METHOD_MODULES:
+        import importlib
+
+        importlib.import_module(_METHOD_MODULES[name])
+    else:
+        _load_all()
     if name not in _REGISTRY:
         raise ValueError(f"method must be one of {['auto', *_REGISTRY.names()]}, got {name!r}")
     return _REGISTRY[name]

@@ -21,6 +21,9 @@ Plain-numpy twins of the kernels live with the tests (``tests/_reference.py``).
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numba
 import numpy as np
 from numba.core import types
@@ -45,6 +48,9 @@ __all__ = [
     "batch_certificate",
     "polish",
     "batch_waterfill",
+    "dual_capacities",
+    "dual_excess",
+    "dual_segment",
 ]
 
 ENTER, SATURATE, JUMP = 0, 1, 2
@@ -418,8 +424,8 @@ def _bracket_block(v, K, mu_lo, mu_hi, lo, hi, out, live, vals):  # pragma: no c
     return count
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+@numba.njit(inline="always")
+def _bracket_impl(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
     """:func:`bracket_pass` without the end capacities: ``(m0, A0, B0, npos, live, vals)``.
 
     The scratch (indices as int32, relative to their block, and importances, copied
@@ -447,8 +453,41 @@ def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
     return tot[0], tot[1], tot[2], tot[3], live, vals
 
 
+# Two dispatchers of one function would share (and mix up) one cache index: two
+# functions, one body, inlined (its prange is a parallel loop in the first only).
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _bracket_pass(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+    return _bracket_impl(v, K, mu_lo, mu_hi)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _bracket_pass_serial(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
+    return _bracket_impl(v, K, mu_lo, mu_hi)
+
+
+#: Passes over fewer features run in one thread: a parallel region waits at its barrier
+#: for every thread, and on a busy machine for one that the OS has preempted.
+PARALLEL_MIN = 1 << 18
+
+
+@contextlib.contextmanager
+def threads(count):
+    """Context in which parallel loops use ``count`` threads (``None``: as they are;
+    capped at numba's thread pool)."""
+    if count is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def bracket_pass(v, K, mu_lo, mu_hi):
-    """One pass over the features for a bracket ``mu_lo < mu_hi`` (parallel over blocks).
+    """One pass over the features for a bracket ``mu_lo < mu_hi`` (parallel over blocks
+    from :data:`PARALLEL_MIN` features).
 
     Returns ``(m0, A0, B0, live, vlive, npos, s_lo, s_hi)``: the aggregate of features
     whose state is the same on the whole bracket (monosemantic count ``m0``;
@@ -457,7 +496,10 @@ def bracket_pass(v, K, mu_lo, mu_hi):
     ``[mu_lo, mu_hi]``, the number of positive importances, and the capacity of the
     live features at ``mu_lo`` and at ``mu_hi``.
     """
-    m0, A0, B0, npos, live, vals = _bracket_pass(v, K, mu_lo, mu_hi)
+    if v.size < PARALLEL_MIN:
+        m0, A0, B0, npos, live, vals = _bracket_pass_serial(v, K, mu_lo, mu_hi)
+    else:
+        m0, A0, B0, npos, live, vals = _bracket_pass(v, K, mu_lo, mu_hi)
     Kl = K if np.ndim(K) == 0 else K[live]
     return (
         m0,
@@ -759,3 +801,54 @@ def certificate(v, K, C, d):
     if C.ndim == 2:
         return batch_certificate(v, compact(K), C, float(d))
     return certify(v, compact(K), C, float(d))
+
+
+# ---------------------------------------------------------------------------
+# Dual root finding (method "scipy", an algorithm independent of the sweeps above)
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, error_model="numpy")
+def dual_excess(log_mu, v, K, d):  # pragma: no cover - compiled
+    """``sum_i C_i(mu) - d`` for features with ``K >= 3`` (``K = 3``: a unit step at ``v``)."""
+    mu = math.exp(log_mu)
+    s = 0.0
+    for i in range(v.size):
+        s += capacity(v[i], K[i], mu, 0.0)
+    return s - d
+
+
+@numba.njit(cache=True, error_model="numpy")
+def dual_segment(v, K, mu):  # pragma: no cover - compiled
+    """The segment holding ``mu``: ``(m, npoly, A, B)`` with ``S = m + A/mu - B`` on it.
+
+    ``m`` counts monosemantic features, ``npoly`` polysemantic ones, whose
+    segment coefficients ``a_i``, ``b_i`` sum (compensated) to ``A``, ``B``.
+    """
+    m = 0
+    npoly = 0
+    A, cA, B, cB = 0.0, 0.0, 0.0, 0.0
+    for i in range(v.size):
+        vi, Ki = v[i], K[i]
+        if vi <= 0.0:
+            continue
+        if Ki == 3.0:
+            if vi > mu:
+                m += 1
+        elif vi >= mu:
+            m += 1
+        elif (Ki - 1.0) * vi > 2.0 * mu:
+            npoly += 1
+            a, b = segment(vi, Ki)
+            A, cA = _add(A, cA, a)
+            B, cB = _add(B, cB, b)
+    return m, npoly, A + cA, B + cB
+
+
+@numba.njit(cache=True, error_model="numpy")
+def dual_capacities(v, K, mu):  # pragma: no cover - compiled
+    """Capacities ``C_i(mu)`` of features with ``K >= 3`` (0 at a ``K = 3`` tie)."""
+    C = np.empty(v.size)
+    for i in range(v.size):
+        C[i] = capacity(v[i], K[i], mu, 0.0)
+    return C

@@ -106,19 +106,22 @@ def _stab_sums(lo: np.ndarray, hi: np.ndarray, w: np.ndarray, size: int) -> np.n
     L = lo.astype(np.int64) + N
     R = hi.astype(np.int64) + N
     w = np.asarray(w, float)
+    base = N  # after each halving, L and R lie in [base, 2 base]: count only there
     while True:
         live = L < R
         if not live.any():
             break
         L, R, w = L[live], R[live], w[live]
+        span = tree[base : 2 * base + 1]
         odd = (L & 1) == 1
-        tree += np.bincount(L[odd], weights=w[odd], minlength=2 * N)
+        span += np.bincount(L[odd] - base, weights=w[odd], minlength=span.size)
         L = L + odd
         odd = (R & 1) == 1
         R = R - odd
-        tree += np.bincount(R[odd], weights=w[odd], minlength=2 * N)
+        span += np.bincount(R[odd] - base, weights=w[odd], minlength=span.size)
         L //= 2
         R //= 2
+        base //= 2
     level = 1
     while level < N:
         idx = np.arange(level, 2 * level)
@@ -231,7 +234,7 @@ class _Convex:
     def capacities(self, mu: float, budget: float) -> np.ndarray:
         """Capacities at level ``mu``; ``K = 3`` features with ``v == mu`` share what is left."""
         v = self.v
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             C = np.where(self.lin, (v > mu).astype(float), np.clip(self.a / mu - self.b, 0.0, 1.0))
         tie = self.lin & (v == mu)
         if tie.any():

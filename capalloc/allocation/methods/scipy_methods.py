@@ -14,7 +14,7 @@ that the methods can check each other.
 :math:`C_i(T) = \Pi_{[0,1]}(g_i^{-1}(T))` with the threshold :math:`T` the root of
 :math:`\sum_i C_i(T) = d`, found by :func:`scipy.optimize.brentq`. For the quadratic
 model the inverse is closed form (:math:`T = 2\mu^2`) and the residual is compiled
-with numba; for a general :class:`~capalloc.SeparableProblem` the inverse is a
+with numba (:mod:`~capalloc.allocation.methods.kernels`, loaded on first use); for a general :class:`~capalloc.SeparableProblem` the inverse is a
 vectorised bisection over all features at once. Concave problems are solved by
 the vertex rule and mixed-curvature problems by an exact finite search over the
 single concave feature that may be fractional.
@@ -31,16 +31,16 @@ import numbers
 from collections.abc import Callable
 from typing import Any, cast
 
-import numba
 import numpy as np
 from scipy import optimize
 
-from capalloc.allocation.methods import kernels as _kernels
+from capalloc.allocation.methods import load_kernels
 from capalloc.allocation.problems import QuadraticProblem, SeparableProblem
 from capalloc.allocation.result import (
     NOT_CONVERGED,
     SUCCESS,
     AllocationResult,
+    level_certificate,
     make_result,
     smallest_threshold,
 )
@@ -65,63 +65,6 @@ _GRID_MAX = 4096  # cap on grid thresholds
 # ---------------------------------------------------------------------------
 # Quadratic model: closed-form inverse, compiled residual
 # ---------------------------------------------------------------------------
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _nadd(total, comp, x):  # pragma: no cover - compiled
-    """Neumaier-compensated ``total + x``: the new ``(total, comp)``."""
-    t = total + x
-    if abs(total) >= abs(x):
-        comp += (total - t) + x
-    else:
-        comp += (x - t) + total
-    return t, comp
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _quad_excess(log_mu, v, K, d):  # pragma: no cover - compiled
-    """``sum_i C_i(mu) - d`` for features with ``K >= 3`` (``K = 3``: a unit step at ``v``)."""
-    mu = math.exp(log_mu)
-    s = 0.0
-    for i in range(v.size):
-        s += _kernels.capacity(v[i], K[i], mu, 0.0)
-    return s - d
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _quad_segment(v, K, mu):  # pragma: no cover - compiled
-    """The segment holding ``mu``: ``(m, npoly, A, B)`` with ``S = m + A/mu - B`` on it.
-
-    ``m`` counts monosemantic features, ``npoly`` polysemantic ones, whose
-    segment coefficients ``a_i``, ``b_i`` sum (compensated) to ``A``, ``B``.
-    """
-    m = 0
-    npoly = 0
-    A, cA, B, cB = 0.0, 0.0, 0.0, 0.0
-    for i in range(v.size):
-        vi, Ki = v[i], K[i]
-        if vi <= 0.0:
-            continue
-        if Ki == 3.0:
-            if vi > mu:
-                m += 1
-        elif vi >= mu:
-            m += 1
-        elif (Ki - 1.0) * vi > 2.0 * mu:
-            npoly += 1
-            a, b = _kernels.segment(vi, Ki)
-            A, cA = _nadd(A, cA, a)
-            B, cB = _nadd(B, cB, b)
-    return m, npoly, A + cA, B + cB
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _quad_capacities(v, K, mu):  # pragma: no cover - compiled
-    """Capacities ``C_i(mu)`` of features with ``K >= 3`` (0 at a ``K = 3`` tie)."""
-    C = np.empty(v.size)
-    for i in range(v.size):
-        C[i] = _kernels.capacity(v[i], K[i], mu, 0.0)
-    return C
 
 
 def _restore_budget(
@@ -193,21 +136,22 @@ def _quad_finish(v: np.ndarray, K: np.ndarray, d: int, mu: float) -> np.ndarray:
     Otherwise ``brentq`` stopped at a jump of the step function, where ``K = 3``
     features tie at the threshold; those features share what is left of the budget.
     """
-    m, npoly, A, B = _quad_segment(v, K, mu)
+    kern = load_kernels()
+    m, npoly, A, B = kern.dual_segment(v, K, mu)
     if npoly and d - m + B > 0:
         mu2 = A / (d - m + B)
-        if _quad_segment(v, K, mu2)[:2] == (m, npoly):
-            return _quad_capacities(v, K, mu2)
-    if abs(_quad_excess(math.log(mu), v, K, float(d))) > 1e-9:
+        if kern.dual_segment(v, K, mu2)[:2] == (m, npoly):
+            return kern.dual_capacities(v, K, mu2)
+    if abs(kern.dual_excess(math.log(mu), v, K, float(d))) > 1e-9:
         lin = (K == 3) & (v > 0)
         if lin.any():
             vt = v[lin][np.argmin(np.abs(v[lin] - mu))]
             if abs(vt - mu) <= 1e-9 * mu:
                 tied = lin & (v == vt)
-                C = _quad_capacities(v, K, vt)
+                C = kern.dual_capacities(v, K, vt)
                 C[tied] = np.clip((d - C.sum()) / np.count_nonzero(tied), 0.0, 1.0)
                 return C
-    return _quad_capacities(v, K, mu)
+    return kern.dual_capacities(v, K, mu)
 
 
 def _quad_convex(
@@ -218,8 +162,9 @@ def _quad_convex(
     lo = math.log(v[pos].min()) - 1.0  # every feature monosemantic: S = #{v > 0} > d
     # every feature ignored: S = 0 (logs, as (K - 1) v may overflow)
     hi = float(np.max(np.log(K[pos] - 1) + np.log(v[pos]))) - math.log(2.0) + 1.0
+    kern = load_kernels()
     x, info = optimize.brentq(
-        _quad_excess,
+        kern.dual_excess,
         lo,
         hi,
         args=(v, K, float(d)),
@@ -231,7 +176,7 @@ def _quad_convex(
     )
     mu = math.exp(x)
     if not info.converged:
-        return _quad_capacities(v, K, mu), info.iterations, False
+        return kern.dual_capacities(v, K, mu), info.iterations, False
     return _quad_finish(v, K, d, mu), info.iterations, True
 
 
@@ -668,9 +613,9 @@ def _separable(
 
 
 def _quad_result(problem: QuadraticProblem, C: np.ndarray, **fields: Any) -> AllocationResult:
-    """Result of a quadratic problem, its certificate from the fused kernels."""
+    """Result of a quadratic problem, certified on levels (numpy)."""
     C = np.ascontiguousarray(C, dtype=float)
-    T, loss, kkt = _kernels.certificate(problem.importance, problem.kurtosis, C, problem.d)
+    T, loss, kkt = level_certificate(problem, C)
     return make_result(problem, C, T, loss=loss, kkt=kkt, **fields)
 
 

@@ -24,12 +24,22 @@ share the remaining capacity equally (the limit :math:`K \to 3^+`); with
 from __future__ import annotations
 
 import math
+import sys
+import time
+from typing import Any
 
 import numpy as np
 
-from capalloc.allocation.methods import kernels as _kernels
+from capalloc._lib.validation import check_positive
+from capalloc.allocation.methods import load_kernels
+from capalloc.allocation.methods.mixed import mixed_capacities
 from capalloc.allocation.problems import QuadraticProblem
-from capalloc.allocation.result import CERTIFY_TOL, AllocationResult, make_result
+from capalloc.allocation.result import (
+    CERTIFY_TOL,
+    AllocationResult,
+    level_certificate,
+    make_result,
+)
 from capalloc.allocation.solve import register_method
 
 __all__ = ["waterfill"]
@@ -39,6 +49,7 @@ _SAMPLE_FRACTION = 64  # larger problems sample one feature in this many
 _SPREAD = 4.0  # standard deviations between the sampled bracket and the budget
 _WIDEN = 4.0  # a bracket that fails verification is retried this much wider, once
 _SMALL = 1 << 15  # live sets up to this size are swept directly
+_NUMPY_MAX = 1 << 15  # unbatched problems up to this size are solved in numpy (no JIT)
 _HUGE = 2.0**500  # rows whose largest importance lies outside [_TINY, _HUGE] are solved
 _TINY = 2.0**-500  # rescaled (see _rescaled)
 
@@ -89,7 +100,7 @@ def convex_levels(v, K, budgets, m0=0.0, A0=0.0, B0=0.0, top=math.inf):
             return [(0.0, math.nan, 0)] * len(budgets), rounds + 1
         v, K, m0, A0, B0, top = narrowed
         rounds += 1
-    return _kernels.sweep_sorted(v, K, budgets, m0, A0, B0, top), rounds
+    return load_kernels().sweep_sorted(v, K, budgets, m0, A0, B0, top), rounds
 
 
 def _take(K, index):
@@ -121,7 +132,7 @@ def _narrow(v, K, lo, hi, m0, A0, B0, top, widen=1.0):
     mu_hi = min(mus.get(t_lo, top), top)
     if not mu_lo < mu_hi:
         return None
-    dm, dA, dB, live, vl, npos, s_lo, s_hi = _kernels.bracket_pass(v, K, mu_lo, mu_hi)
+    dm, dA, dB, live, vl, npos, s_lo, s_hi = load_kernels().bracket_pass(v, K, mu_lo, mu_hi)
     if m0 == 0 and not math.isfinite(top) and npos <= lo:
         return "saturated"
     m1, A1, B1 = m0 + dm, A0 + dA, B0 + dB
@@ -174,14 +185,14 @@ def _solve_one(
     if curvature == "convex" and d < v.size:  # d >= #(v > 0) gives mu = 0: all saturate
         mu, share, nseg = convex_mu(v, K, float(d))
         C = np.empty(v.size)
-        finish = _kernels.finish if v.size > _SMALL else _kernels.finish_serial
-        return C, nseg, finish(v, K, mu, share, float(d), C)
+        kern = load_kernels()
+        if v.size < kern.PARALLEL_MIN:
+            return C, nseg, kern.finish_serial(v, K, mu, share, float(d), C)
+        return C, nseg, kern.finish(v, K, mu, share, float(d), C)
     if d >= np.count_nonzero(v):
         return (v > 0).astype(float), 0, None
     if curvature == "concave":
         return _top_d(v, K, d), 0, None
-    from capalloc.allocation.methods.mixed import mixed_capacities
-
     return *mixed_capacities(v, np.asarray(K), d), None  # mixed: K varies, an array
 
 
@@ -190,21 +201,54 @@ def _robust(v, v0, K, Ks, d, C, T, loss, kkt):
     (exact for any curvature, per-segment sums of positive terms: no running sums) on the
     importances ``v`` (rescaled) and certify them again on ``v0`` (as given); returns the
     updated ``(C, T, loss, kkt)``."""
-    from capalloc.allocation.methods.mixed import mixed_capacities
-
+    certificate = load_kernels().certificate
     if C.ndim == 1:
         Cr = mixed_capacities(v, np.broadcast_to(Ks, v.shape).astype(float), d)[0]
-        return Cr, *_kernels.certificate(v0, K, Cr, d)
+        return Cr, *certificate(v0, K, Cr, d)
     T, loss, kkt = (np.array(x, dtype=float) for x in (T, loss, kkt))
     Kb, Ksb = np.broadcast_to(K, v.shape), np.broadcast_to(Ks, v.shape)
     for r in np.flatnonzero(kkt > CERTIFY_TOL):
         C[r] = mixed_capacities(v[r], Ksb[r].astype(float), d)[0]
-        T[r], loss[r], kkt[r] = _kernels.certificate(v0[r], Kb[r], C[r], d)
+        T[r], loss[r], kkt[r] = certificate(v0[r], Kb[r], C[r], d)
     return C, T, loss, kkt
 
 
+_ENGINES = ("auto", "numpy", "compiled")
+_JIT_PAYS = 1.0  # seconds of numpy solves in one process after which "auto" compiles
+_SPENT = [0.0]  # seconds spent in numpy solves so far
+
+
+def _numpy_pays(problem: QuadraticProblem) -> bool:
+    """The ``"auto"`` rule: numpy while compiling would cost more than it saves."""
+    if problem.batched or problem.n > _NUMPY_MAX or _SPENT[0] > _JIT_PAYS:
+        return False
+    return "capalloc.allocation.methods.kernels" not in sys.modules
+
+
+def _small(problem: QuadraticProblem, fallback: bool) -> AllocationResult | None:
+    """An unbatched problem in numpy alone (sorting-based, exact for any curvature:
+    :func:`~capalloc.allocation.methods.mixed.mixed_capacities`), certified on levels.
+    Not certified: ``None`` where the compiled path may take over (``fallback``), else
+    the result with its status."""
+    d = problem.d
+    v, _ = _rescaled(problem, every_row=True)
+    K = np.broadcast_to(problem.kurtosis, v.shape)
+    if d == 0:
+        C, nit = np.zeros(v.shape), 0
+    elif np.all(K <= 3) and not np.all(K >= 3) and d < np.count_nonzero(v):
+        C, nit = _top_d(v, K, d), 0  # concave (K = 3 everywhere counts as convex: ties share)
+    else:
+        C, nit = mixed_capacities(v, K, d)
+    T, loss, kkt = level_certificate(problem, C)
+    if fallback and not kkt <= CERTIFY_TOL:
+        return None
+    return make_result(problem, C, T, method="waterfill", nit=nit, loss=loss, kkt=kkt, copy=False)
+
+
 @register_method("waterfill", problems=(QuadraticProblem,), exact=True, batched=True)
-def waterfill(problem: QuadraticProblem) -> AllocationResult:
+def waterfill(
+    problem: QuadraticProblem, *, engine: str = "auto", threads: int | None = None
+) -> AllocationResult:
     r"""Exact water-filling for the quadratic model (any kurtosis, batched).
 
     .. math::
@@ -216,11 +260,24 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     ----------
     problem : QuadraticProblem
         Unbatched or batched problem.
+    engine : {"auto", "numpy", "compiled"}, default "auto"
+        ``"numpy"``: sorting-based, for unbatched problems (no JIT compilation; about
+        3 ms at ``n = 10^3``, 30 ms at ``10^4``). ``"compiled"``: the numba kernels
+        (compiled on first use, then 10-100 times faster). ``"auto"``: numpy for
+        unbatched problems of up to 32 768 features until the kernels are loaded in
+        this process or numpy solves have taken a second in total, compiled
+        otherwise (and wherever numpy's answer fails its certificate). Both are exact
+        and certified; they may differ in the last bits.
+    threads : int, optional
+        Threads of the compiled kernels' parallel passes (problems of 2**18 features
+        or more, and batches); default numba's setting (the number of cores). On a
+        shared machine one thread fewer than the cores keeps a busy neighbour from
+        stalling every pass.
 
     Returns
     -------
     AllocationResult
-        ``nit`` counts the breakpoints visited.
+        ``nit`` counts the breakpoints visited (candidates examined, in numpy).
 
     References
     ----------
@@ -235,11 +292,30 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     """
     if not isinstance(problem, QuadraticProblem):
         raise TypeError(f"problem must be a QuadraticProblem, got {type(problem).__name__}")
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {list(_ENGINES)}, got {engine!r}")
+    if engine == "numpy" and problem.batched:
+        raise ValueError(f"engine='numpy' solves unbatched problems, got {problem!r}")
+    if engine == "numpy" or (engine == "auto" and _numpy_pays(problem)):
+        start = time.perf_counter()
+        result = _small(problem, fallback=engine == "auto")
+        _SPENT[0] += time.perf_counter() - start
+        if result is not None:  # None: not certified, the compiled path takes over
+            return result
+    if threads is not None:
+        threads = check_positive(threads, "threads", integer=True)
+    kern = load_kernels()
+    with kern.threads(threads):
+        return _compiled(problem, kern)
+
+
+def _compiled(problem: QuadraticProblem, kern: Any) -> AllocationResult:
+    """:func:`waterfill` by the numba kernels (module ``kern``)."""
     K, d = problem.kurtosis, problem.d
     # A band (v, (K-1)v/2) narrower than ~1e-12 relative is a few ulps of mu wide and
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
     # the certificate then uses the true K (its residual is of order |K - 3|).
-    Ks = _kernels.compact(K)  # a float, or the stored values: checks stay O(stored)
+    Ks = kern.compact(K)  # a float, or the stored values: checks stay O(stored)
     near3 = np.abs(np.asarray(Ks) - 3) < 1e-12
     snapped = bool(near3.any())
     if snapped:
@@ -258,7 +334,7 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     if problem.batched:
         if curvature == "convex":
             C = np.empty(v.shape)
-            T, loss, kkt, _, nseg = _kernels.batch_waterfill(v, Ks, d, C)
+            T, loss, kkt, _, nseg = kern.batch_waterfill(v, Ks, d, C)
             cert, nit = (T, loss, kkt), int(nseg.sum())
         else:  # rows by their own curvature: the convex ones batched, the others one by one
             Kr = np.broadcast_to(np.asarray(Ks), v.shape)
@@ -267,8 +343,8 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
             rows = np.flatnonzero(convex)
             if rows.size:
                 Cc = np.empty((rows.size, v.shape[1]))
-                nseg = _kernels.batch_waterfill(
-                    np.ascontiguousarray(v[rows]), _kernels.compact(Kr[rows]), d, Cc
+                nseg = kern.batch_waterfill(
+                    np.ascontiguousarray(v[rows]), kern.compact(Kr[rows]), d, Cc
                 )[-1]
                 C[rows], nit = Cc, int(nseg.sum())
             concave = np.all(Kr <= 3, axis=1) & ~convex
@@ -281,7 +357,7 @@ def waterfill(problem: QuadraticProblem) -> AllocationResult:
     # certified on the given importances: levels h range like v, so nothing overflows
     v0 = problem.importance
     if cert is None or snapped or shift is not None:
-        cert = _kernels.certificate(v0, K, C, d)
+        cert = kern.certificate(v0, K, C, d)
     T, loss, kkt = cert
     if np.max(kkt, initial=0.0) > CERTIFY_TOL:  # not certified: the robust path, certified
         C, T, loss, kkt = _robust(v, v0, K, Ks, d, C, T, loss, kkt)
