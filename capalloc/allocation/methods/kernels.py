@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import numba
 import numpy as np
@@ -470,13 +471,25 @@ def _bracket_pass_serial(v, K, mu_lo, mu_hi):  # pragma: no cover - compiled
 PARALLEL_MIN = 1 << 18
 
 
+def default_threads():
+    """Threads of the parallel passes when none are asked for: one fewer than the cores
+    this process may use (at least one), so that one busy neighbour process can have a
+    core of its own and no pass waits at its barrier for a preempted thread; the
+    ``NUMBA_NUM_THREADS`` setting when it is given."""
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return numba.config.NUMBA_NUM_THREADS
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores - 1, numba.config.NUMBA_NUM_THREADS))
+
+
 @contextlib.contextmanager
 def threads(count):
-    """Context in which parallel loops use ``count`` threads (``None``: as they are;
-    capped at numba's thread pool)."""
-    if count is None:
-        yield
-        return
+    """Context in which parallel loops use ``count`` threads (``None``:
+    :func:`default_threads`), capped at numba's thread pool."""
+    count = default_threads() if count is None else count
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
     try:

@@ -270,9 +270,9 @@ def waterfill(
         and certified; they may differ in the last bits.
     threads : int, optional
         Threads of the compiled kernels' parallel passes (problems of 2**18 features
-        or more, and batches); default numba's setting (the number of cores). On a
-        shared machine one thread fewer than the cores keeps a busy neighbour from
-        stalling every pass.
+        or more, and batches). Default: one fewer than the cores (at least one), so
+        that a busy neighbour process does not stall every pass at its barrier
+        (``NUMBA_NUM_THREADS``, when set, is the default instead).
 
     Returns
     -------
