@@ -43,7 +43,7 @@ Examples
 >>> float(cf.per_feature_loss(0.5, 1.0, 5.0)), float(cf.marginal_benefit(0.0, 1.0, 3.0))
 (1.3333333333333333, 2.0)
 >>> cf.capacity_at(2.0, [4.0, 2.0, 1.0], 10.0).round(4).tolist()
-[1.0, 0.7143, 0.2857]
+[1.0, 1.0, 0.3571]
 """
 
 from __future__ import annotations
