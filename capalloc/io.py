@@ -3,22 +3,30 @@
 Supported containers
 --------------------
 ``.npy``
-    One array.
+    One array; :func:`open_matrix` memory-maps it (nothing is read up front).
 ``.npz``
     Several named arrays; ``key`` picks one.
-``.pt`` / ``.pth`` / ``.bin``
-    A torch tensor or a (possibly nested) state dict, loaded with
-    ``torch.load(..., weights_only=True)`` so no pickled code runs. Nested
-    dicts are flattened with dotted keys (``"model.encoder.weight"``).
+``.pt`` / ``.pth`` / ``.pth.tar`` / ``.tar`` / ``.ckpt`` / ``.bin``
+    A torch tensor or a (possibly nested) checkpoint, loaded with
+    ``torch.load(..., weights_only=True)`` so no pickled code runs (memory-mapped
+    where the file allows it). Nested dicts and lists are flattened with dotted
+    keys (``"model.state_dict.atom_embedding.embedding.weight"``).
 ``.safetensors``
-    Read with a small header parser and a memory map, so the ``safetensors``
-    package is not needed and only the requested tensor is read; ``BF16`` and
-    ``F16`` tensors are widened to float32.
+    Opened with the ``safetensors`` library (``pip install "capalloc[io]"``), which
+    checks the header; the chosen tensor is then memory-mapped, so only the
+    blocks being read are in memory. ``F16``, ``BF16``, ``F32`` and ``F64``
+    tensors are read in their stored precision (bfloat16 widened to float32 a
+    block at a time).
+A directory (SAELens)
+    ``cfg.json`` next to ``sae_weights.safetensors``: the decoder ``W_dec``
+    (``n_features x d``, features along rows) unless ``key`` picks another tensor.
 ``.txt`` / ``.csv``
     Numbers separated by commas, whitespace or newlines.
 
 Without ``key``, a container holding exactly one two-dimensional array gives
-that array; otherwise the error lists the candidates and their shapes.
+that array; otherwise the error lists the candidates and their shapes. A ``key``
+may be any dotted suffix of a name that only one name ends with
+(``"atom_embedding.embedding.weight"``).
 
 Examples
 --------
@@ -34,35 +42,42 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import stat
 import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 __all__ = [
+    "StoredMatrix",
     "check_file",
     "check_memory",
     "load_arrays",
     "load_matrix",
     "load_vector",
-    "read_safetensors_header",
+    "open_matrix",
 ]
 
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_TORCH_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".ckpt", ".bin")
 _TEXT_SUFFIXES = (".txt", ".csv", ".tsv")
+_SAE_CONFIG = "cfg.json"
+_SAE_WEIGHTS = "sae_weights.safetensors"
+_SAE_DECODER = "W_dec"
 
-# safetensors dtype codes that map directly onto numpy dtypes (little endian).
+# safetensors dtype codes read through a numpy memory map (little endian), and their names.
 _SAFETENSORS_DTYPES = {
     "F64": "<f8",
     "F32": "<f4",
     "F16": "<f2",
+    "BF16": "<u2",  # widened to float32 by _BFloat16
     "I64": "<i8",
     "I32": "<i4",
     "I16": "<i2",
@@ -73,6 +88,7 @@ _SAFETENSORS_DTYPES = {
     "U8": "u1",
     "BOOL": "?",
 }
+_SAFETENSORS_NAMES = {"BF16": "bfloat16"}
 
 
 def _available_memory() -> int | None:
@@ -150,11 +166,12 @@ def check_file(path: str | os.PathLike) -> int:
     return info.st_size
 
 
-def _npy_header(fh: IO[bytes], name: str, size: int) -> None:
+def _npy_header(fh: IO[bytes], name: str, size: int, in_memory: bool = True) -> None:
     """Check the ``.npy`` stream ``fh`` (at its start, ``size`` bytes long) before reading it.
 
     Refuses, without allocating, a bad header, pickled objects, data shorter than
-    the header's shape claims and arrays larger than the available memory.
+    the header's shape claims and (``in_memory``) arrays larger than the available
+    memory.
     """
     if size == 0:
         raise ValueError(f"{name}: empty file (0 bytes), not a .npy array")
@@ -180,7 +197,8 @@ def _npy_header(fh: IO[bytes], name: str, size: int) -> None:
             f"{_short_shape(shape)} {dtype} ({nbytes} bytes of data) but only "
             f"{have} bytes follow"
         )
-    check_memory(nbytes, f"{name}: array of shape {_short_shape(shape)} {dtype}")
+    if in_memory:
+        check_memory(nbytes, f"{name}: array of shape {_short_shape(shape)} {dtype}")
 
 
 def _short_shape(shape: tuple[int, ...]) -> str:
@@ -227,7 +245,11 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def _suffix(path: str) -> str:
-    return os.path.splitext(str(path))[1].lower()
+    name = os.path.basename(str(path)).lower()
+    for suffix in _TORCH_SUFFIXES:  # the one double suffix, .pth.tar, first
+        if name.endswith(suffix):
+            return suffix
+    return os.path.splitext(name)[1]
 
 
 def _describe(arrays: Mapping[str, Any]) -> str:
@@ -237,9 +259,17 @@ def _describe(arrays: Mapping[str, Any]) -> str:
     return ", ".join(items) if items else "(none)"
 
 
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "torch"
+
+
+def _torch_dtype_name(value: Any) -> str:
+    return str(value.dtype).removeprefix("torch.")
+
+
 def _as_numpy(value: Any) -> np.ndarray:
-    """A numpy array from a numpy array or a torch tensor (bfloat16/half widened to float32)."""
-    if type(value).__module__.split(".")[0] == "torch":
+    """A numpy array from a numpy array, a lazy array or a torch tensor (low precision widened)."""
+    if _is_torch(value):
         import torch
 
         t = value.detach().cpu()
@@ -252,84 +282,111 @@ def _as_numpy(value: Any) -> np.ndarray:
     return arr
 
 
-def read_safetensors_header(path: str) -> dict[str, Any]:
-    """The JSON header of a ``.safetensors`` file: name -> {dtype, shape, data_offsets}.
+def _drop_pages(view: np.ndarray, base: np.memmap) -> None:
+    """Drop the pages of ``view`` (part of the memory map ``base``) from this process.
 
-    The file starts with an 8-byte little-endian header length, then that many
-    bytes of JSON; tensor data follow, at offsets relative to the end of the
-    header. ``"__metadata__"`` is dropped.
+    They stay in the page cache, so reading them again costs no disk access.
     """
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (size,) = struct.unpack("<Q", raw)
-        if size > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {size})")
-        try:
-            header = json.loads(f.read(size).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a safetensors file (bad header: {exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
-    header.pop("__metadata__", None)
-    for name, info in header.items():
-        keys = {"dtype", "shape", "data_offsets"}
-        if not isinstance(info, dict) or not keys <= info.keys():
-            raise ValueError(f"{path}: malformed safetensors entry {name!r}")
-    header["__header_size__"] = 8 + size  # where the data block starts
-    return header
+    mm = getattr(base, "_mmap", None)
+    if mm is None or view.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        lo = max(view.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data, 0)
+        span = sum((s - 1) * abs(st) for s, st in zip(view.shape, view.strides, strict=True))
+        hi = min(lo + span + view.itemsize, len(mm))
+        lo -= lo % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, TypeError, BufferError):  # pragma: no cover - best effort
+        pass
 
 
-def _safetensors_tensor(path: str, header: dict[str, Any], name: str) -> np.ndarray:
-    info = header[name]
-    start, stop = (int(x) for x in info["data_offsets"])
-    shape = tuple(int(s) for s in info["shape"])
-    code = info["dtype"]
-    offset = header["__header_size__"] + start
-    if not 0 <= start <= stop or offset + stop - start > os.path.getsize(path):
-        raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated or corrupt)")
-    if code == "BF16":
-        count = (stop - start) // 2
-        if count != math.prod(shape):
-            raise ValueError(f"{path}: tensor {name!r} has {count} entries for shape {shape}")
-        check_memory(4 * count, f"{path}: tensor {name!r} widened to float32")
-        raw = np.memmap(path, dtype="<u2", mode="r", offset=offset, shape=(count,))
-        # bfloat16 is the top half of a float32.
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    if code not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {code}")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[code])
-    count = (stop - start) // dtype.itemsize
-    if count != math.prod(shape):
-        raise ValueError(f"{path}: tensor {name!r} has {count} entries for shape {shape}")
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
-    arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return arr.astype(np.float32) if code == "F16" else arr
+class _BFloat16:
+    """A read-only 2-D bfloat16 memory map that slices into float32 numpy arrays."""
+
+    dtype = np.dtype(np.float32)
+    stored_dtype = "bfloat16"
+
+    def __init__(self, raw: np.memmap):
+        self.raw = raw
+        self.shape = raw.shape
+        self.ndim = raw.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        part = self.raw[index]
+        out = (np.asarray(part, dtype=np.uint32) << 16).view(np.float32)  # the top half
+        if isinstance(part, np.ndarray):
+            _drop_pages(part, self.raw)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
-class _LazySafetensors(Mapping):
-    """Mapping name -> array that reads a tensor only when it is asked for."""
+class _Safetensors(Mapping):
+    """Tensors of a ``.safetensors`` file by name, each memory-mapped when it is asked for.
+
+    The ``safetensors`` library opens the file and checks its header (offsets,
+    sizes, dtypes); the data of a tensor are then mapped by numpy at the offset
+    the header gives, so a pass over a tensor larger than memory holds only the
+    block being read.
+    """
 
     def __init__(self, path: str):
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise ValueError(
+                f"{path}: reading .safetensors needs the safetensors package "
+                '(pip install "capalloc[io]")'
+            ) from None
         self.path = path
-        self.header = read_safetensors_header(path)
-        self.names = [k for k in self.header if k != "__header_size__"]
+        try:
+            with safe_open(path, framework="numpy") as f:
+                self.names = list(f.keys())
+                slices = {k: f.get_slice(k) for k in self.names}
+                self.shapes = {k: tuple(int(s) for s in v.get_shape()) for k, v in slices.items()}
+                self.codes = {k: v.get_dtype() for k, v in slices.items()}
+        except Exception as exc:  # noqa: BLE001 - SafetensorError derives from Exception only
+            raise ValueError(f"{path}: not a valid safetensors file ({_reason(exc)})") from None
+        with open(path, "rb") as f:  # the library checked it: 8-byte length, JSON header
+            (size,) = struct.unpack("<Q", f.read(8))
+            self.header = json.loads(f.read(size).decode("utf-8"))
+        self.data_start = 8 + size
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self.names:
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.shapes:
             raise KeyError(name)
-        return _safetensors_tensor(self.path, self.header, name)
+        code, shape = self.codes[name], self.shapes[name]
+        if code not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[code])
+        start, _ = (int(x) for x in self.header[name]["data_offsets"])
+        if math.prod(shape) == 0:
+            raw = np.zeros(shape, dtype=dtype)
+        else:
+            raw = np.memmap(
+                self.path, dtype=dtype, mode="r", offset=self.data_start + start, shape=shape
+            )
+        return _BFloat16(raw) if code == "BF16" else raw
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.header[name]["shape"])
+        return self.shapes[name]
+
+    def stored_dtype(self, name: str) -> str:
+        code = self.codes[name]
+        if code in _SAFETENSORS_NAMES:
+            return _SAFETENSORS_NAMES[code]
+        return str(np.dtype(_SAFETENSORS_DTYPES[code])) if code in _SAFETENSORS_DTYPES else code
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -355,25 +412,6 @@ def _reason(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load_torch(path: str) -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(f"{path}: reading torch files needs torch (pip install torch)") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{path}: cannot load as torch weights ({_reason(exc)})") from None
-    arrays = _flatten(obj)
-    if not arrays:
-        raise ValueError(f"{path}: no tensor found in {type(obj).__name__}")
-    return arrays
-
-
 def _load_text(path: str) -> np.ndarray:
     with open(path, encoding="utf-8") as f:
         lines = [ln.split("#")[0].replace(",", " ").split() for ln in f]
@@ -389,21 +427,73 @@ def _load_text(path: str) -> np.ndarray:
     return arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
 
 
+def _load_torch(path: str) -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path}: reading torch files needs torch (pip install torch)") from None
+
+    def load(use_mmap: bool) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+
+    try:
+        try:
+            obj = load(True)  # tensors stay in the file until they are read
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = load(False)  # the legacy (non-zip) format cannot be mapped
+    except OSError:
+        raise
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"{path}: cannot load as torch weights ({_reason(exc)})") from None
+    arrays = _flatten(obj)
+    if not arrays:
+        raise ValueError(f"{path}: no tensor found in {type(obj).__name__}")
+    return arrays
+
+
+def _sae_directory(path: str) -> tuple[str, dict[str, Any]]:
+    """The weights file and configuration of a SAELens directory; ``OSError`` otherwise."""
+    weights = os.path.join(path, _SAE_WEIGHTS)
+    config = os.path.join(path, _SAE_CONFIG)
+    if not os.path.isfile(weights):
+        present = sorted(os.listdir(path))[:8]
+        raise IsADirectoryError(
+            f"{path}: is a directory, not a file, and holds no SAE weights ({_SAE_CONFIG} "
+            f"and {_SAE_WEIGHTS}); it contains: {', '.join(present) or '(nothing)'}"
+        )
+    cfg: dict[str, Any] = {}
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{config}: not a JSON configuration ({_reason(exc)})") from None
+        cfg = loaded if isinstance(loaded, dict) else {}
+    return weights, cfg
+
+
 def load_arrays(path: str | os.PathLike) -> Mapping[str, Any]:
-    """All arrays of a file, by name (lazy for ``.safetensors``).
+    """All arrays of a file, by name (lazy and memory-mapped for ``.safetensors``).
 
     Parameters
     ----------
     path : str or path-like
-        A ``.npy``, ``.npz``, ``.pt``/``.pth``/``.bin``, ``.safetensors``,
-        ``.txt`` or ``.csv`` file.
+        A ``.npy``, ``.npz``, torch (``.pt``, ``.pth``, ``.pth.tar``, ``.ckpt``,
+        ``.bin``), ``.safetensors``, ``.txt`` or ``.csv`` file, or a SAELens directory.
 
     Returns
     -------
     arrays : mapping of str to array
-        Single-array formats use the name ``"array"``.
+        Single-array formats use the name ``"array"``; torch tensors are returned
+        as they are stored.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        return _Safetensors(_sae_directory(path)[0])
     size = check_file(path)
     suffix = _suffix(path)
     if suffix == ".npy":
@@ -411,71 +501,21 @@ def load_arrays(path: str | os.PathLike) -> Mapping[str, Any]:
     if suffix == ".npz":
         return _load_npz(path)
     if suffix == ".safetensors":
-        return _LazySafetensors(path)
+        return _Safetensors(path)
     if suffix in _TORCH_SUFFIXES:
         return _load_torch(path)
     if suffix in _TEXT_SUFFIXES:
         return {"array": _load_text(path)}
     raise ValueError(
         f"{path}: unknown file type {suffix or '(no suffix)'}; use .npy, .npz, .pt, .pth, "
-        ".safetensors, .txt or .csv"
+        ".pth.tar, .ckpt, .bin, .safetensors, .txt, .csv or a SAELens directory"
     )
 
 
 def _shape(arrays: Mapping[str, Any], name: str) -> tuple[int, ...]:
-    if isinstance(arrays, _LazySafetensors):
+    if isinstance(arrays, _Safetensors):
         return arrays.shape(name)
     return tuple(np.shape(arrays[name]))
-
-
-def load_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """A two-dimensional weight matrix from a file.
-
-    Parameters
-    ----------
-    path : str or path-like
-        See :func:`load_arrays` for the formats.
-    key : str, optional
-        Name of the array inside a container (``.npz``, state dict,
-        ``.safetensors``). Needed when the file holds several 2-D arrays.
-
-    Returns
-    -------
-    W : (rows, cols) ndarray of float
-        In its stored floating precision (float16/bfloat16 widened to float32;
-        integer types converted to float64). Not transposed.
-
-    Raises
-    ------
-    KeyError
-        ``key`` is not in the file; the message lists the names present.
-    ValueError
-        No or several 2-D candidates without ``key``, or the array is not 2-D.
-    """
-    path = os.fspath(path)
-    arrays = load_arrays(path)
-    if key is None:
-        two_d = [k for k in arrays if len(_shape(arrays, k)) == 2]
-        if len(two_d) != 1:
-            what = "no 2-D array" if not two_d else "several 2-D arrays"
-            names = {k: _Shape(_shape(arrays, k)) for k in arrays}
-            raise ValueError(
-                f"{path} holds {what}; choose one with key (--key) (arrays: {_describe(names)})"
-            )
-        key = two_d[0]
-    elif key not in arrays:
-        names = {k: _Shape(_shape(arrays, k)) for k in arrays}
-        raise KeyError(f"key {key!r} not found in {path}; arrays: {_describe(names)}")
-    W = _as_numpy(arrays[key])
-    if W.ndim != 2:
-        raise ValueError(f"{path}: array {key!r} must be 2-D, got shape {W.shape}")
-    if W.dtype.kind not in "fiub":
-        raise ValueError(f"{path}: array {key!r} must be real, got dtype {W.dtype}")
-    if W.dtype.kind != "f":
-        W = W.astype(np.float64)
-    if not np.all(np.isfinite(W)):
-        raise ValueError(f"{path}: array {key!r} has non-finite entries")
-    return W
 
 
 class _Shape:
@@ -483,6 +523,202 @@ class _Shape:
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = shape
+
+
+def _listing(arrays: Mapping[str, Any]) -> str:
+    return _describe({k: _Shape(_shape(arrays, k)) for k in arrays})
+
+
+def _resolve_key(arrays: Mapping[str, Any], key: str, path: str) -> str:
+    """``key`` itself, or the one name that ends with ``"." + key``; ``KeyError`` listing names."""
+    if key in arrays:
+        return key
+    matches = [k for k in arrays if k.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    what = f"several names end with {key!r}" if matches else f"key {key!r} not found in {path}"
+    raise KeyError(f"{what}; arrays: {_listing(arrays)}")
+
+
+@dataclass(frozen=True)
+class StoredMatrix:
+    """A two-dimensional weight matrix in a file, opened without reading it.
+
+    Attributes
+    ----------
+    path : str
+        The file (or SAELens directory).
+    key : str or None
+        Name of the array in its container (resolved from a dotted suffix).
+    array : (rows, cols) array-like
+        A numpy memory map (``.npy``, ``.safetensors``), a numpy array, or a lazy
+        bfloat16 map: float16, float32 and float64 in their stored precision,
+        bfloat16 sliced into float32. It can be passed to
+        :func:`capalloc.capacity` directly, which reads it a block at a time.
+    stored_dtype : str
+        The dtype in the file (``"bfloat16"``, ``"float16"``, ...).
+    features_axis : int or None
+        Which axis indexes features when the format says so (0 for a SAELens
+        ``W_dec``), else ``None``.
+    config : dict
+        The SAELens ``cfg.json`` (empty for other formats).
+    """
+
+    path: str
+    key: str | None
+    array: Any
+    stored_dtype: str
+    features_axis: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` as stored."""
+        rows, cols = self.array.shape
+        return int(rows), int(cols)
+
+    @property
+    def where(self) -> str:
+        """``"KEY in PATH"`` (or ``PATH`` for single-array files)."""
+        return f"{self.key} in {self.path}" if self.key else self.path
+
+
+def _check_stored(value: Any, path: str, key: str | None) -> tuple[Any, str]:
+    """The matrix and its stored dtype name, refusing non-2-D and non-float arrays."""
+    what = f"{path}: array {key!r}" if key else f"{path}: the array"
+    shape = tuple(np.shape(value))
+    if _is_torch(value):
+        stored = _torch_dtype_name(value)
+        if not value.is_floating_point():
+            raise ValueError(f"{what} has dtype {stored}; capacity needs floating-point weights")
+    else:
+        stored = getattr(value, "stored_dtype", None) or str(np.dtype(value.dtype))
+        if np.dtype(value.dtype).kind != "f":
+            raise ValueError(
+                f"{what} has dtype {stored}; capacity needs floating-point weights "
+                "(dequantize integer weights first)"
+            )
+    if len(shape) != 2:
+        raise ValueError(
+            f"{what} has shape {shape} ({len(shape)}-D); a weight matrix needs 2 dimensions"
+        )
+    if _is_torch(value):
+        import torch
+
+        t = value.detach().cpu()
+        value = t.to(torch.float32).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    return value, stored
+
+
+def open_matrix(path: str | os.PathLike, key: str | None = None) -> StoredMatrix:
+    """Open a two-dimensional weight matrix in a file without reading its data.
+
+    Parameters
+    ----------
+    path : str or path-like
+        See :func:`load_arrays` for the formats; ``.npy`` and ``.safetensors``
+        are memory-mapped, torch files where their format allows it.
+    key : str, optional
+        Name of the array inside a container, or a dotted suffix that only one
+        name ends with. Needed when the file holds several 2-D arrays (a
+        SAELens directory defaults to ``W_dec``).
+
+    Returns
+    -------
+    StoredMatrix
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in the file; the message lists the names present, with shapes.
+    ValueError
+        No or several 2-D candidates without ``key``; the array is not 2-D or not
+        of a floating-point dtype; the file is damaged.
+    OSError
+        No such file; a directory without SAE weights.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from capalloc.io import open_matrix
+    >>> path = os.path.join(tempfile.mkdtemp(), "W_dec.npy")
+    >>> np.save(path, np.ones((1000, 16), dtype=np.float16))
+    >>> m = open_matrix(path)
+    >>> m.shape, m.stored_dtype, type(m.array).__name__
+    ((1000, 16), 'float16', 'memmap')
+    """
+    path = os.fspath(path)
+    features_axis, config = None, {}
+    if os.path.isdir(path):
+        weights, config = _sae_directory(path)
+        arrays: Mapping[str, Any] = _Safetensors(weights)
+        if key is None and _SAE_DECODER in arrays:
+            key, features_axis = _SAE_DECODER, 0
+    elif _suffix(path) == ".npy":
+        size = check_file(path)
+        with open(path, "rb") as fh:
+            _npy_header(fh, path, size, in_memory=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        value, stored = _check_stored(array, path, None)
+        return StoredMatrix(path, None, value, stored)
+    else:
+        arrays = load_arrays(path)
+    if key is None:
+        two_d = [k for k in arrays if len(_shape(arrays, k)) == 2]
+        if len(two_d) != 1:
+            what = "no 2-D array" if not two_d else "several 2-D arrays"
+            raise ValueError(
+                f"{path} holds {what}; choose one with key (--key) (arrays: {_listing(arrays)})"
+            )
+        key = two_d[0]
+    else:
+        key = _resolve_key(arrays, key, path)
+    if key == _SAE_DECODER and config:
+        features_axis = 0
+    value, stored = _check_stored(arrays[key], path, key if len(arrays) > 1 else None)
+    name = key if not (len(arrays) == 1 and key == "array") else None
+    return StoredMatrix(path, name, value, stored, features_axis, dict(config))
+
+
+def load_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """A two-dimensional weight matrix from a file, read into memory.
+
+    Parameters
+    ----------
+    path : str or path-like
+        See :func:`load_arrays` for the formats.
+    key : str, optional
+        As for :func:`open_matrix`.
+
+    Returns
+    -------
+    W : (rows, cols) ndarray of float
+        In its stored floating precision (float16/bfloat16 widened to float32).
+        Not transposed. :func:`open_matrix` gives the same matrix without reading
+        it, for files larger than memory.
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in the file; the message lists the names present.
+    ValueError
+        As for :func:`open_matrix`; also non-finite entries and matrices larger
+        than the available memory.
+    """
+    stored = open_matrix(path, key)
+    where = f"{stored.path}: array {stored.key!r}" if stored.key else f"{stored.path}: the array"
+    rows, cols = stored.shape
+    itemsize = max(4, np.dtype(stored.array.dtype).itemsize)
+    check_memory(
+        rows * cols * itemsize,
+        f"{stored.path}: array of shape {stored.shape} {stored.stored_dtype}",
+    )
+    W = _as_numpy(stored.array)
+    if isinstance(W, np.memmap) or not W.flags.owndata:
+        W = np.array(W)
+    if not np.all(np.isfinite(W)):
+        raise ValueError(f"{where} has non-finite entries")
+    return W
 
 
 def load_vector(path: str | os.PathLike, key: str | None = None) -> np.ndarray:

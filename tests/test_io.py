@@ -186,10 +186,11 @@ def test_random_damage_gives_value_errors_only(tmp_path, suffix):
 
 
 def test_truncated_safetensors_tensor(tmp_path):
+    pytest.importorskip("safetensors")
     header = json.dumps({"W": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}})
     path = tmp_path / "cut.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 20)
-    with pytest.raises(ValueError, match="tensor 'W' lies outside the file"):
+    with pytest.raises(ValueError, match=r"cut\.safetensors: not a valid safetensors file"):
         load_matrix(path)
 
 
