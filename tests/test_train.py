@@ -89,9 +89,21 @@ def well_separated(problem, res, margin=1e-3) -> bool:
     )
 
 
-@settings(max_examples=15)
+@settings(max_examples=5)
 @given(convex_problems())
 def test_exact_training_matches_solver_and_geometry(problem):
+    check_exact_training_against_solver(problem)
+
+
+@pytest.mark.slow
+@settings(max_examples=30)
+@given(convex_problems())
+def test_exact_training_matches_solver_and_geometry_many(problem):
+    check_exact_training_against_solver(problem)
+
+
+def check_exact_training_against_solver(problem):
+    """Capacities, loss and block structure of exact training against the solver and theory."""
     res = capalloc.solve(problem)
     assume(well_separated(problem, res))
     out = train_quadratic(problem, restarts=2)
