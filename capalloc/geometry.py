@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 _GRAM_ENTRIES = 1 << 22  # cosine entries formed at once (chunks of rows of the Gram matrix)
+_SPARSE_DENSITY = 0.25  # embeddings with at most this share of non-zero entries ...
+_SPARSE_PAIRS = 1 << 26  # ... and at most this many candidate pairs use a sparse Gram
+_SVD_ENTRIES = 1 << 20  # blocks with more entries get their spectrum from the smaller Gram
 _MONO_ATOL = 1e-12  # capacity within this of 1 is monosemantic in realize
 _GROUP_RTOL = 1e-9  # polysemantic features whose N/C agree to this share a block in realize
 _SUM_ATOL = 1e-9  # per feature: slack allowed when rounding a block's capacity sum
@@ -145,12 +148,48 @@ def ignored_features(W: Any, tol: float = 1e-6) -> np.ndarray:
     return np.flatnonzero(~_kept(W, tol))
 
 
-def _components(U: np.ndarray, tol: float) -> np.ndarray:
-    r"""Connected components of the graph ``|U_i . U_j| > tol`` for unit columns ``U``.
+def _is_sparse(Ws: np.ndarray) -> bool:
+    """Whether the sparse Gram matrix of ``Ws`` is cheap: few non-zero entries and pairs."""
+    nonzero = np.count_nonzero(Ws, axis=1).astype(np.float64)
+    return nonzero.sum() <= _SPARSE_DENSITY * Ws.size and np.sum(nonzero**2) <= _SPARSE_PAIRS
 
-    The Gram matrix is formed a chunk of rows at a time; after each chunk the
-    edges found so far are replaced by a spanning star per component, so memory
-    stays :math:`O(k + \text{chunk} \cdot k)` for ``k`` columns.
+
+def _sparse_route(Ws: np.ndarray, keep: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Component labels of the kept columns and the capacities of all, from one sparse Gram.
+
+    ``G = W^T W`` holds only the pairs of columns that share a dimension, so
+    :math:`C_i = G_{ii}^2 / \sum_j G_{ij}^2` and the cosines come at the cost of
+    those pairs, never a dense ``n x n`` matrix.
+    """
+    from scipy.sparse import coo_matrix, csc_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    S = csc_matrix(Ws)
+    G = (S.T @ S).tocoo()
+    N = np.zeros(Ws.shape[1])
+    on_diag = G.row == G.col
+    N[G.row[on_diag]] = G.data[on_diag]
+    q = np.bincount(G.row, weights=G.data**2, minlength=Ws.shape[1])
+    C = np.zeros_like(N)
+    np.divide(N**2, q, out=C, where=q > 0)
+    index = np.full(Ws.shape[1], -1)
+    index[keep] = np.arange(keep.size)
+    rows, cols = index[G.row], index[G.col]
+    inside = (rows >= 0) & (cols >= 0)
+    rows, cols, dots = rows[inside], cols[inside], G.data[inside]
+    edge = np.abs(dots) > tol * np.sqrt(N[keep][rows] * N[keep][cols])
+    k = keep.size
+    graph = coo_matrix((np.ones(int(edge.sum()), np.int8), (rows[edge], cols[edge])), (k, k))
+    return connected_components(graph, directed=False)[1], np.clip(C, 0.0, 1.0)
+
+
+def _dense_components(U: np.ndarray, tol: float, progress: bool) -> np.ndarray:
+    r"""Components from the dense Gram matrix, formed a chunk of rows at a time.
+
+    After each chunk the edges found so far are replaced by a spanning star per
+    component, so memory stays :math:`O(k + \text{chunk} \cdot k)` for ``k``
+    columns; once every column is in one component the remaining chunks are
+    skipped (typical of dense decoders, where almost no pair is orthogonal).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -159,22 +198,42 @@ def _components(U: np.ndarray, tol: float) -> np.ndarray:
     nodes = np.arange(k)
     root = nodes.copy()  # a representative node of each node's component
     step = max(1, _GRAM_ENTRIES // max(k, 1))
-    for start in range(0, k, step):
-        cos = U[:, start : start + step].T @ U
-        rows, cols = np.nonzero(np.abs(cos) > tol)
-        rows = np.concatenate([rows + start, nodes])
-        cols = np.concatenate([cols, root])
-        graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(k, k))
-        _, labels = connected_components(graph, directed=False)
-        _, first = np.unique(labels, return_index=True)
-        root = first[labels]
+    bar = None
+    if progress and k > step:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=-(-k // step), desc="cosine graph", unit="chunk", leave=False)
+    try:
+        for start in range(0, k, step):
+            cos = U[:, start : start + step].T @ U
+            rows, cols = np.nonzero(np.abs(cos) > tol)
+            rows = np.concatenate([rows + start, nodes])
+            cols = np.concatenate([cols, root])
+            graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(k, k))
+            count, labels = connected_components(graph, directed=False)
+            _, first = np.unique(labels, return_index=True)
+            root = first[labels]
+            if bar is not None:
+                bar.update()
+            if count == 1:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
     _, labels = np.unique(root, return_inverse=True)
     return labels
 
 
 def _block_stats(Wb: np.ndarray, tol: float) -> tuple[int, float, float]:
-    """``(dim, scale, residual)`` of one block from the singular values of its columns."""
-    eig = np.linalg.svd(Wb, compute_uv=False) ** 2
+    r"""``(dim, scale, residual)`` of one block from the singular values of its columns.
+
+    Large blocks take them from the eigenvalues of the smaller Gram matrix
+    (:math:`O(n_b d_b \min(n_b, d_b))`, resolving eigenvalues to ``1e-16`` of the top).
+    """
+    if Wb.size > _SVD_ENTRIES:
+        eig = np.linalg.eigvalsh(Wb @ Wb.T if Wb.shape[0] <= Wb.shape[1] else Wb.T @ Wb)
+    else:
+        eig = np.linalg.svd(Wb, compute_uv=False) ** 2
     top = eig.max(initial=0.0)
     on = eig > tol * top
     dim = int(np.count_nonzero(on))
@@ -183,7 +242,7 @@ def _block_stats(Wb: np.ndarray, tol: float) -> tuple[int, float, float]:
     return dim, lam, residual
 
 
-def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
+def find_blocks(W: Any, tol: float = 1e-6, *, progress: bool = False) -> list[Block]:
     r"""Split the columns of ``W`` into blocks of mutually non-orthogonal features.
 
     Columns with :math:`N_i \le \text{tol}\cdot\max_j N_j` are dropped (see
@@ -203,6 +262,8 @@ def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
         Relative threshold on squared norms, on cosines and on the eigenvalues
         that count towards a block's rank. Use a looser value (``1e-2``) for
         embeddings trained on samples.
+    progress : bool, default False
+        Show a progress bar on stderr while the cosines are formed.
 
     Returns
     -------
@@ -215,7 +276,9 @@ def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
     Cost :math:`O(n^2 d)` time for the cosines; they are formed a chunk of rows
     at a time (about four million entries), and the edges found so far are
     reduced to one spanning star per component after each chunk, so memory
-    stays bounded and ``n`` of order :math:`10^4` is fine.
+    stays bounded; the search stops as soon as all features are connected. An
+    embedding whose entries are mostly exactly zero goes through a sparse Gram
+    matrix instead, which costs only the pairs of features sharing a dimension.
 
     References
     ----------
@@ -242,16 +305,20 @@ def find_blocks(W: Any, tol: float = 1e-6) -> list[Block]:
     keep = np.flatnonzero(_kept(Ws, tol))
     if keep.size == 0:
         return []
-    U = Ws[:, keep]
-    U = U / np.sqrt(np.einsum("kn,kn->n", U, U))
-    labels = _components(U, tol)
-    C = capacity(W)
+    if _is_sparse(Ws):
+        labels, C = _sparse_route(Ws, keep, tol)
+    else:
+        U = Ws[:, keep] if keep.size < Ws.shape[1] else Ws  # Ws is a copy: normalised in place
+        U /= np.sqrt(np.einsum("kn,kn->n", U, U))
+        labels = _dense_components(U, tol, progress)
+        C = capacity(W, features_axis=-1)
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     blocks = []
     for members in np.split(order, bounds):
         features = keep[members]  # ascending: keep and the stable sort are ordered
-        dim, lam, residual = _block_stats(W[:, features], tol)
+        columns = W if features.size == W.shape[1] else W[:, features]
+        dim, lam, residual = _block_stats(columns, tol)
         blocks.append(
             Block(
                 features=readonly(features),
