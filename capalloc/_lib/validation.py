@@ -20,6 +20,7 @@ __all__ = [
     "check_kurtosis",
     "check_importance",
     "importance_and_max",
+    "kurtosis_and_range",
     "check_budget",
     "check_positive",
     "check_probability",
@@ -148,12 +149,17 @@ def importance_and_max(
 
 def check_kurtosis(value: Any, name: str = "kurtosis") -> np.ndarray:
     """Finite kurtosis values ``E[x^4] >= 1`` (no law with unit variance has less)."""
-    arr, lo, _ = _float_range(value, name, None, None)
+    return kurtosis_and_range(value, name)[0]
+
+
+def kurtosis_and_range(value: Any, name: str = "kurtosis") -> tuple[np.ndarray, float, float]:
+    """:func:`check_kurtosis` and the smallest and largest value (NaN when empty)."""
+    arr, lo, hi = _float_range(value, name, None, None)
     if lo < 1:
         raise ValueError(
             f"{name} must be >= 1 (E[x^4] >= E[x^2]^2 = 1), found {lo!r} in {short(arr)}"
         )
-    return arr
+    return arr, lo, hi
 
 
 def check_capacity(value: Any, name: str = "C") -> np.ndarray:

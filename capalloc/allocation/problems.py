@@ -10,8 +10,8 @@ import numpy as np
 
 from capalloc._lib.validation import (
     check_budget,
-    check_kurtosis,
     importance_and_max,
+    kurtosis_and_range,
     readonly,
     short,
 )
@@ -47,6 +47,9 @@ class QuadraticProblem:
     vmax : float
         The largest importance, found by the validation (solvers use it to rescale
         importances whose squared losses would overflow).
+    krange : tuple of float
+        The smallest and largest kurtosis (NaN for an empty problem), found by the
+        validation: the curvature of the problem without another pass.
 
     References
     ----------
@@ -64,13 +67,15 @@ class QuadraticProblem:
     d: int
     kurtosis: Any = 3.0
     vmax: float = field(init=False, repr=False, compare=False, default=0.0)
+    krange: tuple[float, float] = field(init=False, repr=False, compare=False, default=(1.0, 1.0))
 
     def __post_init__(self) -> None:
         v, vmax = importance_and_max(self.importance, ndim=(1, 2))
         object.__setattr__(self, "vmax", vmax)
         d = check_budget(self.d, "d")
         K = self.kurtosis.kurtosis if isinstance(self.kurtosis, InputLaw) else self.kurtosis
-        K = check_kurtosis(K)
+        K, klo, khi = kurtosis_and_range(K)
+        object.__setattr__(self, "krange", (klo, khi))
         try:
             Kb = np.broadcast_to(K, v.shape)
         except ValueError:
@@ -95,10 +100,10 @@ class QuadraticProblem:
     @property
     def curvature(self) -> str:
         """``"convex"`` (all K >= 3), ``"concave"`` (all K <= 3) or ``"mixed"``."""
-        K = self.kurtosis
-        if np.all(K >= 3):
+        lo, hi = self.krange
+        if not lo < 3:  # NaN (no features) counts as convex
             return "convex"
-        if np.all(K <= 3):
+        if hi <= 3:
             return "concave"
         return "mixed"
 

@@ -235,7 +235,7 @@ def _small(problem: QuadraticProblem, fallback: bool) -> AllocationResult | None
     K = np.broadcast_to(problem.kurtosis, v.shape)
     if d == 0:
         C, nit = np.zeros(v.shape), 0
-    elif np.all(K <= 3) and not np.all(K >= 3) and d < np.count_nonzero(v):
+    elif problem.curvature == "concave" and d < np.count_nonzero(v):
         C, nit = _top_d(v, K, d), 0  # concave (K = 3 everywhere counts as convex: ties share)
     else:
         C, nit = mixed_capacities(v, K, d)
@@ -316,18 +316,16 @@ def _compiled(problem: QuadraticProblem, kern: Any) -> AllocationResult:
     # cannot be resolved: such features are solved as K = 3 (a step shared at mu = v);
     # the certificate then uses the true K (its residual is of order |K - 3|).
     Ks = kern.compact(K)  # a float, or the stored values: checks stay O(stored)
-    near3 = np.abs(np.asarray(Ks) - 3) < 1e-12
-    snapped = bool(near3.any())
-    if snapped:
-        Ks = np.where(near3, 3.0, Ks)
-        Ks = float(Ks) if Ks.ndim == 0 else Ks
-    curvature = (
-        "convex"
-        if np.all(np.asarray(Ks) >= 3)
-        else "concave"
-        if np.all(np.asarray(Ks) <= 3)
-        else "mixed"
-    )
+    lo, hi = problem.krange  # from the validation: no pass over K unless K comes near 3
+    snapped = False
+    if lo < 3 + 1e-12 and hi > 3 - 1e-12:
+        near3 = np.abs(np.asarray(Ks) - 3) < 1e-12
+        snapped = bool(near3.any())
+        if snapped:
+            Ks = np.where(near3, 3.0, Ks)
+            Ks = float(Ks) if Ks.ndim == 0 else Ks
+            lo, hi = float(np.min(Ks)), float(np.max(Ks))
+    curvature = "convex" if not lo < 3 else "concave" if hi <= 3 else "mixed"
     # the fast convex path is rescaled only where it must be (it reads v twice at most)
     v, shift = _rescaled(problem, every_row=curvature == "mixed")
     cert = None
