@@ -124,15 +124,24 @@ def test_optimal_bias_minimises_monte_carlo_loss(name):
         assert math.isclose(gap, 0.09, rel_tol=1e-9)
 
 
-def test_predict_and_target_helpers():
+def test_predict_and_target_are_the_model_whose_loss_is_exact():
+    # E[(target - predict)^2] over a law is quadratic_loss: the helpers define the model
     W, v = _problem(4, 3, seed=5)
-    x = np.random.default_rng(0).standard_normal((50, 4))
-    np.testing.assert_allclose(target(x, v), np.sum(v * x**2, axis=1), rtol=1e-13)
-    np.testing.assert_allclose(predict(W, x, 0.5), np.sum((x @ W.T) ** 2, axis=1) + 0.5, rtol=1e-13)
+    law = LAWS["sparse-gaussian-0.3"]
+    x = law.sample(MC_SAMPLES, 4, seed=11)
+    err2 = (target(x, v) - predict(W, x, 0.5)) ** 2
+    mc, se = err2.mean(), err2.std(ddof=1) / math.sqrt(MC_SAMPLES)
+    assert abs(quadratic_loss(W, v, law.kurtosis, bias=0.5) - mc) <= Z * se
+    # one feature on its own: y = v_i t^2 and y_hat = |W_i|^2 t^2 + b
+    for i in range(4):
+        e = np.zeros((1, 4))
+        e[0, i] = 3.0
+        assert target(e, v)[0] == pytest.approx(9 * v[i], rel=1e-15)
+        assert predict(W, e, 0.5)[0] == pytest.approx(9 * W[:, i] @ W[:, i] + 0.5, rel=1e-14)
     torch = pytest.importorskip("torch")
-    xt, Wt, vt = torch.tensor(x), torch.tensor(W), torch.tensor(v)
-    np.testing.assert_allclose(predict(Wt, xt, 0.5).numpy(), predict(W, x, 0.5), rtol=1e-13)
-    np.testing.assert_allclose(target(xt, vt).numpy(), target(x, v), rtol=1e-13)
+    xt, Wt, vt = torch.tensor(x[:50]), torch.tensor(W), torch.tensor(v)
+    np.testing.assert_allclose(predict(Wt, xt, 0.5).numpy(), predict(W, x[:50], 0.5), rtol=1e-13)
+    np.testing.assert_allclose(target(xt, vt).numpy(), target(x[:50], v), rtol=1e-13)
 
 
 # ---------------------------------------------------------------------------
