@@ -886,19 +886,27 @@ class CapacityReport:
     ----------
     capacity : (n,) ndarray
         :math:`C_i`, as :func:`capacity` gives it.
-    leverage : (n,) ndarray
-        :math:`\ell_i \ge C_i`, as :func:`leverage` gives it.
+    leverage : (n,) ndarray or None
+        :math:`\ell_i \ge C_i`, as :func:`leverage` gives it (``None`` when not computed).
     norms : (n,) ndarray
         Squared norms :math:`N_i = \lVert W_i\rVert^2` (of the centred features
         when ``centered``).
     labels : (n,) ndarray of str
         :func:`classify` labels of the capacities.
-    eigenvalues : (min(d, n),) ndarray
-        Eigenvalues of :math:`W W^\top` (squared singular values), descending.
+    eigenvalues : (min(d, n),) ndarray or None
+        Eigenvalues of :math:`W W^\top` (squared singular values), descending
+        (with the leverage only).
     d, n : int
         Dimensions and features.
-    rank : int
-        Numerical rank (:func:`numerical_rank`); :math:`\sum_i \ell_i` equals it.
+    rank : int or None
+        Numerical rank (:func:`numerical_rank`), with the leverage only;
+        :math:`\sum_i \ell_i` equals it.
+    effective_rank : float
+        Participation ratio :math:`(\sum_k \sigma_k^2)^2 / \sum_k \sigma_k^4` of
+        the spectrum, in [1, rank] (0 for a zero matrix); it equals
+        :math:`\sum_i C_i` when all norms are equal.
+    top_share : float
+        Share :math:`\sigma_1^2 / \lVert W\rVert_F^2` of the top singular direction.
     centered : bool
         Whether the mean feature was subtracted first.
     atol : float
@@ -906,13 +914,15 @@ class CapacityReport:
     """
 
     capacity: np.ndarray
-    leverage: np.ndarray
+    leverage: np.ndarray | None
     norms: np.ndarray
     labels: np.ndarray
-    eigenvalues: np.ndarray
+    eigenvalues: np.ndarray | None
     d: int
     n: int
-    rank: int
+    rank: int | None
+    effective_rank: float
+    top_share: float
     centered: bool
     atol: float
 
@@ -923,30 +933,13 @@ class CapacityReport:
 
     @property
     def sum_leverage(self) -> float:
-        r""":math:`\sum_i \ell_i`, the rank up to rounding."""
-        return float(np.sum(self.leverage))
+        r""":math:`\sum_i \ell_i`, the rank up to rounding (nan without the leverage)."""
+        return float("nan") if self.leverage is None else float(np.sum(self.leverage))
 
     @property
     def gap(self) -> float:
         r""":math:`\sum_i (\ell_i - C_i) \ge 0`: zero iff ``W`` is block-semi-orthogonal."""
         return self.sum_leverage - self.sum_capacity
-
-    @property
-    def effective_rank(self) -> float:
-        r"""Participation ratio :math:`(\sum_k \sigma_k^2)^2 / \sum_k \sigma_k^4` of the spectrum."""
-        lam = np.clip(self.eigenvalues, 0.0, None)
-        total = float(np.sum(lam))
-        if total == 0:
-            return 0.0
-        lam = lam / total  # no overflow in the squares
-        return float(1.0 / np.sum(lam * lam))
-
-    @property
-    def top_share(self) -> float:
-        r"""Share :math:`\sigma_1^2 / \lVert W\rVert_F^2` of the top singular direction."""
-        lam = np.clip(self.eigenvalues, 0.0, None)
-        total = float(np.sum(lam))
-        return float(lam.max(initial=0.0) / total) if total > 0 else 0.0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -963,26 +956,54 @@ class CapacityReport:
         )
 
 
+def _spread(M: np.ndarray, lam: np.ndarray | None) -> tuple[float, float]:
+    """Effective rank and top share of the PSD ``M``, from its eigenvalues where known."""
+    M = np.asarray(M, dtype=np.float64)
+    total = float(np.trace(M))
+    if total <= 0 or M.size == 0:
+        return 0.0, 0.0
+    U = M / total  # no overflow in the squares
+    if lam is None:
+        if M.shape[0] <= 512:
+            top = float(np.linalg.eigvalsh(M)[-1])
+        else:
+            from scipy.sparse.linalg import eigsh
+
+            top = float(eigsh(M, k=1, which="LA", return_eigenvectors=False)[0])
+    else:
+        top = float(np.max(lam))
+    return float(1.0 / np.sum(U * U)), min(1.0, max(0.0, top / total))
+
+
 def _make_report(
     C: np.ndarray,
-    lev: np.ndarray,
+    lev: np.ndarray | None,
     norms: np.ndarray,
-    lam: np.ndarray,
-    keep: np.ndarray,
-    d: int,
-    n: int,
+    M: np.ndarray,
+    lam: np.ndarray | None,
+    keep: np.ndarray | None,
+    factor: float,
+    shape: tuple[int, int],
     center: bool,
     atol: float,
 ) -> CapacityReport:
+    """The report; ``M`` is ``factor`` times the Gram matrix (d x d or n x n), ``lam`` its
+    eigenvalues (or ``None``)."""
+    effective, top = _spread(M, lam)
+    d, n = shape
     return CapacityReport(
         capacity=readonly(C, np.float64),
-        leverage=readonly(np.clip(lev, 0.0, 1.0), np.float64),
+        leverage=None if lev is None else readonly(np.clip(lev, 0.0, 1.0), np.float64),
         norms=readonly(norms, np.float64),
         labels=readonly(classify(C, atol)),
-        eigenvalues=readonly(np.sort(np.clip(lam, 0.0, None))[::-1][: min(d, n)], np.float64),
+        eigenvalues=None
+        if lam is None
+        else readonly(np.sort(np.clip(lam, 0.0, None))[::-1][: min(d, n)] / factor, np.float64),
         d=d,
         n=n,
-        rank=int(np.count_nonzero(keep)),
+        rank=None if keep is None else int(np.count_nonzero(keep)),
+        effective_rank=effective,
+        top_share=top,
         centered=center,
         atol=float(atol),
     )
@@ -998,6 +1019,7 @@ def capacity_report(
     dtype: Any = None,
     block: int | None = None,
     progress: bool = False,
+    leverage: bool = True,
 ) -> CapacityReport:
     r"""Capacity, leverage and spectrum of a weight matrix, from one Gram matrix.
 
@@ -1019,6 +1041,10 @@ def capacity_report(
         Tolerance of the labels (:func:`classify`).
     rcond : float, optional
         As for :func:`leverage`.
+    leverage : bool, default True
+        Compute the leverage, the rank and the spectrum, at the cost of an
+        eigendecomposition of the ``(d, d)`` Gram matrix, :math:`O(d^3)`
+        (:func:`leverage` is named after them; ``False`` leaves them ``None``).
 
     Returns
     -------
@@ -1042,12 +1068,13 @@ def capacity_report(
     """
     center = _check_center(center)
     work = _work_dtype(dtype)
+    want = bool(leverage)
     if not (0 <= atol < 0.5):
         raise ValueError(f"atol must lie in [0, 0.5), got {atol!r}")
     if _is_torch(W):
         W = _check_matrix(W)
     if _is_dask(W):
-        return _report_dask(W, features_axis, center, work, rcond, atol)
+        return _report_dask(W, features_axis, center, work, rcond, atol, want)
     src = _source(W, features_axis, block, progress, stacklevel=2)
     if isinstance(src, np.ndarray):
         raise ValueError(f"W must be a matrix (2 dimensions), got shape {src.shape}")
@@ -1056,16 +1083,24 @@ def capacity_report(
         A = _small_side(src, center)
         scale = _scale(A)
         C = _ratio(*_gram_route(A, scale, work))
-        lam, keep, lev = _small_side_leverage(A, rcond)
+        S = _scaled(A, scale, np.float64)
+        G = S.T @ S
+        lam, keep, lev = _small_side_leverage(A, rcond) if want else (None, None, None)
         factor = float((scale[0] * scale[1]).item()) ** 2
         norms = np.einsum("kn,kn->n", A, A)
-        return _make_report(C, lev, norms, lam / factor, keep, src.d, src.n, center, atol)
+        return _make_report(C, lev, norms, G, lam, keep, factor, (src.d, src.n), center, atol)
     M, plan = _gram_2d(src, work, center)
+    factor = (plan.p * plan.q) ** 2
+    if not want:
+        (forms,), norms2 = _forms_pass(src, plan, [M])
+        C = _ratio(forms, norms2)
+        shape = (src.d, src.n)
+        return _make_report(C, None, norms2 / factor, M, None, None, factor, shape, center, atol)
     lam, keep, Minv = _pseudo_inverse(M.astype(np.float64), rcond)
     (forms, lev), norms2 = _forms_pass(src, plan, [M, Minv])
-    factor = (plan.p * plan.q) ** 2
     C = _ratio(forms, norms2)
-    return _make_report(C, lev, norms2 / factor, lam / factor, keep, src.d, src.n, center, atol)
+    shape = (src.d, src.n)
+    return _make_report(C, lev, norms2 / factor, M, lam, keep, factor, shape, center, atol)
 
 
 # ----------------------------------------------------------------------------- dask
@@ -1150,25 +1185,31 @@ def _report_dask(
     work: np.dtype,
     rcond: Any,
     atol: float = 1e-6,
+    want: bool = True,
 ) -> CapacityReport:
     V = _dask_columns(W, features_axis)
     d, n = (int(s) for s in V.shape)
     rcond = _check_rcond(rcond, d, n)
     if d > n:
         A = np.asarray(V.compute(), dtype=np.float64)
-        return capacity_report(A, features_axis=-1, center=center, atol=atol, rcond=rcond)
-    spectrum: dict[str, Any] = {}
+        return capacity_report(
+            A, features_axis=-1, center=center, atol=atol, rcond=rcond, leverage=want
+        )
+    spectrum: dict[str, Any] = {"lam": None, "keep": None}
 
     def mats_of(M: np.ndarray) -> list[np.ndarray]:
+        if not want:
+            return [M]
         lam, keep, Minv = _pseudo_inverse(M.astype(np.float64), rcond)
         spectrum.update(lam=lam, keep=keep)
         return [M, Minv]
 
-    _, plan, rows = _dask_pass(V, center, work, mats_of)
+    M, plan, rows = _dask_pass(V, center, work, mats_of)
     factor = (plan.p * plan.q) ** 2
     C = _ratio(rows[1], rows[0])
+    lev = rows[2] if want else None
     lam, keep = spectrum["lam"], spectrum["keep"]
-    return _make_report(C, rows[2], rows[0] / factor, lam / factor, keep, d, n, center, atol)
+    return _make_report(C, lev, rows[0] / factor, M, lam, keep, factor, (d, n), center, atol)
 
 
 def classify(C: Any, atol: float = 1e-6) -> np.ndarray:
