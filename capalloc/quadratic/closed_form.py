@@ -220,12 +220,9 @@ def optimal_norm(C: Any, v: Any, K: Any) -> Any:
 
     Parameters
     ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`. ``C``, ``v`` and ``K`` broadcast together.
+    C, v, K : array_like of float
+        Capacities in [0, 1], importances :math:`v \ge 0` and kurtosis :math:`K \ge 1`,
+        broadcast together.
 
     Returns
     -------
@@ -233,11 +230,6 @@ def optimal_norm(C: Any, v: Any, K: Any) -> Any:
         :math:`N^*` with the broadcast shape (a numpy scalar for scalar inputs).
         At :math:`K = 1` the per-feature loss is zero and the minimum-norm
         minimiser 0 is returned (at :math:`C = 1` every :math:`N` is optimal).
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
 
     Examples
     --------
@@ -258,22 +250,14 @@ def per_feature_loss(C: Any, v: Any, K: Any) -> Any:
 
     Parameters
     ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
+    C, v, K : array_like of float
+        Capacities in [0, 1], importances :math:`v \ge 0` and kurtosis :math:`K \ge 1`,
+        broadcast together.
 
     Returns
     -------
     ndarray or float
         :math:`\ell(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
 
     Examples
     --------
@@ -293,22 +277,14 @@ def marginal_benefit(C: Any, v: Any, K: Any) -> Any:
 
     Parameters
     ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
+    C, v, K : array_like of float
+        Capacities in [0, 1], importances :math:`v \ge 0` and kurtosis :math:`K \ge 1`,
+        broadcast together.
 
     Returns
     -------
     ndarray or float
         :math:`-\ell'(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
 
     Examples
     --------
@@ -328,22 +304,14 @@ def curvature(C: Any, v: Any, K: Any) -> Any:
 
     Parameters
     ----------
-    C : array_like of float
-        Capacities in [0, 1].
-    v : array_like of float
-        Importances :math:`v \ge 0`.
-    K : array_like of float
-        Kurtosis :math:`K \ge 1`.
+    C, v, K : array_like of float
+        Capacities in [0, 1], importances :math:`v \ge 0` and kurtosis :math:`K \ge 1`,
+        broadcast together.
 
     Returns
     -------
     ndarray or float
         :math:`\ell''(C)` with the broadcast shape.
-
-    References
-    ----------
-    .. [1] Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
-       arXiv:2210.01892.
 
     Examples
     --------
