@@ -43,8 +43,8 @@ def _gelu(t):
 ACTIVATIONS = {"quadratic": lambda t: t * t, "relu": lambda t: np.maximum(t, 0.0), "gelu": _gelu}
 
 
-def test_registry_lists_the_four_models():
-    assert tm.available_models() == ["gelu", "quadratic", "relu", "relu-ae"]
+def test_registry_lists_the_five_models():
+    assert tm.available_models() == ["gelu", "neuron", "quadratic", "relu", "relu-ae"]
     with pytest.raises(ValueError, match="model_name must be one of"):
         tm.get_model("tanh")
 

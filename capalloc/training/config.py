@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = ["TrainConfig"]
 
 #: Floating-point types a torch trainer accepts, by name.
 _DTYPES = ("float32", "float64")
+#: Optimisers of the torch training loop.
+_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def _fraction(value: Any, name: str, *, below_one: bool) -> float:
@@ -102,6 +105,20 @@ class TrainConfig:
         leaves torch's setting alone.
     progress : bool, default False
         Show a tqdm progress bar.
+    optimizer : {"adam", "adamw", "sgd"}, default "adam"
+        The optimiser of :func:`~capalloc.training.torch_models.fit`. ``"adam"`` and
+        ``"sgd"`` add ``weight_decay`` as an L2 penalty :math:`\tfrac{\lambda}{2}\|W\|^2`
+        (so it must be ``>= 0``: a negative penalty makes the loss unbounded below);
+        ``"adamw"`` decays decoupled, :math:`W \leftarrow (1 - \eta_t \lambda) W` before
+        each Adam step, and takes any real :math:`\lambda` (Liu, Liu & Gore use
+        :math:`\lambda \in [-1, 1]` to move between weak and strong superposition).
+    weight_decay : float, default 0.0
+        :math:`\lambda`, applied to the embedding ``W``.
+    bias_decay : float, default 0.0
+        The same for the biases (the decay of Jermyn et al.'s bias intervention).
+    init_std : float or None, default None
+        Standard deviation of the normal initial weights; ``None`` is Xavier normal,
+        :math:`\sqrt{2/(n + d)}`.
 
     Examples
     --------
@@ -128,6 +145,10 @@ class TrainConfig:
     eval_batch: int = 8192
     num_threads: int | None = 1
     progress: bool = False
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    bias_decay: float = 0.0
+    init_std: float | None = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -146,6 +167,24 @@ class TrainConfig:
             if self.num_threads is None
             else check_positive(self.num_threads, "num_threads", integer=True),
         }
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {list(_OPTIMIZERS)}, got {short(self.optimizer)}"
+            )
+        for decay in ("weight_decay", "bias_decay"):
+            value = getattr(self, decay)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{decay} must be a finite number, got {short(value)}")
+            if not math.isfinite(value):
+                raise ValueError(f"{decay} must be a finite number, got {value!r}")
+            if value < 0 and self.optimizer != "adamw":
+                raise ValueError(
+                    f"{decay}={value!r} < 0 is an L2 penalty unbounded below with "
+                    f"optimizer={self.optimizer!r}; use optimizer='adamw' for negative decay"
+                )
+            checked[decay] = float(value)
+        if self.init_std is not None:
+            checked["init_std"] = check_positive(self.init_std, "init_std")
         for flag in ("polish", "progress"):
             value = getattr(self, flag)
             if not isinstance(value, bool):

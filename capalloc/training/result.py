@@ -237,6 +237,10 @@ class TrainResult:
     sparsity : (m,) ndarray or None
         Per-instance input sparsity of ``train_model`` (``None`` for
         ``train_quadratic``, whose inputs follow the problem's kurtosis).
+    density : (m, n) ndarray or None
+        Per-feature activation probabilities, when ``train_model`` was given them.
+    hidden_bias : (m, d) ndarray or None
+        The trained hidden bias of the ``"neuron"`` model, when it has one.
     cap_tol, norm_tol : float
         Tolerances of :attr:`labels` (see :func:`trained_labels`).
     block_tol : float
@@ -277,6 +281,8 @@ class TrainResult:
     elapsed: float
     config: TrainConfig
     sparsity: np.ndarray | None = None
+    density: np.ndarray | None = None
+    hidden_bias: np.ndarray | None = None
     cap_tol: float = 0.05
     norm_tol: float = 1e-2
     block_tol: float = 0.05
@@ -289,8 +295,11 @@ class TrainResult:
             object.__setattr__(self, name, readonly(np.asarray(getattr(self, name), dtype=float)))
         for name in ("bias", "loss"):
             object.__setattr__(self, name, _scalar_or_array(getattr(self, name)))
-        if self.sparsity is not None:
-            object.__setattr__(self, "sparsity", readonly(np.asarray(self.sparsity, dtype=float)))
+        for name in ("sparsity", "density", "hidden_bias"):
+            if getattr(self, name) is not None:
+                object.__setattr__(
+                    self, name, readonly(np.asarray(getattr(self, name), dtype=float))
+                )
 
     # ------------------------------------------------------------------ derived from W
 

@@ -16,6 +16,9 @@ Models (the registry is :func:`available_models`):
 ``"relu-ae"``
     Elhage et al.'s ReLU autoencoder :math:`\hat x = \mathrm{ReLU}(W^\top W x + b)`
     with loss :math:`\sum_i I_i (x_i - \hat x_i)^2`.
+``"neuron"``
+    Their privileged-basis model :math:`h = \mathrm{ReLU}(W x)`,
+    :math:`\hat x = \mathrm{ReLU}(W^\top h + b)`, same inputs and loss.
 
 The first three draw sparse Gaussian inputs :math:`x_i = B_i z_i/\sqrt p`
 (:math:`B_i \sim \mathrm{Bernoulli}(p)`, ``p = 1 - sparsity``, so the quadratic
@@ -70,7 +73,7 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from capalloc._lib.registry import Registry
-from capalloc._lib.validation import check_importance, check_positive, short
+from capalloc._lib.validation import as_float_array, check_importance, check_positive, short
 from capalloc.distributions import Gaussian, InputLaw, PerFeature, Sparse, ThreePoint
 from capalloc.training.config import TrainConfig
 from capalloc.training.result import (
@@ -85,6 +88,7 @@ __all__ = [
     "QuadraticModel",
     "ActivationModel",
     "ReluAutoencoder",
+    "NeuronModel",
     "LawSampler",
     "ModelRun",
     "TrainConfig",
@@ -131,7 +135,7 @@ def available_models() -> list[str]:
     --------
     >>> from capalloc.training.torch_models import available_models
     >>> available_models()
-    ['gelu', 'quadratic', 'relu', 'relu-ae']
+    ['gelu', 'neuron', 'quadratic', 'relu', 'relu-ae']
     """
     return _MODELS.names()
 
@@ -362,7 +366,7 @@ class LawSampler:
 
 
 class ToyModel(nn.Module):
-    """Base class: ``m`` instances of a ``(d, n)`` embedding trained side by side.
+    r"""Base class: ``m`` instances of a ``(d, n)`` embedding trained side by side.
 
     Parameters
     ----------
@@ -374,12 +378,24 @@ class ToyModel(nn.Module):
         Embedding dimension.
     generator : torch.Generator, optional
         Source of the initial weights.
+    density : (m, n) torch.Tensor, optional
+        Per-feature probability that a feature is active, in (0, 1]; default
+        ``1 - sparsity`` for every feature.
+    init_std : float, optional
+        Standard deviation of the normal initial weights; default Xavier normal
+        :math:`\sqrt{2/(n + d)}`.
+    correlation : float in [-1, 1], default 0.0
+        Coupling of the masks of feature pairs ``(0, 1), (2, 3), ...`` (autoencoder
+        models only; see :meth:`ReluAutoencoder.sample`).
     """
 
     # buffers (set by ``register_buffer``) and the bias, set by every subclass
     importance: torch.Tensor
     sparsity: torch.Tensor
+    feature_sparsity: torch.Tensor
     b: torch.Tensor
+    #: Whether the model's sampler takes correlated feature pairs.
+    _correlated_inputs = False
 
     def __init__(
         self,
@@ -387,12 +403,25 @@ class ToyModel(nn.Module):
         sparsity: torch.Tensor,
         d: int,
         generator: torch.Generator | None = None,
+        *,
+        density: torch.Tensor | None = None,
+        init_std: float | None = None,
+        correlation: float = 0.0,
     ) -> None:
         super().__init__()
         m, n = importance.shape
         self.register_buffer("importance", importance)
         self.register_buffer("sparsity", sparsity)
-        std = math.sqrt(2.0 / (n + d))  # Xavier normal
+        # per-feature probability of being zero, (m, n): exactly ``sparsity`` broadcast by default
+        zero = sparsity[:, None].expand(m, n) if density is None else 1.0 - density
+        self.register_buffer("feature_sparsity", zero.clone())
+        self.correlation = float(correlation)
+        if self.correlation and not self._correlated_inputs:
+            raise ValueError(
+                f"correlation={self.correlation!r}: {type(self).__name__} draws independent "
+                "features (only the autoencoder models take correlated pairs)"
+            )
+        std = math.sqrt(2.0 / (n + d)) if init_std is None else float(init_std)  # Xavier normal
         W = (
             torch.randn(
                 (m, d, n), generator=generator, device=importance.device, dtype=importance.dtype
@@ -427,18 +456,19 @@ class ToyModel(nn.Module):
 class _ScalarOutput(ToyModel):
     """Shared code of the models that sum an activation of ``W x`` into one output."""
 
-    def __init__(self, importance, sparsity, d, generator=None):
-        super().__init__(importance, sparsity, d, generator)
+    def __init__(self, importance, sparsity, d, generator=None, **options):
+        super().__init__(importance, sparsity, d, generator, **options)
         self.b = nn.Parameter(torch.zeros(self.m, device=importance.device, dtype=importance.dtype))
         self._sampler: LawSampler | None = None
 
     @property
     def sampler(self) -> LawSampler:
         """The input sampler, built on first use from ``sparsity``: each of the ``n``
-        features of an instance follows ``Sparse(Gaussian(), p)``, ``p = 1 - sparsity``."""
+        features of an instance follows ``Sparse(Gaussian(), p)``, ``p = 1 - sparsity``
+        (per feature: ``1 - feature_sparsity``)."""
         if self._sampler is None:
-            p = (1.0 - self.sparsity).to(torch.float64).tolist()
-            self._sampler = LawSampler([[Sparse(Gaussian(), q)] * self.n for q in p])
+            p = (1.0 - self.feature_sparsity).to(torch.float64).tolist()
+            self._sampler = LawSampler([[Sparse(Gaussian(), q) for q in row] for row in p])
         return self._sampler
 
     def activation(self, t: torch.Tensor) -> torch.Tensor:
@@ -497,12 +527,14 @@ class ActivationModel(_ScalarOutput):
 
     _FUNCTIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
 
-    def __init__(self, importance, sparsity, d, generator=None, *, activation: str = "relu"):
+    def __init__(
+        self, importance, sparsity, d, generator=None, *, activation: str = "relu", **options
+    ):
         if activation not in self._FUNCTIONS:
             raise ValueError(
                 f"activation must be one of {sorted(self._FUNCTIONS)}, got {activation!r}"
             )
-        super().__init__(importance, sparsity, d, generator)
+        super().__init__(importance, sparsity, d, generator, **options)
         self.activation_name = activation
         self._f = self._FUNCTIONS[activation]
 
@@ -511,13 +543,13 @@ class ActivationModel(_ScalarOutput):
 
 
 @register_model("relu")
-def _relu_model(importance, sparsity, d, generator=None):
-    return ActivationModel(importance, sparsity, d, generator, activation="relu")
+def _relu_model(importance, sparsity, d, generator=None, **options):
+    return ActivationModel(importance, sparsity, d, generator, activation="relu", **options)
 
 
 @register_model("gelu")
-def _gelu_model(importance, sparsity, d, generator=None):
-    return ActivationModel(importance, sparsity, d, generator, activation="gelu")
+def _gelu_model(importance, sparsity, d, generator=None, **options):
+    return ActivationModel(importance, sparsity, d, generator, activation="gelu", **options)
 
 
 @register_model("relu-ae")
@@ -536,21 +568,40 @@ class ReluAutoencoder(ToyModel):
     torch.Size([2, 8, 4])
     """
 
-    def __init__(self, importance, sparsity, d, generator=None):
-        super().__init__(importance, sparsity, d, generator)
+    _correlated_inputs = True
+
+    def __init__(self, importance, sparsity, d, generator=None, **options):
+        super().__init__(importance, sparsity, d, generator, **options)
         self.b = nn.Parameter(
             torch.zeros(self.m, self.n, device=importance.device, dtype=importance.dtype)
         )
 
     def sample(self, batch_size, generator=None):
+        r"""Inputs of shape ``(m, batch_size, n)``: :math:`x_i = u_i [v_i \ge s_i]`.
+
+        :math:`u_i, v_i \sim U[0, 1]` and :math:`s_i` = ``feature_sparsity``, so
+        feature ``i`` is active with probability :math:`p_i = 1 - s_i`. With
+        ``correlation`` :math:`c \ne 0` the second feature of each pair
+        ``(2k, 2k + 1)`` reuses its partner's mask variable with probability
+        :math:`|c|`: :math:`v_{2k+1} = v_{2k}` for :math:`c > 0` (same mask when
+        :math:`p_{2k} = p_{2k+1}`: the indicator correlation is :math:`c`), or
+        :math:`v_{2k+1} = 1 - v_{2k}` for :math:`c < 0` (never active together when
+        :math:`p_{2k} + p_{2k+1} \le 1`: indicator correlation
+        :math:`c\,p/(1 - p)` at equal :math:`p`). Each feature keeps its :math:`p_i`.
+        """
         shape = (self.m, batch_size, self.n)
         dev, dt = self.sparsity.device, self.sparsity.dtype
         u = torch.rand(shape, generator=generator, device=dev, dtype=dt)
-        on = (
-            torch.rand(shape, generator=generator, device=dev, dtype=dt)
-            >= self.sparsity[:, None, None]
-        )
-        return u * on
+        v = torch.rand(shape, generator=generator, device=dev, dtype=dt)
+        if self.correlation and self.n >= 2:
+            half = self.n // 2
+            first, second = v[..., 0 : 2 * half : 2], v[..., 1 : 2 * half : 2]
+            coupled = torch.rand(
+                (self.m, batch_size, half), generator=generator, device=dev, dtype=dt
+            ) < abs(self.correlation)
+            partner = first if self.correlation > 0 else 1.0 - first
+            v[..., 1 : 2 * half : 2] = torch.where(coupled, partner, second)
+        return u * (v >= self.feature_sparsity[:, None, :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\hat x = \mathrm{ReLU}(W^\top W x + b)`, shape ``(m, B, n)``."""
@@ -559,6 +610,52 @@ class ReluAutoencoder(ToyModel):
     def loss(self, x):
         err = (x - self.forward(x)) ** 2
         return (err * self.importance[:, None, :]).sum(-1).mean(-1)
+
+
+@register_model("neuron")
+class NeuronModel(ReluAutoencoder):
+    r"""Elhage et al.'s privileged-basis model: :math:`h = \mathrm{ReLU}(W x + c)`,
+    :math:`\hat x = \mathrm{ReLU}(W^\top h + b)`.
+
+    The ReLU on the ``d`` hidden units makes the neuron basis privileged, so
+    neurons (rows of ``W``) can be mono- or polysemantic
+    (:func:`capalloc.neurons.neuron_monosemanticity`). Inputs and loss are those of
+    :class:`ReluAutoencoder`. The hidden bias :math:`c` (``hidden_bias``, shape
+    ``(m, d)``) is there only when ``hidden_bias`` is given (its initial value,
+    e.g. negative for Jermyn et al.'s intervention); by default :math:`c = 0`
+    and is not trained, as in Elhage et al.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from capalloc.training.torch_models import NeuronModel
+    >>> model = NeuronModel(torch.ones(2, 4), torch.full((2,), 0.5), d=3, hidden_bias=-0.1)
+    >>> model(model.sample(8)).shape, tuple(model.c.shape)
+    (torch.Size([2, 8, 4]), (2, 3))
+    """
+
+    c: torch.Tensor | None
+
+    def __init__(self, importance, sparsity, d, generator=None, *, hidden_bias=None, **options):
+        super().__init__(importance, sparsity, d, generator, **options)
+        if hidden_bias is None:
+            self.c = None
+        else:
+            value = float(hidden_bias)
+            if not math.isfinite(value):
+                raise ValueError(f"hidden_bias must be a finite number, got {hidden_bias!r}")
+            self.c = nn.Parameter(
+                torch.full((self.m, d), value, device=importance.device, dtype=importance.dtype)
+            )
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`h = \mathrm{ReLU}(W x + c)`, shape ``(m, B, d)``."""
+        pre = self.embed(x)
+        return torch.relu(pre if self.c is None else pre + self.c[:, None, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat x = \mathrm{ReLU}(W^\top h + b)`, shape ``(m, B, n)``."""
+        return torch.relu(self.hidden(x) @ self.W + self.b[:, None, :])
 
 
 def _per_instance(value: Any, m: int, name: str) -> np.ndarray:
@@ -580,6 +677,10 @@ def build_model(
     device: Any = "cpu",
     dtype: Any = torch.float32,
     generator: torch.Generator | None = None,
+    density: Any = None,
+    correlation: float = 0.0,
+    init_std: float | None = None,
+    hidden_bias: float | None = None,
 ) -> ToyModel:
     """Construct a registered model for ``instances`` instances (no training).
 
@@ -600,6 +701,16 @@ def build_model(
     dtype : torch.dtype or {"float32", "float64"}, default torch.float32
     generator : torch.Generator, optional
         Source of the initial weights.
+    density : float, (n,) or (m, n) array_like of float, optional
+        Per-feature probability :math:`p_i` that a feature is active, in (0, 1];
+        replaces ``sparsity`` (whose per-instance value becomes :math:`1 - \bar p`).
+    correlation : float in [-1, 1], default 0.0
+        Mask coupling of the feature pairs ``(2k, 2k + 1)`` (``"relu-ae"`` and
+        ``"neuron"`` only; see :meth:`ReluAutoencoder.sample`).
+    init_std : float, optional
+        Standard deviation of the initial weights (default Xavier normal).
+    hidden_bias : float, optional
+        ``"neuron"`` only: train a hidden bias, initialised to this value.
 
     Returns
     -------
@@ -622,6 +733,35 @@ def build_model(
     d = check_positive(d, "d", integer=True)
     v = check_importance(importance, ndim=(1, 2))
     m = int(check_positive(instances, "instances", integer=True))
+    options: dict[str, Any] = {}
+    if density is not None:
+        p = as_float_array(density, "density", ndim=(0, 1, 2))
+        if p.size and (p.min() <= 0 or p.max() > 1):
+            bad = float(p[(p <= 0) | (p > 1)].ravel()[0])
+            raise ValueError(f"density must lie in (0, 1], found {bad!r} in {short(p)}")
+        if p.ndim == 2:
+            if v.ndim == 2 and v.shape[0] != p.shape[0]:
+                raise ValueError(
+                    f"density of shape {p.shape} disagrees with importance of shape {v.shape}"
+                )
+            m = p.shape[0]
+        elif v.ndim == 2:
+            m = v.shape[0]
+        n = v.shape[-1]
+        if p.ndim and p.shape[-1] != n:
+            raise ValueError(f"density of shape {p.shape} must end in n={n}")
+        p = np.broadcast_to(p, (m, n))
+        sparsity = 1.0 - p.mean(axis=1)
+    if not -1 <= correlation <= 1 or isinstance(correlation, bool):
+        raise ValueError(f"correlation must lie in [-1, 1], got {short(correlation)}")
+    if correlation:
+        options["correlation"] = float(correlation)
+    if init_std is not None:
+        options["init_std"] = check_positive(init_std, "init_std")
+    if hidden_bias is not None:
+        if model_name != "neuron":
+            raise ValueError(f"hidden_bias is a setting of the 'neuron' model, not {model_name!r}")
+        options["hidden_bias"] = hidden_bias
     s = np.asarray(sparsity, dtype=float)
     if v.ndim == 2:
         m = v.shape[0]
@@ -635,12 +775,38 @@ def build_model(
     dt = _torch_dtype(dtype)
     tv = torch.as_tensor(np.array(v), dtype=dt, device=dev)
     ts = torch.as_tensor(s, dtype=dt, device=dev)
-    return factory(tv, ts, d, generator=generator)
+    if density is not None:
+        options["density"] = torch.as_tensor(np.array(p), dtype=dt, device=dev)
+    return factory(tv, ts, d, generator=generator, **options)
 
 
 # ---------------------------------------------------------------------------
 # The one training loop
 # ---------------------------------------------------------------------------
+
+
+def _optimizer(model: ToyModel, config: TrainConfig) -> tuple[Any, list[Any]]:
+    """The torch optimiser of ``config`` and the decoupled decays ``[(params, decay)]``."""
+    lr = config.lr_at(0)
+    if config.optimizer == "adam" and not config.weight_decay and not config.bias_decay:
+        return torch.optim.Adam(model.parameters(), lr=lr), []  # 0.1.0's optimiser, as it was
+    weights = [model.W]
+    biases = [p for p in model.parameters() if p is not model.W]
+    if config.optimizer == "adamw":
+        decoupled = [
+            (ps, decay)
+            for ps, decay in ((weights, config.weight_decay), (biases, config.bias_decay))
+            if decay and ps
+        ]
+        return torch.optim.Adam(model.parameters(), lr=lr), decoupled
+    groups = [
+        {"params": weights, "weight_decay": config.weight_decay},
+        {"params": biases, "weight_decay": config.bias_decay},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr), []
+    return torch.optim.Adam(groups, lr=lr), []
 
 
 def fit(
@@ -654,8 +820,10 @@ def fit(
     r"""Train ``model`` in place with Adam on fresh minibatches: the package's one training loop.
 
     Step ``t`` draws ``config.batch_size`` inputs, evaluates the per-instance
-    losses ``model.loss(x)`` (shape ``(m,)``) and takes an Adam step on their
-    sum at learning rate ``config.lr_at(t)``, so every instance follows its own
+    losses ``model.loss(x)`` (shape ``(m,)``) and takes an Adam step (or the
+    ``config.optimizer`` step, with ``config.weight_decay`` on ``W`` and
+    ``config.bias_decay`` on the biases) on their sum at learning rate
+    ``config.lr_at(t)``, so every instance follows its own
     loss. While it runs torch uses ``config.num_threads`` CPU threads (its
     setting is restored afterwards; ``None`` leaves it alone): these models are
     far too small to gain from threads, and on a busy machine spinning threads
@@ -702,7 +870,7 @@ def fit(
     if generator is None:
         generator = torch.Generator(device=dev)
         generator.manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr_at(0))
+    opt, decoupled = _optimizer(model, config)
     history = torch.empty(config.steps, model.m, device=dev, dtype=model.W.dtype)
     steps: Any = range(config.steps)
     if config.progress:
@@ -719,6 +887,11 @@ def fit(
             loss = model.loss(draw(config.batch_size, generator))
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
+            if decoupled:  # AdamW's decay, by hand so that it may be negative
+                with torch.no_grad():
+                    for params, decay in decoupled:
+                        for param in params:
+                            param.mul_(1.0 - config.lr_at(step) * decay)
             opt.step()
             history[step] = loss.detach()
             if config.progress and (step % 50 == 0 or step == config.steps - 1):
@@ -751,6 +924,9 @@ def train_model(
     eval_batch: int | None = None,
     dtype: Any = None,
     num_threads: int | None = None,
+    density: Any = None,
+    correlation: float = 0.0,
+    hidden_bias: float | None = None,
 ) -> TrainResult:
     r"""Train ``instances`` copies of a toy model with :func:`fit` and report its capacities.
 
@@ -785,6 +961,10 @@ def train_model(
         The keywords of 0.1.0: each replaces that field of ``config`` (see
         :class:`~capalloc.training.TrainConfig`; to leave torch's thread
         setting alone, pass a config with ``num_threads=None``).
+    density, correlation, hidden_bias : optional
+        Per-feature activation probabilities, pair correlation and the neuron
+        model's hidden bias (see :func:`build_model`); ``config.init_std`` sets
+        the initial weights.
 
     Returns
     -------
@@ -840,6 +1020,10 @@ def train_model(
         device=dev,
         dtype=cfg.dtype,
         generator=gen,
+        density=density,
+        correlation=correlation,
+        init_std=cfg.init_std,
+        hidden_bias=hidden_bias,
     )
     start = time.perf_counter()
     history = fit(model, cfg, generator=gen, desc=f"train {model_name}")
@@ -867,6 +1051,8 @@ def train_model(
         elapsed=elapsed,
         config=cfg,
         sparsity=host(model.sparsity),
+        density=None if density is None else 1.0 - host(model.feature_sparsity),
+        hidden_bias=None if getattr(model, "c", None) is None else host(model.c),
         cap_tol=cap_tol,
         norm_tol=norm_tol,
         block_tol=block_tol,
