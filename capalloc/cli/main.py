@@ -8,8 +8,7 @@ Subcommands
     Solve a quadratic-model allocation problem given importances, ``d`` and
     the input law (kurtosis, or sparsity of a base law).
 ``capalloc capacity``
-    Capacity report for a weight matrix stored in ``.npy``, ``.npz``, torch
-    ``.pt``/``.pth``, ``.safetensors``, ``.txt`` or ``.csv``.
+    Capacity report for a weight matrix (:mod:`capalloc.cli.capacity`).
 ``capalloc bench``
     Solver benchmark table.
 ``capalloc experiment``
@@ -46,19 +45,16 @@ import importlib
 import inspect
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from capalloc._capacity import classify
-from capalloc._capacity import label_counts as _counts
 from capalloc._lib.validation import MAX_COUNT, short
 from capalloc.cli._output import Chunked, CliError, write_json
 from capalloc.cli._output import counts_text as _counts_text
 from capalloc.cli._output import figure_path as _figure_path
-from capalloc.cli._output import print_json as _print_json
 from capalloc.cli._output import save_figure as _save_figure
 from capalloc.cli._output import table as _table
 from capalloc.experiments.sweep import SweepError
@@ -67,8 +63,6 @@ __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
 
 _BASES = {"gaussian": "Gaussian", "uniform": "Uniform", "rademacher": "Rademacher"}
 _DEMO = {"n": 12, "ratio": 0.8, "d": 5, "p": 0.2}
-_FLOAT32_WORK = 1e10  # capacity reports costing more multiply-adds use float32 by default
-_RANK_MAX_D = 1024  # numerical rank is computed by default up to this min(d, n)
 # Peak memory of `capalloc solve` per feature. Measured (RSS slope from n = 1e6 to 1e7):
 # ~25 bytes for the table, ~40 with --json (streamed), ~66 with -m scipy.
 _FEATURE_BYTES = 100
@@ -310,189 +304,6 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     )
 
 
-# ----------------------------------------------------------------------------- capacity report
-
-
-def _numerical_rank(W: np.ndarray) -> int:
-    """Rank of ``W`` from the eigenvalues of the smaller of ``W W^T`` and ``W^T W`` (float64)."""
-    d, n = W.shape
-    if W.size == 0:
-        return 0
-    top = float(np.max(np.abs(W)))
-    if top == 0:
-        return 0
-    A = np.asarray(W, dtype=np.float64) / top
-    lam = np.linalg.eigvalsh(A @ A.T if d <= n else A.T @ A)
-    return int(np.sum(lam > lam.max() * max(d, n) * np.finfo(np.float64).eps))
-
-
-def _find_blocks(W: np.ndarray, tol: float | None) -> list[Any]:
-    try:
-        from capalloc.geometry import find_blocks
-    except ImportError:
-        raise CliError("--blocks needs capalloc.geometry, which this installation lacks") from None
-    return list(find_blocks(W) if tol is None else find_blocks(W, tol))
-
-
-def _plural(k: int, word: str) -> str:
-    return f"{k} {word}" if k == 1 else f"{k} {word}s"
-
-
-def _blocks_report(blocks: list[Any], max_rows: int) -> tuple[str, list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
-    for b in blocks:
-        features = [int(i) for i in b.features]
-        records.append(
-            {
-                "features": features,
-                "size": len(features),
-                "dim": int(b.dim),
-                "scale": float(b.scale),
-                "capacity_sum": float(b.capacity_sum),
-                "residual": float(b.residual),
-            }
-        )
-    shapes: dict[tuple[int, int], int] = {}
-    for r in records:
-        shapes[(r["dim"], r["size"])] = shapes.get((r["dim"], r["size"]), 0) + 1
-    kinds = ", ".join(
-        f"{count} × [{_plural(size, 'feature')} in {_plural(dim, 'dimension')}]"
-        for (dim, size), count in sorted(shapes.items())
-    )
-    rows = []
-    for k, r in enumerate(sorted(records, key=lambda r: (-r["size"], r["features"]))):
-        feats = r["features"]
-        shown = ",".join(map(str, feats[:8])) + (",..." if len(feats) > 8 else "")
-        rows.append(
-            [
-                str(k),
-                str(r["dim"]),
-                str(r["size"]),
-                f"{r['capacity_sum']:.4f}",
-                f"{r['scale']:.4g}",
-                f"{r['residual']:.2e}",
-                shown,
-            ]
-        )
-    text = f"blocks: {len(records)} ({kinds or 'none'})"
-    if rows:
-        text += "\n" + _table(
-            ["block", "dim", "size", "ΣC", "scale", "residual", "features"], rows, max_rows
-        )
-    return text, records
-
-
-def _cmd_capacity(args: argparse.Namespace) -> int:
-    from capalloc._capacity import capacity, classify
-    from capalloc.io import load_matrix
-
-    _check_max_rows(args.max_rows)
-    if args.blocks:  # fail before the long computation, not after it
-        _find_blocks(np.eye(1), args.tol)
-    hist = _figure_path(args.hist, "capacity_hist.png", "--hist") if args.hist else None
-    A = load_matrix(args.file, args.key)
-    rows_, cols_ = A.shape
-    axis = args.features_axis
-    if axis is None:
-        axis = 0 if rows_ > cols_ else 1
-    W = A if axis == 1 else A.T
-    d, n = W.shape
-    work = float(n) * d * min(n, d)
-    dtype_name = args.dtype
-    if dtype_name == "auto":
-        dtype_name = "float32" if work > _FLOAT32_WORK else "float64"
-    t0 = time.perf_counter()
-    C = np.asarray(capacity(W, dtype=np.dtype(dtype_name)))
-    seconds = time.perf_counter() - t0
-    labels = classify(C, atol=args.atol)
-    counts = _counts(labels)
-    small = min(d, n) <= _RANK_MAX_D and work <= _FLOAT32_WORK
-    rank = _numerical_rank(W) if args.rank or small else None
-    bound = min(d, n)
-    total = float(C.sum())
-    stats = {
-        name: (float(f(C)) if C.size else float("nan"))
-        for name, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))
-    }
-    blocks_text, blocks = (None, None)
-    if args.blocks:
-        blocks_text, blocks = _blocks_report(_find_blocks(W, args.tol), args.max_rows)
-    if args.json:
-        _print_json(
-            {
-                "file": os.fspath(args.file),
-                "key": args.key,
-                "shape": list(A.shape),
-                "stored_dtype": str(A.dtype),
-                "features_axis": axis,
-                "d": d,
-                "n": n,
-                "sum_capacity": total,
-                "rank": rank,
-                "rank_bound": bound,
-                **stats,
-                "counts": counts,
-                "atol": args.atol,
-                "arithmetic": dtype_name,
-                "seconds": seconds,
-                "capacity": C,
-                "blocks": blocks,
-            }
-        )
-    else:
-        _print_capacity_report(
-            args, A, axis, d, n, total, rank, stats, counts, dtype_name, seconds, blocks_text
-        )
-    if hist:
-        from capalloc import plots
-
-        _save_figure(
-            hist,
-            lambda axes: plots.plot_capacity_histogram(C, ax=axes[0]),
-            1,
-            (6.0, 4.0),
-            quiet=args.json,
-        )
-    return 0
-
-
-def _print_capacity_report(
-    args: argparse.Namespace,
-    A: np.ndarray,
-    axis: int,
-    d: int,
-    n: int,
-    total: float,
-    rank: int | None,
-    stats: dict[str, float],
-    counts: dict[str, int],
-    dtype_name: str,
-    seconds: float,
-    blocks_text: str | None,
-) -> None:
-    bound = min(d, n)
-    where = f"{args.key} in {args.file}" if args.key else os.fspath(args.file)
-    print(f"capacity report: {where}")
-    print(
-        f"  stored shape {A.shape} {A.dtype}; features along axis {axis} -> "
-        f"d = {d} dimensions, n = {n} features"
-    )
-    rank_text = f"rank W = {rank} <= " if rank is not None else "rank W <= "
-    print(
-        f"  ΣC = {total:.6g} <= {rank_text}min(d, n) = {bound}   (ΣC/d = "
-        f"{total / d if d else float('nan'):.4f})"
-    )
-    if rank is None:
-        print(
-            f"  (numerical rank skipped for min(d, n) > {_RANK_MAX_D} or large n·d²: pass --rank)"
-        )
-    print("  capacity  " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
-    print(f"  labels (atol {args.atol:g}): {_counts_text(counts)}")
-    print(f"  arithmetic {dtype_name}, {seconds:.2f} s")
-    if blocks_text:
-        print(blocks_text)
-
-
 # ----------------------------------------------------------------------------- bench
 
 
@@ -608,62 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--plot", metavar="FILE", help="also draw the allocation to FILE")
     solve.set_defaults(func=_cmd_solve)
 
-    cap = sub.add_parser(
-        "capacity",
-        help="capacity report of a weight matrix",
-        description="Capacities C_i = (W_i.W_i)^2 / sum_j (W_i.W_j)^2 of the features of a weight "
-        "matrix in .npy, .npz, .pt/.pth (torch state dict), .safetensors, .txt or "
-        ".csv. Cost O(n d^2).",
-    )
-    cap.add_argument("file", help="weight file")
-    cap.add_argument("--key", help="array name inside .npz, state dict or .safetensors")
-    cap.add_argument(
-        "--features-axis",
-        type=int,
-        choices=(0, 1),
-        default=None,
-        help="axis that indexes features: 1 = columns (W is d x n), 0 = rows "
-        "(e.g. an SAE decoder stored n x d); default: the longer axis",
-    )
-    cap.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "float64"),
-        default="auto",
-        help="arithmetic (auto: float32 when n*d*min(n, d) > 1e10, else float64)",
-    )
-    cap.add_argument(
-        "--atol",
-        type=float,
-        default=1e-6,
-        help="C >= 1 - atol is monosemantic, C <= atol ignored (default 1e-6)",
-    )
-    cap.add_argument(
-        "--rank",
-        action="store_true",
-        help=f"compute the numerical rank even when min(d, n) > {_RANK_MAX_D} (O(min(d, n)^3))",
-    )
-    cap.add_argument(
-        "--blocks",
-        action="store_true",
-        help="find block-semi-orthogonal blocks (capalloc.geometry.find_blocks)",
-    )
-    cap.add_argument(
-        "--tol",
-        type=float,
-        default=None,
-        help="--blocks: join features whose |cos| exceeds TOL, drop columns with "
-        "N_i <= TOL max N (default: find_blocks' own, 1e-6)",
-    )
-    cap.add_argument("--hist", metavar="FILE.png", help="write a capacity histogram")
-    cap.add_argument("--json", action="store_true", help="print one JSON object")
-    cap.add_argument(
-        "--max-rows",
-        type=int,
-        default=30,
-        metavar="N",
-        help="rows of the block table before truncation (0: all)",
-    )
-    cap.set_defaults(func=_cmd_capacity)
+    from capalloc.cli.capacity import add_capacity_parser
+
+    add_capacity_parser(sub)
 
     bench = sub.add_parser("bench", help="time the solver methods and print a table")
     bench.add_argument("--quick", action="store_true", help="small sizes only")
