@@ -70,6 +70,11 @@ _LAZY = {
     "is_block_semi_orthogonal": "capalloc.geometry",
     "realize": "capalloc.geometry",
     "tight_frame": "capalloc.geometry",
+    "neurons": "capalloc.neurons",
+    "dimensions_per_feature": "capalloc.neurons",
+    "feature_dimensionality": "capalloc.neurons",
+    "neuron_monosemanticity": "capalloc.neurons",
+    "neuron_polysemantic_counts": "capalloc.neurons",
 }
 _MODULES = {
     "theory",
@@ -81,6 +86,7 @@ _MODULES = {
     "train",
     "geometry",
     "profiles",
+    "neurons",
 }
 
 __all__ = [
