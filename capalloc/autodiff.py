@@ -1,0 +1,868 @@
+r"""A differentiable allocation for torch: the certified optimum, and its exact derivatives.
+
+:func:`solve` takes importances :math:`v` and kurtosis :math:`K` as torch tensors (one
+problem ``(n,)`` or a batch ``(m, n)``, CPU or CUDA, float32 or float64) and returns the
+optimal capacities, norms, loss and threshold as tensors that autograd differentiates in
+``importance`` and ``kurtosis``. The forward pass is the exact, certified solver
+(:func:`capalloc.solve` on a float64 numpy copy); the backward pass is the closed-form
+vector-Jacobian product of the optimality conditions (no Jacobian formed, no unrolled
+iterations, :math:`O(n)` per row), and forward mode (``torch.autograd.forward_ad``) is the
+matching Jacobian-vector product.
+
+The derivative
+--------------
+With water level :math:`\mu` (threshold :math:`T = 2\mu^2`) each feature of the
+*differentiable set* :math:`P` (``0 < C_i < 1`` and :math:`K_i \ne 3`) sits where its
+benefit level equals the water level, :math:`h_i(C_i) = \mu`, i.e.
+
+.. math::
+
+    C_i = \frac{a_i}{\mu} - b_i, \quad a_i = \frac{(K_i-1) v_i}{K_i-3},\ b_i = \frac{2}{K_i-3},
+    \qquad \sum_{i \in P} C_i = d - \sum_{j \notin P} C_j,
+
+so :math:`\mu = \sum_P a_i / (d - \sum_{j\notin P} C_j + \sum_P b_i)`. Differentiating,
+with :math:`w_i = a_i/\mu = C_i + b_i`, :math:`D = \sum_P w_i` and
+:math:`e_i = \frac{K_i-1}{K_i-3}\,\dot v_i + \frac{2(\mu - v_i)}{(K_i-3)^2}\,\dot K_i`,
+
+.. math::
+
+    \dot\mu = \frac{1}{D}\sum_{i\in P} e_i, \qquad
+    \dot C_i = \frac{e_i - w_i\,\dot\mu}{\mu}\ (i \in P), \qquad \dot C_j = 0\ (j \notin P),
+
+the JVP; its transpose, for cotangents :math:`(\bar C, \bar\mu)`, is the VJP
+
+.. math::
+
+    u = \frac{\mu\bar\mu - \sum_P \bar C_i w_i}{D}, \qquad
+    \bar v_i = \frac{\bar C_i + u}{\mu}\,\frac{K_i-1}{K_i-3}, \qquad
+    \bar K_i = \frac{\bar C_i + u}{\mu}\,\frac{2(\mu - v_i)}{(K_i-3)^2} \quad (i \in P).
+
+Norms :math:`N_i = h_i(C_i)\,C_i`, the loss :math:`\sum_i 2 h_i v_i (1 - C_i)` and
+:math:`T = 2\mu^2` are computed from :math:`(C, \mu)` by torch, so autograd composes them
+(the loss gradient is then the envelope theorem's :math:`\partial\ell_i/\partial v_i` at
+fixed capacities, since :math:`\sum_P \dot C_i = 0`).
+
+Conventions (the same one-sided derivatives as :mod:`capalloc.allocation.sensitivity`)
+-------------------------------------------------------------------------------------
+* **Regimes are held fixed.** Monosemantic (``C = 1``) and ignored (``C = 0``) features,
+  classified with tolerance ``label_tol`` (``1e-9``, as ``result.labels``), do not move. On a
+  regime boundary (``v_i = \mu`` counts monosemantic) the derivative is the one-sided one of
+  the regime the solver reports.
+* **No differentiable feature** (every row of ``P`` empty, e.g. :math:`K \le 3`, where the
+  optimum is piecewise constant in ``v``): capacities have gradient 0, and the reported
+  level, the smallest valid one :math:`\mu = \max_{C_i < 1} h_i(C_i)`, is differentiated
+  through its maximising feature at fixed capacity
+  (:math:`\partial h/\partial v = (K-1)/(2+(K-3)C)`,
+  :math:`\partial h/\partial K = 2v(1-C)/(2+(K-3)C)^2`). With :math:`\mu = 0` (the budget
+  does not bind) everything has gradient 0.
+* **Mixed curvature** (some :math:`K_i < 3`): the optimum has at most one fractional
+  concave feature; it belongs to :math:`P` with the same formula (its :math:`a, b < 0`), so
+  the derivative is the implicit-function one of the solver's candidate (exact while that
+  candidate stays optimal). Concave features at 0 or 1, and ``K = 3`` features (whose
+  capacity is a step at :math:`v = \mu`, shared at a tie), are held fixed.
+* Gradients flow to ``importance`` and ``kurtosis`` only (``d`` is an integer).
+
+Certification: every forward solve is certified by its KKT residual. A solve that is not
+certified is reported by ``result.status`` (1) and an
+:class:`~capalloc.allocation.result.AllocationWarning`; its derivatives are those of the
+conditions above at the returned point.
+
+:func:`kkt_residual` is the optimality function :math:`F(x, \theta)` with
+:math:`x = (C, \mu)` for implicit-differentiation libraries, and :func:`fit_allocation`
+fits importances and kurtosis to observed capacities by least squares through
+:func:`solve`. torch is imported on first use: ``import capalloc.autodiff`` does not need it.
+
+References
+----------
+.. [1] A. Scherlis et al., "Polysemanticity and Capacity in Neural Networks",
+   arXiv:2210.01892 (water-filling, regimes).
+.. [2] A. Agrawal et al., "Differentiable Convex Optimization Layers", NeurIPS 2019
+   (layers called on parameter tensors, batch dimension first).
+.. [3] M. Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022
+   (optimality functions).
+
+Examples
+--------
+>>> import pytest
+>>> torch = pytest.importorskip("torch")
+>>> from capalloc import autodiff
+>>> v = torch.tensor([4.0, 2.0, 1.0, 0.2], dtype=torch.float64, requires_grad=True)
+>>> res = autodiff.solve(v, d=2, kurtosis=10.0)
+>>> res.capacity.detach().numpy().round(4).tolist()
+[1.0, 0.7619, 0.2381, 0.0]
+>>> res.capacity[1].backward()
+>>> v.grad.numpy().round(4).tolist()  # only the polysemantic pair moves
+[0.0, 0.1746, -0.3492, 0.0]
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from capalloc._lib.validation import (
+    as_float_array,
+    check_budget,
+    check_capacity,
+    check_importance,
+    check_kurtosis,
+    check_positive,
+    short,
+)
+from capalloc.allocation.problems import QuadraticProblem
+from capalloc.allocation.result import AllocationResult, AllocationWarning
+from capalloc.allocation.solve import solve as _solve_exact
+from capalloc.quadratic import closed_form
+
+__all__ = [
+    "AllocationFit",
+    "AllocationLayer",  # noqa: F822 - defined on first access (needs torch)
+    "DifferentiableAllocation",
+    "fit_allocation",
+    "kkt_residual",
+    "solve",
+]
+
+#: capacities within this of 0 or 1 are held at the bound (``AllocationResult.label_tol``)
+LABEL_TOL = 1e-9
+_DTYPES = ("float32", "float64")
+
+
+def _torch() -> Any:
+    """The torch module (``ImportError`` naming the extra when it is missing)."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ImportError("capalloc.autodiff needs torch: pip install 'capalloc[torch]'") from exc
+    return torch
+
+
+# ----------------------------------------------------------------------------- torch forms
+
+
+def _level(torch: Any, C: Any, v: Any, K: Any) -> Any:
+    r"""Torch :math:`h = (K-1) v/(2 + (K-3) C)`, 0 where ``K = 1`` (NaN-free gradients)."""
+    flat = K == 1
+    den = torch.where(flat, torch.ones_like(C), 2 + (K - 3) * C)
+    return torch.where(flat, torch.zeros_like(C), (K - 1) * v / den)
+
+
+def _level_partials(torch: Any, C: Any, v: Any, K: Any) -> tuple[Any, Any]:
+    r""":math:`(\partial h/\partial v, \partial h/\partial K)` at fixed ``C``."""
+    den = 2 + (K - 3) * C
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    return (K - 1) / safe, 2 * v * (1 - C) / (safe * safe)
+
+
+def _pieces(torch: Any, v: Any, K: Any, C: Any, mu: Any, poly: Any) -> tuple[Any, ...]:
+    """Per-feature factors of the JVP/VJP: ``(mu, c, k, w, D)`` with ``c = (K-1)/(K-3)``,
+    ``k = 2 (mu - v)/(K-3)^2`` (both 0 off ``P``), ``w = C + b`` and ``D = sum_P w``."""
+    mu_col = mu.unsqueeze(-1)
+    km3 = torch.where(poly, K - 3, torch.ones_like(K))
+    zero = torch.zeros_like(v)
+    c = torch.where(poly, (K - 1) / km3, zero)
+    k = torch.where(poly, 2 * (mu_col - v) / (km3 * km3), zero)
+    safe_mu = torch.where(mu_col > 0, mu_col, torch.ones_like(mu_col))
+    w = torch.where(poly, c * (v / safe_mu), zero)
+    D = w.sum(-1)
+    return safe_mu, c, k, w, D
+
+
+class _Solved:
+    """The checked inputs of a forward solve, and what it leaves for the wrapper."""
+
+    v_np: np.ndarray
+    K_np: np.ndarray
+    allocation: AllocationResult
+    captured: list
+
+
+def _make_function() -> Any:
+    torch = _torch()
+
+    class _Allocate(torch.autograd.Function):
+        """``(v, K) -> (C, mu)`` by the exact solver, with closed-form VJP and JVP."""
+
+        @staticmethod
+        def forward(v, K, d, method, options, box):  # noqa: ANN001, ANN205
+            v_np, K_np = box.v_np, box.K_np  # the checked float64 copies
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = _solve_exact(QuadraticProblem(v_np, d, K_np), method, **options)
+            box.allocation, box.captured = res, list(caught)
+            C_np = np.array(res.capacity, dtype=float)  # a writable copy for torch
+            Kb = np.broadcast_to(K_np, v_np.shape)
+            with np.errstate(all="ignore"):
+                h = closed_form.benefit_level(C_np, v_np, Kb)
+                below = C_np < 1.0
+                mu_np = np.max(np.where(below, h, 0.0), axis=-1, initial=0.0)
+                score = np.where(below, h, -np.inf)
+            top_np = np.argmax(score, axis=-1) if v_np.shape[-1] else np.zeros(score.shape[:-1])
+            poly_np = (C_np > LABEL_TOL) & (C_np < 1 - LABEL_TOL) & (Kb != 3)
+            poly_np &= (mu_np > 0)[..., None]
+            # rows with no differentiable feature: mu moves with its maximising feature
+            top_np = np.where(poly_np.any(axis=-1) | (mu_np <= 0), -1, top_np)
+            dev = v.device
+            C = torch.as_tensor(C_np, dtype=torch.float64, device=dev)
+            mu = torch.as_tensor(np.asarray(mu_np, dtype=float), dtype=torch.float64, device=dev)
+            poly = torch.as_tensor(np.array(poly_np), device=dev)
+            top = torch.as_tensor(np.array(top_np, dtype=np.int64), device=dev)
+            return C, mu, poly, top
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+            v, K = inputs[0], inputs[1]
+            C, mu, poly, top = output
+            ctx.mark_non_differentiable(poly, top)
+            ctx.save_for_backward(v, K, C, mu, poly, top)
+            ctx.save_for_forward(v, K, C, mu, poly, top)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, gC, gmu, _gp, _gt):  # noqa: ANN001, ANN205
+            v, K, C, mu, poly, top = ctx.saved_tensors
+            gC = torch.zeros_like(C) if gC is None else gC
+            gmu = torch.zeros_like(mu) if gmu is None else gmu
+            safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
+            has = poly.any(-1)
+            safe_D = torch.where(has, D, torch.ones_like(D))
+            u = (mu * gmu - (gC * w).sum(-1)) / safe_D
+            coef = torch.where(poly, (gC + u.unsqueeze(-1)) / safe_mu, torch.zeros_like(v))
+            gv, gK = coef * c, coef * k
+            gv, gK = _add_top(torch, gv, gK, gmu, v, K, C, top)
+            return gv, gK, None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, dv, dK, _d, _m, _o, _b):  # noqa: ANN001, ANN205
+            v, K, C, mu, poly, top = ctx.saved_tensors
+            dv = torch.zeros_like(v) if dv is None else dv
+            dK = torch.zeros_like(K) if dK is None else dK
+            safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
+            has = poly.any(-1)
+            e = c * dv + k * dK  # 0 off P
+            dmu = e.sum(-1) / torch.where(has, D, torch.ones_like(D))
+            dC = torch.where(poly, (e - w * dmu.unsqueeze(-1)) / safe_mu, torch.zeros_like(v))
+            rows = top >= 0
+            if bool(rows.any()):
+                idx = top.clamp(min=0).unsqueeze(-1)
+                pick = [x.gather(-1, idx).squeeze(-1) for x in (v, K, C, dv, dK)]
+                hv, hK = _level_partials(torch, pick[2], pick[0], pick[1])
+                dmu = torch.where(rows, hv * pick[3] + hK * pick[4], dmu)
+            return dC, dmu, None, None
+
+    return _Allocate
+
+
+def _add_top(torch: Any, gv: Any, gK: Any, gmu: Any, v: Any, K: Any, C: Any, top: Any) -> Any:
+    """Add the level's cotangent to its maximising feature in rows without ``P``."""
+    rows = top >= 0
+    if not bool(rows.any()):
+        return gv, gK
+    idx = top.clamp(min=0).unsqueeze(-1)
+    pv, pK, pC = (x.gather(-1, idx).squeeze(-1) for x in (v, K, C))
+    hv, hK = _level_partials(torch, pC, pv, pK)
+    zero = torch.zeros_like(gmu)
+    gv = gv.scatter_add(-1, idx, torch.where(rows, gmu * hv, zero).unsqueeze(-1))
+    gK = gK.scatter_add(-1, idx, torch.where(rows, gmu * hK, zero).unsqueeze(-1))
+    return gv, gK
+
+
+_FUNCTION: list = []
+
+
+def _function() -> Any:
+    if not _FUNCTION:
+        _FUNCTION.append(_make_function())
+    return _FUNCTION[0]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _importance(torch: Any, value: Any) -> tuple[Any, np.ndarray]:
+    """``importance`` as a tensor (float32/float64, 1-D or 2-D) and its checked float64 copy."""
+    if not isinstance(value, torch.Tensor):
+        arr = check_importance(value, "importance", ndim=(1, 2))
+        return torch.as_tensor(arr), arr
+    name = str(value.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"importance must be a float32 or float64 tensor, got dtype {name}")
+    arr = value.detach().to("cpu", torch.float64).numpy()
+    return value, check_importance(arr, "importance", ndim=(1, 2))
+
+
+def _kurtosis(torch: Any, value: Any, v: Any) -> tuple[Any, np.ndarray]:
+    """``kurtosis`` as a float64 tensor expanded to ``v``'s shape, and its checked numpy copy
+    (compact: a scalar stays a scalar)."""
+    if hasattr(value, "kurtosis") and not isinstance(value, torch.Tensor):  # an InputLaw
+        value = value.kurtosis
+    if isinstance(value, torch.Tensor):
+        name = str(value.dtype).removeprefix("torch.")
+        if name not in _DTYPES:
+            raise ValueError(f"kurtosis must be a float32 or float64 tensor, got dtype {name}")
+        if value.device != v.device and value.ndim:
+            raise ValueError(
+                f"kurtosis must be on the device of importance ({v.device}), got {value.device}"
+            )
+        arr = check_kurtosis(value.detach().to("cpu", torch.float64).numpy(), "kurtosis")
+        K = value.to(v.device, torch.float64)
+    else:
+        arr = check_kurtosis(value, "kurtosis")
+        K = torch.as_tensor(arr, dtype=torch.float64, device=v.device)
+    try:
+        fits = np.broadcast_shapes(arr.shape, tuple(v.shape)) == tuple(v.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"kurtosis of shape {arr.shape} does not broadcast to importance shape {tuple(v.shape)}"
+        )
+    return K.expand(v.shape), arr
+
+
+# ----------------------------------------------------------------------------- solve
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class DifferentiableAllocation:
+    r"""The optimum as torch tensors, differentiable in ``importance`` and ``kurtosis``.
+
+    Attributes
+    ----------
+    capacity : (n,) or (m, n) Tensor
+        Optimal capacities :math:`C_i`.
+    norms : (n,) or (m, n) Tensor
+        Optimal squared norms :math:`N_i = h_i(C_i)\, C_i`.
+    loss : () or (m,) Tensor
+        Optimal loss :math:`\sum_i 2 h_i v_i (1 - C_i)`.
+    threshold : () or (m,) Tensor
+        :math:`T = 2\mu^2`, the smallest valid Lagrange multiplier of :math:`\sum C \le d`.
+    level : () or (m,) Tensor
+        The water level :math:`\mu = \max_{C_i < 1} h_i(C_i)`.
+    status : int
+        0: every row certified optimal; 1: not certified (an ``AllocationWarning`` was
+        issued; see ``message`` and ``kkt_residual``).
+    message : str
+    kkt_residual : () or (m,) Tensor
+        The forward solve's relative KKT residual (not differentiable).
+    allocation : AllocationResult
+        The numpy result of the forward solve (labels, method, iterations).
+    """
+
+    capacity: Any
+    norms: Any
+    loss: Any
+    threshold: Any
+    level: Any
+    status: int
+    message: str
+    kkt_residual: Any
+    allocation: AllocationResult
+
+    @property
+    def success(self) -> bool:
+        """Whether the forward solve was certified optimal (``status == 0``)."""
+        return self.status == 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Per-feature labels of the forward solve (``allocation.labels``)."""
+        return self.allocation.labels
+
+    def __repr__(self) -> str:
+        shape = tuple(self.capacity.shape)
+        return (
+            f"DifferentiableAllocation(shape={shape}, dtype={self.capacity.dtype}, "
+            f"device={self.capacity.device}, status={self.status} ({self.message}))"
+        )
+
+
+def solve(
+    importance: Any, d: int, kurtosis: Any = 3.0, *, method: str = "auto", **options: Any
+) -> DifferentiableAllocation:
+    r"""Optimal allocation of the quadratic model as a differentiable torch function.
+
+    .. math::
+
+        C^*(v, K) = \arg\min_C \sum_i \frac{2 (K_i-1) v_i^2 (1 - C_i)}{2 + (K_i-3) C_i}
+        \quad\text{s.t.}\quad 0 \le C_i \le 1,\ \sum_i C_i \le d
+
+    Forward: the exact solver on a float64 numpy copy (certified). Backward and forward
+    mode: the closed-form products of the module docstring, :math:`O(n)` per row, on the
+    device of ``importance``.
+
+    Parameters
+    ----------
+    importance : (n,) or (m, n) Tensor or array_like
+        Importances :math:`v_i \ge 0` (float32 or float64; a 2-D tensor is a batch of
+        ``m`` problems, batch dimension first).
+    d : int
+        Budget (embedding dimension), ``d >= 0``.
+    kurtosis : float, Tensor, array_like or InputLaw, default 3
+        :math:`K_i \ge 1`, broadcasting to ``importance`` (a tensor that requires grad
+        receives gradients, summed over broadcast dimensions).
+    method : str, default "auto"
+        The forward method (see :func:`capalloc.methods`); ``"auto"`` is ``waterfill``.
+    **options
+        Passed to the method.
+
+    Returns
+    -------
+    DifferentiableAllocation
+        Tensors in the dtype and on the device of ``importance``.
+
+    Raises
+    ------
+    ValueError
+        Importances negative or not finite, a dtype other than float32/float64, kurtosis
+        below 1 or not broadcasting, a budget that is not a non-negative integer.
+
+    Notes
+    -----
+    Derivatives hold the regimes fixed (one-sided on a boundary); for :math:`K \le 3`
+    the capacities are piecewise constant (gradient 0) and only the level moves; see the
+    module docstring for every convention, mixed curvature included. Tested against
+    ``torch.autograd.gradcheck``, finite differences of the numpy solver and
+    :func:`capalloc.allocation.sensitivity.sensitivity`.
+
+    Examples
+    --------
+    >>> import pytest
+    >>> torch = pytest.importorskip("torch")
+    >>> from capalloc import autodiff
+    >>> v = torch.tensor([[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    >>> K = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+    >>> res = autodiff.solve(v, 1, K)
+    >>> res.capacity.detach().numpy().round(4).tolist()
+    [[0.7333, 0.2667, 0.0], [0.3333, 0.3333, 0.3333]]
+    >>> res.loss.sum().backward()
+    >>> round(float(K.grad), 4)
+    2.8352
+    """
+    torch = _torch()
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a string, got {short(method)}")
+    d = check_budget(d, "d")
+    v, v_np = _importance(torch, importance)
+    K, K_np = _kurtosis(torch, kurtosis, v)
+    dtype = v.dtype
+    box = _Solved()
+    box.v_np, box.K_np = v_np, K_np
+    v64 = v.to(torch.float64)
+    C, mu, _poly, _top = _function().apply(v64, K, d, method, options, box)
+    res = box.allocation
+    for w in box.captured:  # the solver's own warnings, other than the status (below)
+        if not issubclass(w.category, AllocationWarning):
+            warnings.warn(w.message, w.category, stacklevel=2)
+    if res.status != 0:
+        warnings.warn(
+            f"capalloc.autodiff.solve: the forward solve is not certified optimal "
+            f"({res.message}); its derivatives are those of the optimality conditions at the "
+            f"returned point",
+            AllocationWarning,
+            stacklevel=2,
+        )
+    h = _level(torch, C, v64, K)
+    norms = h * C
+    loss = (2 * h * v64 * (1 - C)).sum(-1)
+    kkt = torch.as_tensor(np.array(res.kkt_residual, dtype=float), device=v.device)
+    return DifferentiableAllocation(
+        capacity=C.to(dtype),
+        norms=norms.to(dtype),
+        loss=loss.to(dtype),
+        threshold=(2 * mu * mu).to(dtype),
+        level=mu.to(dtype),
+        status=int(res.status),
+        message=res.message,
+        kkt_residual=kkt,
+        allocation=res,
+    )
+
+
+def _make_layer() -> type:
+    torch = _torch()
+
+    class AllocationLayer(torch.nn.Module):
+        r"""The differentiable allocation as an ``nn.Module``: ``layer(importance)``.
+
+        .. math::
+
+            (v, K) \mapsto C^*(v, K), \quad \text{budget } d
+
+        Called on parameter tensors like a differentiable-optimisation layer (batch
+        dimension first), it returns :func:`solve`'s :class:`DifferentiableAllocation`.
+
+        Parameters
+        ----------
+        d : int
+            Budget.
+        kurtosis : float, Tensor or InputLaw, default 3
+            Default kurtosis; an ``nn.Parameter`` is registered (and so trained).
+        method : str, default "auto"
+            Forward method; ``**options`` go to it.
+
+        Examples
+        --------
+        >>> import pytest
+        >>> torch = pytest.importorskip("torch")
+        >>> from capalloc.autodiff import AllocationLayer
+        >>> layer = AllocationLayer(d=1, kurtosis=6.0)
+        >>> layer
+        AllocationLayer(d=1, method='auto')
+        >>> layer(torch.tensor([3.0, 2.0, 1.0])).capacity.numpy().round(4).tolist()
+        [0.7333, 0.2667, 0.0]
+        """
+
+        def __init__(
+            self, d: int, kurtosis: Any = 3.0, *, method: str = "auto", **options: Any
+        ) -> None:
+            super().__init__()
+            self.d = check_budget(d, "d")
+            self.kurtosis = kurtosis
+            self.method = method
+            self.options = options
+
+        def forward(self, importance: Any, kurtosis: Any = None) -> DifferentiableAllocation:
+            """:func:`solve` of ``importance`` (and ``kurtosis``, default the layer's)."""
+            K = self.kurtosis if kurtosis is None else kurtosis
+            return solve(importance, self.d, K, method=self.method, **self.options)
+
+        def extra_repr(self) -> str:
+            return f"d={self.d}, method={self.method!r}"
+
+    AllocationLayer.__module__ = __name__
+    return AllocationLayer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AllocationLayer":  # an nn.Module subclass: defined when torch is first needed
+        cls = _make_layer()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ----------------------------------------------------------------------------- optimality
+
+
+def kkt_residual(capacity: Any, level: Any, importance: Any, d: int, kurtosis: Any = 3.0) -> Any:
+    r"""The optimality conditions as a root-finding residual :math:`F(x, \theta) = 0`.
+
+    With :math:`x = (C, \mu)` and :math:`\theta = (v, K)`,
+
+    .. math::
+
+        F_i = C_i - \Pi_{[0,1]}\Big(C_i + \frac{h_i(C_i) - \mu}{h_i(C_i) + \mu}\Big),
+        \qquad
+        F_{n} = \mu - \max\Big(\mu + \bar v\,\frac{\sum_i C_i - d}{\max(d, 1)},\ 0\Big),
+
+    :math:`h_i(C) = (K_i-1) v_i/(2 + (K_i-3) C)`, :math:`\bar v = \max_i v_i` (a scale: both
+    rows are in units of :math:`v`); a relative gap of :math:`-1` is used where
+    :math:`h_i + \mu = 0`. :math:`F = 0` exactly at the KKT points (each feature's level
+    equals the water level when polysemantic, is above it when monosemantic and below it
+    when ignored; the budget binds when :math:`\mu > 0`). At an optimum with every
+    polysemantic feature strictly inside its band, :math:`F` is smooth in a
+    neighbourhood and :math:`\partial F/\partial x` is invertible when some feature is
+    polysemantic, so the implicit-function theorem
+    :math:`\dot x = -(\partial_x F)^{-1}\partial_\theta F\,\dot\theta` gives
+    :func:`solve`'s derivatives: the form an implicit-differentiation library
+    (an ``optimality_fun``) takes. Unlike :func:`capalloc.kkt_residual` (a scalar
+    certificate), this is a vector with a root.
+
+    Parameters
+    ----------
+    capacity : (n,) or (m, n) Tensor
+    level : () or (m,) Tensor
+        :math:`\mu` (``DifferentiableAllocation.level``).
+    importance : (n,) or (m, n) Tensor
+    d : int
+    kurtosis : float or Tensor, default 3
+
+    Returns
+    -------
+    (n + 1,) or (m, n + 1) Tensor
+        ``[F_1, ..., F_n, F_mu]``.
+
+    Examples
+    --------
+    >>> import pytest
+    >>> torch = pytest.importorskip("torch")
+    >>> from capalloc import autodiff
+    >>> v = torch.tensor([4.0, 2.0, 1.0, 0.2], dtype=torch.float64)
+    >>> res = autodiff.solve(v, 2, 10.0)
+    >>> float(autodiff.kkt_residual(res.capacity, res.level, v, 2, 10.0).abs().max()) < 1e-12
+    True
+    """
+    torch = _torch()
+    d = check_budget(d, "d")
+    v = importance if isinstance(importance, torch.Tensor) else torch.as_tensor(importance)
+    C = capacity if isinstance(capacity, torch.Tensor) else torch.as_tensor(capacity)
+    mu = level if isinstance(level, torch.Tensor) else torch.as_tensor(level)
+    K = kurtosis if isinstance(kurtosis, torch.Tensor) else torch.as_tensor(kurtosis)
+    dtype = torch.promote_types(torch.promote_types(v.dtype, C.dtype), mu.dtype)
+    v, C, mu = v.to(dtype), C.to(dtype), mu.to(dtype)
+    K = K.to(device=v.device, dtype=dtype).expand(v.shape)
+    if C.shape != v.shape:
+        raise ValueError(
+            f"capacity must have the shape of importance {tuple(v.shape)}, got {tuple(C.shape)}"
+        )
+    if mu.shape != v.shape[:-1]:
+        raise ValueError(f"level must have shape {tuple(v.shape[:-1])}, got {tuple(mu.shape)}")
+    h = _level(torch, C, v, K)
+    m = mu.unsqueeze(-1)
+    s = h + m
+    positive = s > 0
+    gap = torch.where(positive, (h - m) / torch.where(positive, s, torch.ones_like(s)), -1.0)
+    F_C = C - torch.clamp(C + gap, 0.0, 1.0)
+    scale = v.amax(-1) if v.shape[-1] else torch.ones_like(mu)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    F_mu = mu - torch.relu(mu + scale * (C.sum(-1) - d) / max(d, 1))
+    return torch.cat([F_C, F_mu.unsqueeze(-1)], dim=-1)
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class AllocationFit:
+    r"""A least-squares fit of the allocation to observed capacities (:func:`fit_allocation`).
+
+    Attributes
+    ----------
+    importance, kurtosis : ndarray
+        The fitted :math:`v` and :math:`K` (``kurtosis`` in the shape it was given).
+    params : list of ndarray
+        The fitted parameters (those of ``model`` when one was given).
+    capacity : ndarray
+        The optimal capacities of the fitted parameters.
+    residual : float
+        Root-mean-square of ``capacity - observed`` (weighted when ``weights`` were given).
+    max_residual : float
+        Largest ``|capacity - observed|``.
+    nit : int
+        Objective evaluations.
+    status : int
+        0: converged with certified forward solves; 1: a forward solve was not certified
+        or the objective did not settle.
+    message : str
+    """
+
+    importance: np.ndarray
+    kurtosis: np.ndarray
+    params: list
+    capacity: np.ndarray
+    residual: float
+    max_residual: float
+    nit: int
+    status: int
+    message: str
+
+    def __repr__(self) -> str:
+        return (
+            f"AllocationFit(n={self.capacity.shape[-1]}, residual={self.residual:.3g}, "
+            f"max_residual={self.max_residual:.3g}, nit={self.nit}, status={self.status} "
+            f"({self.message}))"
+        )
+
+
+_FREE = ("importance", "kurtosis")
+
+
+def fit_allocation(
+    capacity: Any,
+    d: int,
+    importance: Any = None,
+    kurtosis: Any = 4.0,
+    *,
+    free: Any = ("importance",),
+    model: Any = None,
+    params: Any = None,
+    weights: Any = None,
+    steps: int = 200,
+    method: str = "auto",
+) -> AllocationFit:
+    r"""Fit importances and kurtosis to observed capacities by least squares.
+
+    .. math::
+
+        \min_\theta \sum_i w_i \big(C_i^*(v(\theta), K(\theta)) - C^{\text{obs}}_i\big)^2
+
+    with :math:`C^*` from :func:`solve` (exact forward, closed-form gradient) and L-BFGS
+    (strong-Wolfe line search). Without ``model``, the free quantities are parametrised
+    as :math:`v = e^{\theta_v}` per feature and :math:`K = 3 + e^{\theta_K}` (the shape of
+    ``kurtosis``: a scalar is shared by every feature), so importances stay positive and
+    the problem convex.
+
+    Parameters
+    ----------
+    capacity : (n,) or (m, n) array_like
+        Observed capacities (a trained model's, e.g.
+        :func:`capalloc.training.effective_capacity`).
+    d : int
+        Budget.
+    importance : (n,) or (m, n) array_like, optional
+        Starting (or, when not free, known) importances; default
+        :func:`capalloc.allocation.inverse.fit_importance` of the observed capacities at
+        ``kurtosis``, which starts every feature in its observed regime.
+    kurtosis : float or array_like, default 4
+        Starting (or known) kurtosis; must be > 3 where free.
+    free : sequence of {"importance", "kurtosis"}, default ("importance",)
+        What to fit.
+    model : callable, optional
+        ``model(*params) -> (importance, kurtosis)`` as torch tensors: a parametrisation of
+        your own (a profile :math:`v_i = r^i`, a sparsity); ``free`` is then ignored.
+    params : sequence of array_like, optional
+        The starting parameters of ``model``.
+    weights : array_like, optional
+        Per-feature weights :math:`w_i \ge 0` (default 1).
+    steps : int, default 200
+        Largest number of objective evaluations.
+    method : str, default "auto"
+        Forward method.
+
+    Returns
+    -------
+    AllocationFit
+        With the fitted parameters and the residual.
+
+    Notes
+    -----
+    Capacities are invariant under :math:`v \to s v`, so importances are determined up
+    to scale at best. With importances free per feature, kurtosis is not identifiable from
+    capacities alone (any :math:`K` is matched by :func:`~capalloc.allocation.inverse.fit_importance`);
+    fit it with known importances or with a parametrised ``model``. Features outside the
+    polysemantic set have gradient 0 (their regime is held): start in the right regime.
+
+    Examples
+    --------
+    >>> import pytest
+    >>> torch = pytest.importorskip("torch")
+    >>> import capalloc
+    >>> from capalloc.autodiff import fit_allocation
+    >>> v = 0.8 ** torch.arange(8.0, dtype=torch.float64)
+    >>> observed = capalloc.solve(capalloc.QuadraticProblem(v.numpy(), 3, 7.0)).capacity
+    >>> fit = fit_allocation(observed, 3, v, kurtosis=5.0, free=["kurtosis"])
+    >>> round(float(fit.kurtosis), 6), fit.residual < 1e-9
+    (7.0, True)
+    """
+    torch = _torch()
+    d = check_budget(d, "d")
+    obs_np = check_capacity(capacity, "capacity")
+    if obs_np.ndim not in (1, 2):
+        raise ValueError(f"capacity must have 1 or 2 dimensions, got shape {obs_np.shape}")
+    steps = check_positive(steps, "steps", integer=True)
+    obs = torch.tensor(obs_np, dtype=torch.float64)
+    wts = torch.ones_like(obs)
+    if weights is not None:
+        w_np = np.broadcast_to(check_importance(weights, "weights", ndim=None), obs_np.shape)
+        wts = torch.as_tensor(np.array(w_np), dtype=torch.float64)
+    if model is None:
+        model, theta = _free_model(torch, obs_np, d, importance, kurtosis, free)
+    else:
+        if not callable(model):
+            raise ValueError(f"model must be callable, got {short(model)}")
+        if params is None:
+            raise ValueError("params must be given with model")
+        theta = [
+            torch.tensor(as_float_array(p, f"params[{i}]"), dtype=torch.float64)
+            for i, p in enumerate(params)
+        ]
+    for t in theta:
+        t.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        theta,
+        lr=1.0,
+        max_iter=steps,
+        max_eval=steps,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    state = {"nit": 0, "uncertified": False}
+    total = float(wts.sum()) or 1.0
+
+    def objective() -> Any:
+        opt.zero_grad()
+        v, K = model(*theta)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AllocationWarning)
+            res = solve(v, d, K, method=method)
+        state["uncertified"] |= res.status != 0 or bool(caught)
+        state["nit"] += 1
+        value = (wts * (res.capacity - obs) ** 2).sum() / total
+        value.backward()
+        return value
+
+    opt.step(objective)
+    with torch.no_grad():
+        v, K = model(*theta)
+        final = solve(v, d, K, method=method)
+    C = final.capacity.detach().cpu().numpy()
+    diff = C - obs_np
+    residual = float(np.sqrt(np.sum(wts.numpy() * diff**2) / total))
+    status = int(state["uncertified"] or final.status != 0)
+    message = "forward solve not certified" if status else "converged"
+    return AllocationFit(
+        importance=np.array(v.detach().cpu().numpy()),
+        kurtosis=np.array(torch.as_tensor(K).detach().cpu().numpy()),
+        params=[np.array(t.detach().cpu().numpy()) for t in theta],
+        capacity=C,
+        residual=residual,
+        max_residual=float(np.max(np.abs(diff), initial=0.0)),
+        nit=state["nit"],
+        status=status,
+        message=message,
+    )
+
+
+def _free_model(
+    torch: Any, obs: np.ndarray, d: int, importance: Any, kurtosis: Any, free: Any
+) -> tuple[Any, list]:
+    """The default parametrisation of :func:`fit_allocation`: ``(model, theta0)``."""
+    free = (free,) if isinstance(free, str) else tuple(free)
+    bad = [f for f in free if f not in _FREE]
+    if bad or not free:
+        raise ValueError(f"free must name some of {list(_FREE)}, got {short(free)}")
+    K0 = check_kurtosis(
+        kurtosis.detach().cpu().numpy() if isinstance(kurtosis, torch.Tensor) else kurtosis,
+        "kurtosis",
+    )
+    if "kurtosis" in free and K0.size and K0.min() <= 3:
+        raise ValueError(
+            f"kurtosis must be > 3 where it is fitted (capacities are piecewise constant "
+            f"for K <= 3), got min {float(K0.min())!r}"
+        )
+    if importance is None:
+        from capalloc.allocation.inverse import fit_importance
+
+        v0 = fit_importance(obs, d, np.broadcast_to(K0, obs.shape)).importance
+    else:
+        v0 = (
+            importance.detach().cpu().numpy()
+            if isinstance(importance, torch.Tensor)
+            else importance
+        )
+        v0 = check_importance(v0, "importance", ndim=(1, 2))
+    if v0.shape != obs.shape:
+        raise ValueError(f"importance must have the shape of capacity {obs.shape}, got {v0.shape}")
+    # the log needs positive importances: zeros start far below the others (ignored)
+    positive = v0[v0 > 0]
+    floor = (positive.min() if positive.size else 1.0) * 1e-6
+    theta_v = torch.tensor(np.log(np.maximum(v0, floor)), dtype=torch.float64)
+    v_fixed = torch.tensor(v0, dtype=torch.float64)
+    K_fixed = torch.tensor(K0, dtype=torch.float64)
+    theta_K = torch.tensor(np.log(np.maximum(K0 - 3, 1e-300)), dtype=torch.float64)
+    fit_v, fit_K = "importance" in free, "kurtosis" in free
+    theta = [t for t, on in ((theta_v, fit_v), (theta_K, fit_K)) if on]
+
+    def model(*p: Any) -> tuple[Any, Any]:
+        it = iter(p)
+        v = torch.exp(next(it)) if fit_v else v_fixed
+        K = 3 + torch.exp(next(it)) if fit_K else K_fixed
+        return v, K
+
+    return model, theta
