@@ -301,7 +301,9 @@ def _work(blk: np.ndarray, plan: _Plan) -> np.ndarray:
     if plan.as_stored and blk.dtype == plan.dtype:
         return blk
     out = np.empty(blk.shape, plan.dtype, order="F" if _block_layout_f(blk) else "C")
-    np.multiply(blk, plan.p, out=out, casting="unsafe")  # exact for a float64 work dtype
+    # in the wider of both dtypes: exact, and rounded once into the work dtype
+    wide = np.promote_types(blk.dtype, plan.dtype)
+    np.multiply(blk, plan.p, out=out, dtype=wide, casting="unsafe")
     if plan.q != 1.0:
         out *= plan.q
     if plan.mean is not None:
