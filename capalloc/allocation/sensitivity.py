@@ -329,6 +329,7 @@ def _finish(
     if interval is None:
         interval = _own_interval(bounds)
     values = {**fixed, **fields, "regime_boundaries": bounds, "regime_interval": interval}
-    return Sensitivity(
-        **{k: readonly(x) if isinstance(x, np.ndarray) else float(x) for k, x in values.items()}
-    )
+    frozen: dict[str, Any] = {
+        k: readonly(x) if isinstance(x, np.ndarray) else float(x) for k, x in values.items()
+    }
+    return Sensitivity(**frozen)
