@@ -14,7 +14,7 @@ import pytest
 from numpy.lib import format as npy_format
 
 from capalloc import io as _io
-from capalloc.io import check_file, check_memory, load_arrays, load_matrix, load_vector
+from capalloc.io import check_file, check_memory, load_arrays, load_matrix, load_vector, open_matrix
 
 LOADERS = [load_arrays, load_matrix, load_vector]
 
@@ -246,3 +246,135 @@ def test_check_memory(monkeypatch):
 def test_available_memory_is_positive():
     avail = _io._available_memory()
     assert avail is None or avail > 0
+
+
+# ----------------------------------------------------------------------------- open_matrix
+
+
+def test_npy_is_memory_mapped_without_the_memory_check(tmp_path, monkeypatch, no_read):
+    path = tmp_path / "w.npy"
+    np.save(path, np.arange(12.0, dtype=np.float16).reshape(4, 3))
+    monkeypatch.setattr(_io, "_available_memory", lambda: 10)  # mapping needs no memory
+    m = open_matrix(path)
+    assert isinstance(m.array, np.memmap) and m.stored_dtype == "float16"
+    assert m.shape == (4, 3) and m.key is None and m.where == str(path)
+    np.testing.assert_array_equal(np.asarray(m.array), np.arange(12.0).reshape(4, 3))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
+def test_safetensors_memory_mapped_in_its_stored_dtype(tmp_path, dtype):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    W = torch.randn(50, 8, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dtype))
+    path = tmp_path / "w.safetensors"
+    st.save_file({"W_dec": W, "b_dec": torch.zeros(8)}, path)
+    m = open_matrix(path, "W_dec")
+    assert m.stored_dtype == dtype and m.shape == (50, 8)
+    expected = W.float().numpy()
+    np.testing.assert_array_equal(np.asarray(m.array[:], dtype=np.float32), expected)
+    np.testing.assert_array_equal(np.asarray(m.array[10:20]), expected[10:20])
+    np.testing.assert_array_equal(load_matrix(path, "W_dec"), expected)
+
+
+def test_safetensors_without_torch(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    W = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    path = tmp_path / "w.safetensors"
+    st.save_file({"enc": W, "b": np.zeros(4, np.float32)}, path)
+    m = open_matrix(path)
+    assert isinstance(m.array, np.memmap) and m.key == "enc"
+    np.testing.assert_array_equal(m.array, W)
+
+
+def test_corrupt_safetensors_header(tmp_path):
+    pytest.importorskip("safetensors")
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", 9) + b"{garbage}")
+    with pytest.raises(ValueError, match=r"bad\.safetensors: not a valid safetensors file"):
+        open_matrix(path)
+
+
+def _sae_dir(tmp_path, W_dec, cfg=True):
+    st = pytest.importorskip("safetensors.numpy")
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    d_sae, d_in = W_dec.shape
+    st.save_file(
+        {"W_dec": W_dec, "W_enc": np.ascontiguousarray(W_dec.T), "b_dec": np.zeros(d_in)},
+        folder / "sae_weights.safetensors",
+    )
+    if cfg:
+        (folder / "cfg.json").write_text(json.dumps({"d_in": d_in, "d_sae": d_sae}))
+    return folder
+
+
+def test_saelens_directory_picks_the_decoder(tmp_path):
+    W_dec = np.random.default_rng(1).standard_normal((40, 8))
+    folder = _sae_dir(tmp_path, W_dec)
+    m = open_matrix(folder)
+    assert (m.key, m.features_axis, m.shape) == ("W_dec", 0, (40, 8))
+    assert m.config == {"d_in": 8, "d_sae": 40}
+    np.testing.assert_array_equal(m.array, W_dec)
+    enc = open_matrix(folder, "W_enc")
+    assert enc.features_axis is None and enc.shape == (8, 40)
+    np.testing.assert_array_equal(load_matrix(folder), W_dec)
+
+
+@pytest.mark.parametrize("load", [open_matrix, load_matrix, load_arrays])
+def test_directory_without_weights(tmp_path, load):
+    folder = tmp_path / "empty_sae"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(IsADirectoryError, match=r"holds no SAE weights .* contains: notes\.txt"):
+        load(folder)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pth.tar", ".ckpt", ".bin"])
+def test_torch_checkpoints_with_nested_keys(tmp_path, suffix):
+    torch = pytest.importorskip("torch")
+    E = torch.randn(94, 16, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / f"model{suffix}"
+    checkpoint = {
+        "model": {"state_dict": {"atom_embedding.embedding.weight": E, "fc.weight": E[:3]}},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]},
+        "epoch": 3,
+    }
+    torch.save(checkpoint, path)
+    full = "model.state_dict.atom_embedding.embedding.weight"
+    for key in (full, "atom_embedding.embedding.weight", "embedding.weight"):
+        m = open_matrix(path, key)
+        assert m.key == full and m.stored_dtype == "float32"
+        np.testing.assert_array_equal(m.array, E.numpy())
+    with pytest.raises(KeyError, match=r"several names end with 'weight'"):
+        open_matrix(path, "weight")
+    with pytest.raises(KeyError, match=r"'nope' not found.*fc\.weight \(3, 16\)"):
+        open_matrix(path, "nope")
+
+
+def test_legacy_torch_format_loads_without_mmap(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.eye(3, dtype=torch.float64)}, path, _use_new_zipfile_serialization=False)
+    np.testing.assert_array_equal(open_matrix(path).array, np.eye(3))
+
+
+def test_one_dimensional_and_integer_arrays_are_refused(tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, v=np.ones(5), q=np.ones((3, 4), dtype=np.int8), W=np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"array 'v' has shape \(5,\) \(1-D\); a weight matrix"):
+        open_matrix(path, "v")
+    with pytest.raises(ValueError, match=r"array 'q' has dtype int8; capacity needs floating"):
+        load_matrix(path, "q")
+    assert open_matrix(path, "W").shape == (3, 4)
+
+
+def test_load_matrix_reads_into_memory_and_checks_finite(tmp_path):
+    path = tmp_path / "w.npy"
+    A = np.ones((3, 4), dtype=np.float16)
+    A[1, 2] = np.inf
+    np.save(path, A)
+    with pytest.raises(ValueError, match="non-finite entries"):
+        load_matrix(path)
+    np.save(path, np.ones((3, 4), dtype=np.float16))
+    W = load_matrix(path)
+    assert type(W) is np.ndarray and W.dtype == np.float32 and W.flags.writeable
