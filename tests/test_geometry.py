@@ -197,6 +197,85 @@ def test_find_blocks_large_n():
         assert np.unique(owner[block.features]).size == 1
 
 
+def _reference_components(W: np.ndarray, tol: float) -> list[list[int]]:
+    """Blocks by breadth-first search over the explicit cosine matrix (dropping short columns)."""
+    N = np.sum(W * W, axis=0)
+    kept = [i for i in range(W.shape[1]) if N[i] > tol * N.max()]
+    scale = np.sqrt(np.outer(N, N))
+    cos = np.divide(W.T @ W, scale, out=np.zeros_like(scale), where=scale > 0)
+    seen, blocks = set(), []
+    for start in kept:
+        if start in seen:
+            continue
+        block, frontier = {start}, [start]
+        while frontier:
+            i = frontier.pop()
+            for j in kept:
+                if j not in block and abs(cos[i, j]) > tol:
+                    block.add(j)
+                    frontier.append(j)
+        seen |= block
+        blocks.append(sorted(block))
+    return sorted(blocks)
+
+
+def _sparse_blocks(rng: np.random.Generator, k: int) -> np.ndarray:
+    """k unrotated blocks: polygons of 3 to 5 features in their own 2 axes, plus zeros."""
+    W = np.zeros((2 * k + 1, 0))
+    for b in range(k):
+        m = int(rng.integers(3, 6))
+        angles = 2 * np.pi * np.arange(m) / m + rng.uniform(0, 1)
+        part = np.zeros((2 * k + 1, m))
+        part[2 * b : 2 * b + 2] = rng.uniform(0.5, 2) * np.stack([np.cos(angles), np.sin(angles)])
+        W = np.hstack([W, part, np.zeros((2 * k + 1, 1))])
+    return W[:, rng.permutation(W.shape[1])]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_route_matches_dense_route_and_reference(monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    W = _sparse_blocks(rng, 30)
+    assert geometry._is_sparse(geometry._check_embedding(W))
+    sparse = find_blocks(W)
+    monkeypatch.setattr(geometry, "_is_sparse", lambda Ws: False)
+    dense = find_blocks(W)
+    assert [b.features.tolist() for b in sparse] == _reference_components(W, 1e-6)
+    assert [b.features.tolist() for b in dense] == _reference_components(W, 1e-6)
+    C = naive_capacity(W)
+    for a, b in zip(sparse, dense, strict=True):
+        assert (a.dim, a.size) == (b.dim, b.size)
+        assert a.capacity_sum == pytest.approx(C[a.features].sum(), rel=1e-12)
+        assert b.capacity_sum == pytest.approx(a.capacity_sum, rel=1e-12)
+        assert a.scale == pytest.approx(b.scale, rel=1e-12)
+
+
+def test_dense_route_stops_once_everything_is_connected(monkeypatch):
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((8, 400))
+    import scipy.sparse.csgraph as csgraph
+
+    calls = []
+    original = csgraph.connected_components
+    monkeypatch.setattr(geometry, "_GRAM_ENTRIES", 400 * 10)  # chunks of 10 rows
+    monkeypatch.setattr(
+        csgraph, "connected_components", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    blocks = find_blocks(W)
+    assert len(blocks) == 1 and blocks[0].size == 400 and blocks[0].dim == 8
+    assert len(calls) == 1  # one chunk of cosines, not 40
+
+
+def test_large_block_spectrum_from_the_gram_matrix(monkeypatch):
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((6, 300))
+    ref = find_blocks(W)[0]
+    monkeypatch.setattr(geometry, "_SVD_ENTRIES", 10)
+    via_gram = find_blocks(W, progress=True)[0]
+    assert via_gram.dim == ref.dim == 6
+    assert via_gram.scale == pytest.approx(ref.scale, rel=1e-12)
+    assert via_gram.residual == pytest.approx(ref.residual, rel=1e-9)
+
+
 def test_block_repr_and_readonly():
     W, _, _ = composite(np.random.default_rng(0), rotate=False)
     block = find_blocks(W)[0]
