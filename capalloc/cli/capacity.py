@@ -206,7 +206,8 @@ def _histogram(ax: Any, report: Any, scale: str, bins: int | None) -> None:
         edges = np.linspace(max(0.0, lo - pad), min(1.0, hi + pad), k + 1)
     else:
         edges = np.linspace(0.0, 1.0, k + 1)
-    parts = [np.clip(C[report.labels == lab], edges[0], edges[-1]) for lab in LABELS]
+    shown = (C > 0) if ax.get_xscale() == "log" else np.ones(C.shape, dtype=bool)
+    parts = [np.clip(C[(report.labels == lab) & shown], edges[0], edges[-1]) for lab in LABELS]
     present = [i for i, p in enumerate(parts) if p.size]
     if present:
         ax.hist(
