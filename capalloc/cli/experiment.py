@@ -6,6 +6,8 @@
 ``capalloc experiment phase-diagram -o FILE.png``
     Draw the exact two-feature, one-neuron phase diagram (optionally with trained
     points) and the marginal-benefit panels.
+``capalloc experiment toy-phase``
+    The exact n = 2, d = 1 ReLU-autoencoder diagram against trained models.
 
 Each handler takes the parsed arguments and returns an exit status; heavy
 modules (torch, matplotlib) load inside the handlers.
@@ -186,13 +188,122 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     pd.add_argument("--dpi", type=_positive(int), default=100)
     pd.add_argument("--json", action="store_true", help="print a JSON summary")
     pd.set_defaults(func=_cmd_phase_diagram)
+    _add_toy_parsers(sub)
     return exp
+
+
+def _density(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"density must be a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"density must lie in (0, 1], got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"relative importance must be a number, got {text!r}"
+        ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"relative importance must lie in (0, 1], got {text!r}")
+    return value
+
+
+def _add_toy_parsers(sub: Any) -> None:
+    """``toy-phase`` (and the other issue-15 experiments) on the experiment subparsers."""
+    tp = sub.add_parser(
+        "toy-phase",
+        help="exact n = 2, d = 1 ReLU-autoencoder diagram against trained models",
+        description="For each (density, relative importance) cell: the exact optimum of the "
+        "two-feature, one-dimension ReLU autoencoder (closed-form losses minimised over (W, b) "
+        "with scipy), the best closed-form candidate (none, one, antipodal) and the "
+        "configuration of trained models.",
+    )
+    tp.add_argument(
+        "--densities",
+        nargs="+",
+        type=_density,
+        default=[0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0],
+        metavar="P",
+        help="densities in (0, 1] (default: %(default)s)",
+    )
+    tp.add_argument(
+        "--ratios",
+        nargs="+",
+        type=_ratio,
+        default=[0.1, 0.25, 0.5, 0.75, 1.0],
+        metavar="R",
+        help="relative importances of the weaker feature, in (0, 1] (default: %(default)s)",
+    )
+    tp.add_argument("--seeds", type=_positive(int), default=3, help="trained instances per cell")
+    tp.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
+    tp.add_argument("--lr", type=_positive(float), default=1e-2)
+    tp.add_argument("--seed", type=_non_negative_int, default=0)
+    tp.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    tp.add_argument("--no-train", action="store_true", help="exact diagram only (no torch)")
+    tp.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    tp.add_argument("--plot", metavar="FILE.png", help="also save the figure")
+    tp.set_defaults(func=_cmd_toy_phase)
+
+
+def _cmd_toy_phase(args: argparse.Namespace) -> int:
+    from capalloc.experiments.toy_phase import plot_toy_phase, toy_phase
+
+    plot = figure_path(args.plot, "toy_phase.png", "--plot") if args.plot else None
+    if not args.no_train:
+        from capalloc.training.torch_models import resolve_device
+
+        resolve_device(args.device)
+    start = time.perf_counter()
+    rows = toy_phase(
+        args.densities,
+        args.ratios,
+        train=not args.no_train,
+        seeds=args.seeds,
+        steps=args.steps,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+    )
+    elapsed = time.perf_counter() - start
+    if plot:
+        ax = plot_toy_phase(rows)
+        ax.figure.savefig(plot, dpi=100, bbox_inches="tight")
+    if args.json:
+        print_json(rows, indent=1)
+        return 0
+    headers = ("density", "r", "trained", "exact", "exact kind", "candidate", "loss", "exact loss")
+    body = [
+        (
+            f"{r['density']:g}",
+            f"{r['relative_importance']:g}",
+            r["trained"] or "-",
+            r["exact"],
+            r["exact_kind"],
+            r["candidate"],
+            "-" if "trained_loss" not in r else f"{r['trained_loss']:.5g}",
+            f"{r['exact_loss']:.5g}",
+        )
+        for r in rows
+    ]
+    print(format_table(headers, body, align="left", rule=True))
+    trained = [r for r in rows if r["trained"] is not None]
+    if trained:
+        agree = sum(r["trained"] == r["exact"] for r in trained)
+        print(f"\ntrained configuration = exact optimum in {agree}/{len(trained)} cells")
+    print(f"{len(rows)} cells in {elapsed:.1f} s" + (f"; saved {plot}" if plot else ""))
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
     print(
-        "capalloc experiment: error: choose an experiment (sparsity, phase-diagram)",
+        "capalloc experiment: error: choose an experiment (sparsity, phase-diagram, toy-phase)",
         file=sys.stderr,
     )
     return 2
