@@ -9,6 +9,7 @@ Run as a script for a table::
 
     python benchmarks/bench_capacity.py          # d = 256, n up to 1e6 (about 2 GiB for W)
     python benchmarks/bench_capacity.py --quick  # small sizes, a few seconds
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_capacity.py --gemm-ratio  # vs W @ W.T
 
 On a shared machine, ``OPENBLAS_NUM_THREADS=1`` gives far steadier timings
 (an oversubscribed multi-threaded BLAS can be 100x slower on small products).
@@ -144,10 +145,60 @@ def max_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
+#: Shapes (d, n) of the ratio to one ``W @ W.T``.
+GEMM_SHAPES = [(256, 8192), (256, 100_000), (768, 16_384), (64, 200_000)]
+
+
+def paired_best(
+    fn: Callable[[], object], ref: Callable[[], object], pairs: int
+) -> tuple[float, float]:
+    """Best times of ``fn`` and ``ref`` over ``pairs`` alternating calls (after one of each)."""
+    fn(), ref()
+    best_f = best_r = float("inf")
+    for _ in range(pairs):
+        t0 = time.perf_counter()
+        ref()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        best_r, best_f = min(best_r, t1 - t0), min(best_f, t2 - t1)
+    return best_f, best_r
+
+
+def gemm_ratio(quick: bool) -> None:
+    """``capacity(W)`` against one ``W @ W.T`` (numpy: a BLAS syrk) and one general GEMM.
+
+    Both passes of capacity (Gram matrix by syrk, quadratic forms by trmm) cost
+    ``n d^2`` flops, as much as ``W @ W.T``, so 2x that product is the floor; a
+    general ``W @ B`` with ``B = W.T`` copied costs ``2 n d^2``.
+    """
+    shapes = GEMM_SHAPES[:1] if quick else GEMM_SHAPES
+    pairs = 3 if quick else 9
+    print("capacity(W) / one W @ W.T (best of alternating pairs; W @ W.T is a BLAS syrk in numpy)")
+    print(f"{'d':>5} {'n':>8} {'W @ W.T':>10} {'capacity':>10} {'ratio':>7} {'vs GEMM':>8}")
+    for d, n in shapes:
+        W = random_embedding(d, n)
+        B = np.ascontiguousarray(W.T)
+        t_cap, t_syrk = paired_best(lambda W=W: capacity(W), lambda W=W: W @ W.T, pairs)
+        t_gemm, _ = paired_best(lambda W=W, B=B: W @ B, lambda W=W: W @ W.T, max(1, pairs // 3))
+        print(
+            f"{d:>5} {n:>8} {t_syrk * 1e3:8.1f}ms {t_cap * 1e3:8.1f}ms {t_cap / t_syrk:6.2f}x "
+            f"{t_cap / t_gemm:7.2f}x"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    parser.add_argument(
+        "--gemm-ratio",
+        action="store_true",
+        help="only the ratio of capacity to one W @ W.T (and to one general GEMM)",
+    )
     args = parser.parse_args(argv)
+    if args.gemm_ratio:
+        gemm_ratio(args.quick)
+        return
 
     if args.quick:
         d, sizes = 64, [1_000, 3_000, 10_000, 200_000]
