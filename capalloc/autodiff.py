@@ -172,10 +172,8 @@ def _pieces(torch: Any, v: Any, K: Any, C: Any, mu: Any, poly: Any) -> tuple[Any
 
 
 class _Solved:
-    """The checked inputs of a forward solve, and what it leaves for the wrapper."""
+    """What the forward solve leaves for the wrapper."""
 
-    v_np: np.ndarray
-    K_np: np.ndarray
     allocation: AllocationResult
     captured: list
 
@@ -188,7 +186,9 @@ def _make_function() -> Any:
 
         @staticmethod
         def forward(v, K, d, method, options, box):  # noqa: ANN001, ANN205
-            v_np, K_np = box.v_np, box.K_np  # the checked float64 copies
+            v_np = v.detach().to("cpu", torch.float64).numpy()
+            v_np = check_importance(v_np, "importance", ndim=(1, 2))
+            K_np = check_kurtosis(K.detach().to("cpu", torch.float64).numpy(), "kurtosis")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 res = _solve_exact(QuadraticProblem(v_np, d, K_np), method, **options)
@@ -217,6 +217,7 @@ def _make_function() -> Any:
             v, K = inputs[0], inputs[1]
             C, mu, poly, top = output
             ctx.mark_non_differentiable(poly, top)
+            ctx.K_shape = K.shape  # K in its own shape: gradients are summed back to it
             ctx.save_for_backward(v, K, C, mu, poly, top)
             ctx.save_for_forward(v, K, C, mu, poly, top)
 
@@ -224,6 +225,7 @@ def _make_function() -> Any:
         @torch.autograd.function.once_differentiable
         def backward(ctx, gC, gmu, _gp, _gt):  # noqa: ANN001, ANN205
             v, K, C, mu, poly, top = ctx.saved_tensors
+            K = K.expand(v.shape)
             gC = torch.zeros_like(C) if gC is None else gC
             gmu = torch.zeros_like(mu) if gmu is None else gmu
             safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
@@ -233,13 +235,15 @@ def _make_function() -> Any:
             coef = torch.where(poly, (gC + u.unsqueeze(-1)) / safe_mu, torch.zeros_like(v))
             gv, gK = coef * c, coef * k
             gv, gK = _add_top(torch, gv, gK, gmu, v, K, C, top)
+            gK = gK.sum_to_size(ctx.K_shape) if ctx.needs_input_grad[1] else None
             return gv, gK, None, None, None, None
 
         @staticmethod
         def jvp(ctx, dv, dK, _d, _m, _o, _b):  # noqa: ANN001, ANN205
             v, K, C, mu, poly, top = ctx.saved_tensors
+            K = K.expand(v.shape)
             dv = torch.zeros_like(v) if dv is None else dv
-            dK = torch.zeros_like(K) if dK is None else dK
+            dK = torch.zeros_like(K) if dK is None else dK.expand(v.shape)
             safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
             has = poly.any(-1)
             e = c * dv + k * dK  # 0 off P
@@ -282,21 +286,24 @@ def _function() -> Any:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _importance(torch: Any, value: Any) -> tuple[Any, np.ndarray]:
-    """``importance`` as a tensor (float32/float64, 1-D or 2-D) and its checked float64 copy."""
+def _importance(torch: Any, value: Any) -> Any:
+    """``importance`` as a float32/float64 tensor (values are checked by the forward solve,
+    on its numpy copy, so that ``torch.func`` transforms see no data access here)."""
     if not isinstance(value, torch.Tensor):
-        arr = check_importance(value, "importance", ndim=(1, 2))
-        return torch.as_tensor(arr), arr
+        return torch.as_tensor(check_importance(value, "importance", ndim=(1, 2)))
     name = str(value.dtype).removeprefix("torch.")
     if name not in _DTYPES:
         raise ValueError(f"importance must be a float32 or float64 tensor, got dtype {name}")
-    arr = value.detach().to("cpu", torch.float64).numpy()
-    return value, check_importance(arr, "importance", ndim=(1, 2))
+    if value.ndim not in (1, 2):
+        raise ValueError(
+            f"importance must have 1 or 2 dimension(s), got ndim={value.ndim} "
+            f"(shape {tuple(value.shape)})"
+        )
+    return value
 
 
-def _kurtosis(torch: Any, value: Any, v: Any) -> tuple[Any, np.ndarray]:
-    """``kurtosis`` as a float64 tensor expanded to ``v``'s shape, and its checked numpy copy
-    (compact: a scalar stays a scalar)."""
+def _kurtosis(torch: Any, value: Any, v: Any) -> Any:
+    """``kurtosis`` as a float64 tensor on ``v``'s device, in its own (broadcasting) shape."""
     if hasattr(value, "kurtosis") and not isinstance(value, torch.Tensor):  # an InputLaw
         value = value.kurtosis
     if isinstance(value, torch.Tensor):
@@ -307,20 +314,19 @@ def _kurtosis(torch: Any, value: Any, v: Any) -> tuple[Any, np.ndarray]:
             raise ValueError(
                 f"kurtosis must be on the device of importance ({v.device}), got {value.device}"
             )
-        arr = check_kurtosis(value.detach().to("cpu", torch.float64).numpy(), "kurtosis")
         K = value.to(v.device, torch.float64)
     else:
-        arr = check_kurtosis(value, "kurtosis")
-        K = torch.as_tensor(arr, dtype=torch.float64, device=v.device)
+        K = torch.as_tensor(check_kurtosis(value, "kurtosis"), device=v.device)
     try:
-        fits = np.broadcast_shapes(arr.shape, tuple(v.shape)) == tuple(v.shape)
+        fits = np.broadcast_shapes(tuple(K.shape), tuple(v.shape)) == tuple(v.shape)
     except ValueError:
         fits = False
     if not fits:
         raise ValueError(
-            f"kurtosis of shape {arr.shape} does not broadcast to importance shape {tuple(v.shape)}"
+            f"kurtosis of shape {tuple(K.shape)} does not broadcast to importance shape "
+            f"{tuple(v.shape)}"
         )
-    return K.expand(v.shape), arr
+    return K
 
 
 # ----------------------------------------------------------------------------- solve
@@ -446,11 +452,10 @@ def solve(
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {short(method)}")
     d = check_budget(d, "d")
-    v, v_np = _importance(torch, importance)
-    K, K_np = _kurtosis(torch, kurtosis, v)
+    v = _importance(torch, importance)
+    K = _kurtosis(torch, kurtosis, v)
     dtype = v.dtype
     box = _Solved()
-    box.v_np, box.K_np = v_np, K_np
     v64 = v.to(torch.float64)
     C, mu, _poly, _top = _function().apply(v64, K, d, method, options, box)
     res = box.allocation
@@ -465,7 +470,7 @@ def solve(
             AllocationWarning,
             stacklevel=2,
         )
-    h = _level(torch, C, v64, K)
+    h = _level(torch, C, v64, K.expand(v.shape))
     norms = h * C
     loss = (2 * h * v64 * (1 - C)).sum(-1)
     kkt = torch.as_tensor(np.array(res.kkt_residual, dtype=float), device=v.device)
@@ -777,8 +782,8 @@ def fit_allocation(
         lr=1.0,
         max_iter=steps,
         max_eval=steps,
-        tolerance_grad=1e-14,
-        tolerance_change=1e-16,
+        tolerance_grad=1e-30,  # run until no progress: the residual is what is reported
+        tolerance_change=1e-30,
         history_size=20,
         line_search_fn="strong_wolfe",
     )
@@ -839,7 +844,9 @@ def _free_model(
     if importance is None:
         from capalloc.allocation.inverse import fit_importance
 
-        v0 = fit_importance(obs, d, np.broadcast_to(K0, obs.shape)).importance
+        with warnings.catch_warnings():  # a start: noisy capacities need not be reproduced
+            warnings.simplefilter("ignore", AllocationWarning)
+            v0 = fit_importance(obs, d, np.broadcast_to(K0, obs.shape)).importance
     else:
         v0 = (
             importance.detach().cpu().numpy()
