@@ -65,9 +65,9 @@ class ImportanceFit:
     ----------
     importance : (n,) or (m, n) ndarray
         One importance vector reproducing the capacities: the identified value for
-        polysemantic features, ``2 * level`` for monosemantic and half the upper bound for
-        ignored ones (any value inside ``[lower, upper]`` serves for those when
-        :math:`K \ge 3`).
+        polysemantic features, ``2 * level`` for monosemantic ones, half the upper bound for
+        ignored ones with :math:`K \ge 3` (any value inside ``[lower, upper]`` serves for
+        those) and 0 for ignored ones with :math:`K < 3`.
     lower, upper : (n,) or (m, n) ndarray
         Bounds on each importance in units where the water level is ``level``
         (equal for identifiable features; ``upper`` is inf for monosemantic features).
@@ -207,7 +207,9 @@ def fit_importance(
     upper = np.where(slack[..., None] & ign, 0.0, upper)
     identifiable = poly & np.isfinite(exact)
     rep_mono = np.where(slack[..., None], mu0, _MONO_FACTOR * m)
-    rep_ign = np.where(np.isfinite(upper), _IGNORED_FACTOR * upper, 0.0)
+    # ignored: inside the band when convex (sufficient there); 0 when concave, where the
+    # bound is only necessary and v = 0 is ignored by every optimum
+    rep_ign = np.where(np.isfinite(upper) & (K >= 3), _IGNORED_FACTOR * upper, 0.0)
     v = np.where(poly, np.where(identifiable, exact, 0.0), np.where(mono, rep_mono, rep_ign))
     v = np.where(flat & mono, mu0, v)  # K = 1: only a covering budget gives it capacity
 
@@ -224,10 +226,14 @@ def fit_importance(
         status, message = 1, f"the re-solve is not certified ({res.message})"
     elif not worst <= atol or not np.all(identifiable | ~poly):
         status = 1
-        message = (
-            f"not reproduced: residual {worst:.2g} > {atol:.2g} (not an optimal allocation "
-            f"at this kurtosis and budget?)"
+        why = (
+            "features with K < 3 have necessary bounds only: other importances inside them "
+            "may reproduce"
+            if np.any(K < 3)
+            else "not an optimal allocation at this kurtosis and budget"
         )
+        message = f"not reproduced: residual {worst:.2g} > {atol:.2g} ({why})"
+
     if status:
         warnings.warn(f"fit_importance: {message}", AllocationWarning, stacklevel=2)
     scalar = C.ndim == 1
