@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from capalloc.cli.main import main
 from capalloc.experiments.toy_phase import antipodal_boundary
 
@@ -37,3 +39,21 @@ def test_toy_phase_bad_density(capsys):
     assert main(["experiment", "toy-phase", "--densities", "1.5", "--no-train"]) == 2
     err = capsys.readouterr().err
     assert "error: argument --densities: density must lie in (0, 1], got '1.5'" in err
+
+
+def test_tms_geometry_bad_density(capsys):
+    assert main(["experiment", "tms-geometry", "--densities", "0"]) == 2
+    assert "density must lie in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tms_geometry_json(capsys):
+    pytest.importorskip("torch")
+    args = ["experiment", "tms-geometry", "--n", "6", "--d", "2", "--densities", "1", "0.1"]
+    assert main([*args, "--steps", "1000", "--seeds", "2", "--json"]) == 0
+    dense, sparse = json.loads(capsys.readouterr().out)
+    # dense: d features kept, D* = 1; sparse: pentagon-like, D* well below 1/2
+    assert abs(dense["dimensions_per_feature"] - 1.0) < 0.1
+    assert sparse["dimensions_per_feature"] < 0.45
+    assert sparse["fractions"]["2/5"] + sparse["fractions"]["3/8"] >= 4
+    assert len(sparse["capacity"]) == 6

@@ -8,6 +8,8 @@
     points) and the marginal-benefit panels.
 ``capalloc experiment toy-phase``
     The exact n = 2, d = 1 ReLU-autoencoder diagram against trained models.
+``capalloc experiment tms-geometry``
+    Dimensions per feature of ReLU autoencoders versus density (Elhage et al.).
 
 Each handler takes the parsed arguments and returns an exit status; heavy
 modules (torch, matplotlib) load inside the handlers.
@@ -250,6 +252,72 @@ def _add_toy_parsers(sub: Any) -> None:
     tp.add_argument("--plot", metavar="FILE.png", help="also save the figure")
     tp.set_defaults(func=_cmd_toy_phase)
 
+    tg = sub.add_parser(
+        "tms-geometry",
+        help="dimensions per feature D* = d/|W|_F^2 of ReLU autoencoders versus density",
+        description="Elhage et al.'s uniform-importance sweep at a CPU size: train ReLU "
+        "autoencoders (n features of equal importance, d dimensions) at several densities "
+        "in one batch and report D* and the per-feature dimensionalities, binned at the "
+        "fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8.",
+    )
+    tg.add_argument("--n", type=_positive(int), default=100, help="number of features")
+    tg.add_argument("--d", type=_positive(int), default=10, help="embedding dimension")
+    tg.add_argument(
+        "--densities",
+        nargs="+",
+        type=_density,
+        default=[1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01],
+        metavar="P",
+        help="densities in (0, 1] (default: %(default)s)",
+    )
+    tg.add_argument("--seeds", type=_positive(int), default=1, help="instances per density")
+    tg.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
+    tg.add_argument("--batch-size", type=_positive(int), default=1024)
+    tg.add_argument("--lr", type=_positive(float), default=1e-2)
+    tg.add_argument("--seed", type=_non_negative_int, default=0)
+    tg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    tg.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    tg.add_argument("--plot", metavar="FILE.png", help="also save the figure")
+    tg.set_defaults(func=_cmd_tms_geometry)
+
+
+def _cmd_tms_geometry(args: argparse.Namespace) -> int:
+    from capalloc.experiments.tms_geometry import plot_tms_geometry, tms_geometry
+    from capalloc.training.torch_models import resolve_device
+
+    plot = figure_path(args.plot, "tms_geometry.png", "--plot") if args.plot else None
+    resolve_device(args.device)
+    rows = tms_geometry(
+        args.n,
+        args.d,
+        args.densities,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+    )
+    if plot:
+        ax = plot_tms_geometry(rows)
+        ax.figure.savefig(plot, dpi=100, bbox_inches="tight")
+    if args.json:
+        print_json(rows, indent=1)
+        return 0
+    names = list(rows[0]["fractions"])
+    body = [
+        (
+            f"{r['density']:g}",
+            f"{r['dimensions_per_feature']:.3f}",
+            *(str(r["fractions"][k]) for k in names),
+            f"{r['loss']:.4g}",
+        )
+        for r in rows
+    ]
+    print(format_table(("density", "D*", *names, "loss"), body, align="left", rule=True))
+    print(f"\ntrained in {rows[0]['train_seconds']:.1f} s" + (f"; saved {plot}" if plot else ""))
+    return 0
+
 
 def _cmd_toy_phase(args: argparse.Namespace) -> int:
     from capalloc.experiments.toy_phase import plot_toy_phase, toy_phase
@@ -303,7 +371,8 @@ def _cmd_toy_phase(args: argparse.Namespace) -> int:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
     print(
-        "capalloc experiment: error: choose an experiment (sparsity, phase-diagram, toy-phase)",
+        "capalloc experiment: error: choose an experiment (sparsity, phase-diagram, toy-phase, "
+        "tms-geometry)",
         file=sys.stderr,
     )
     return 2
