@@ -191,6 +191,9 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     pd.add_argument("--json", action="store_true", help="print a JSON summary")
     pd.set_defaults(func=_cmd_phase_diagram)
     _add_toy_parsers(sub)
+    from capalloc.cli.predict import add_predict_parsers
+
+    add_predict_parsers(sub)
     return exp
 
 

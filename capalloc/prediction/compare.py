@@ -61,7 +61,9 @@ def capacity_error(predicted: Any, trained: Any) -> float:
     p = np.sort(np.asarray(predicted, dtype=float))
     t = np.sort(np.asarray(trained, dtype=float))
     if p.shape != t.shape:
-        raise ValueError(f"predicted and trained must have the same shape, got {p.shape}, {t.shape}")
+        raise ValueError(
+            f"predicted and trained must have the same shape, got {p.shape}, {t.shape}"
+        )
     return float(np.abs(p - t).mean())
 
 
@@ -71,8 +73,8 @@ def predict_capacity(model: str, importance: Any, d: int, sparsity: float) -> np
     Examples
     --------
     >>> from capalloc.prediction.compare import predict_capacity
-    >>> predict_capacity("quadratic", [1.0, 0.5, 0.1], 1, 0.7).round(3).tolist()
-    [0.778, 0.222, 0.0]
+    >>> predict_capacity("quadratic", [1.0, 0.5, 0.1], 1, 0.7).round(3).tolist()  # K = 10
+    [0.762, 0.238, 0.0]
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
@@ -85,7 +87,7 @@ def predict_capacity(model: str, importance: Any, d: int, sparsity: float) -> np
         return predict_relu_ae(importance, d, S).capacity
     from capalloc.allocation import QuadraticProblem, solve
 
-    return np.asarray(solve(QuadraticProblem(importance, d, kurtosis=3.0 / (1.0 - S))).C)
+    return np.asarray(solve(QuadraticProblem(importance, d, kurtosis=3.0 / (1.0 - S))).capacity)
 
 
 def prediction_rows(

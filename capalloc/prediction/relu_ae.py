@@ -50,7 +50,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,7 @@ def _G(a: float, t: np.ndarray) -> np.ndarray:
     return x0**3 / 3.0 + F(np.ones_like(x0)) - F(x0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nodes(m: int) -> tuple[np.ndarray, np.ndarray]:
     """Quadrature points ``(P, m)`` in ``[0, 1]^m`` and weights ``(P,)`` summing to 1."""
     if m == 0:
@@ -285,7 +285,9 @@ def optimise_group(
     """
     imp = np.ones(group.k) if importance is None else np.asarray(importance, dtype=float)
     if imp.shape != (group.k,) or np.any(~np.isfinite(imp)) or imp.min() < 0:
-        raise ValueError(f"importance must be {group.k} non-negative numbers, got {short(importance)}")
+        raise ValueError(
+            f"importance must be {group.k} non-negative numbers, got {short(importance)}"
+        )
     if symmetric is None:
         symmetric = bool(np.allclose(imp, imp[0]))
     k = group.k
@@ -401,7 +403,9 @@ def predict_relu_ae(
     """
     imp = np.asarray(importance, dtype=float)
     if imp.ndim != 1 or imp.size == 0 or np.any(~np.isfinite(imp)) or imp.min() < 0:
-        raise ValueError(f"importance must be a 1-D array of non-negative numbers, got {short(importance)}")
+        raise ValueError(
+            f"importance must be a 1-D array of non-negative numbers, got {short(importance)}"
+        )
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
         raise ValueError(f"d must be a non-negative integer, got {d!r}")
     _density(sparsity)
@@ -409,7 +413,7 @@ def predict_relu_ae(
     kinds = [t for t in (GROUP_TYPES if types is None else types) if t.k > 1]
     n = imp.size
     order = np.argsort(-imp, kind="stable")
-    I = imp[order]
+    imp_sorted = imp[order]
     ign = ignored_loss(S)
     unit = {t.name: _unit_cost(t, S)["loss"] / t.k for t in kinds}
     INF = float("inf")
@@ -418,12 +422,12 @@ def predict_relu_ae(
     best[n, :] = 0.0
     for i in range(n - 1, -1, -1):
         for left in range(d + 1):
-            options = [(I[i] * ign + best[i + 1, left], ("ignored", 1, 0))]
+            options = [(imp_sorted[i] * ign + best[i + 1, left], ("ignored", 1, 0))]
             if left >= 1:
                 options.append((best[i + 1, left - 1], ("monosemantic", 1, 1)))
             for t in kinds:
                 if i + t.k <= n and left >= t.dim:
-                    cost = unit[t.name] * I[i : i + t.k].sum() + best[i + t.k, left - t.dim]
+                    cost = unit[t.name] * imp_sorted[i : i + t.k].sum() + best[i + t.k, left - t.dim]
                     options.append((cost, (t.name, t.k, t.dim)))
             cost, pick = min(options, key=lambda o: o[0])
             best[i, left] = cost
@@ -437,19 +441,19 @@ def predict_relu_ae(
         name, k, dim = choice[(i, left)]
         members = tuple(int(j) for j in order[i : i + k])
         if name == "ignored":
-            loss += I[i] * ign
+            loss += imp_sorted[i] * ign
         elif name == "monosemantic":
             capacity[members[0]] = 1.0
             groups.append((name, members))
         else:
             t = by_name[name]
             if refine and t.k == 2:
-                fit = optimise_group(t, S, I[i : i + k], symmetric=False)
+                fit = optimise_group(t, S, imp_sorted[i : i + k], symmetric=False)
                 capacity[list(members)] = fit["capacity"]
                 loss += fit["loss"]
             else:
                 capacity[list(members)] = t.capacity
-                loss += unit[name] * I[i : i + k].sum()
+                loss += unit[name] * imp_sorted[i : i + k].sum()
             groups.append((name, members))
         i, left = i + k, left - dim
     return Allocation(capacity, groups, float(loss), float(best[0, d]), S)

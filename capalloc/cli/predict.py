@@ -1,0 +1,124 @@
+"""``capalloc experiment predict``: predicted against trained capacities (issue 17).
+
+Registered on the ``experiment`` subparsers by :mod:`capalloc.cli.experiment`.
+
+Examples
+--------
+>>> import argparse
+>>> from capalloc.cli.predict import add_predict_parsers
+>>> top = argparse.ArgumentParser(prog="capalloc")
+>>> add_predict_parsers(top.add_subparsers())
+>>> args = top.parse_args(["predict", "--model", "relu-ae", "--sparsities", "0.5", "0.9"])
+>>> args.model, args.sparsities, args.func.__name__
+('relu-ae', [0.5, 0.9], '_cmd_predict')
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from capalloc.cli._output import print_json
+
+__all__ = ["add_predict_parsers"]
+
+_MODELS = ("quadratic", "relu", "gelu", "relu-ae")
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must lie in [0, 1), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_predict_parsers(sub: Any) -> None:
+    """Add ``predict`` to the ``experiment`` subparsers ``sub``."""
+    pp = sub.add_parser(
+        "predict",
+        help="predicted capacities (exact small-configuration losses) against trained models",
+        description="Predict per-feature capacities from first principles (ReLU autoencoder: "
+        "exact losses of columns, antipodal pairs, polygons and ignored features; "
+        "quadratic: the exact solver; relu/gelu: the quadratic optimum as a surrogate), "
+        "train the model and report both with the mean |C_pred - C_trained| over sorted "
+        "features.",
+    )
+    pp.add_argument("--model", choices=_MODELS, default="relu-ae")
+    pp.add_argument("--n", type=_positive_int, default=None, help="features (20; 50 uniform)")
+    pp.add_argument("--d", type=_positive_int, default=10, help="embedding dimension")
+    pp.add_argument("--importance", choices=("decay", "uniform"), default="decay")
+    pp.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=_sparsity,
+        default=None,
+        metavar="S",
+        help="sparsities in [0, 1) (default 0.5 0.8 0.9; uniform: 0.7 0.9 0.97)",
+    )
+    pp.add_argument("--seeds", type=_positive_int, default=3, help="trained instances per point")
+    pp.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--no-train", action="store_true", help="prediction only (no torch)")
+    pp.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    pp.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from capalloc.prediction.compare import make_importance, predict_capacity, prediction_rows
+
+    uniform = args.importance == "uniform"
+    n = args.n if args.n is not None else (50 if uniform else 20)
+    sparsities = args.sparsities or ([0.7, 0.9, 0.97] if uniform else [0.5, 0.8, 0.9])
+    if args.no_train:
+        v = make_importance(n, args.importance)
+        rows = [
+            {
+                "model": args.model,
+                "sparsity": s,
+                "importance": args.importance,
+                "n": n,
+                "d": args.d,
+                "trained_capacity": None,
+                "predicted_capacity": np.sort(predict_capacity(args.model, v, args.d, s))[::-1]
+                .round(4)
+                .tolist(),
+            }
+            for s in sparsities
+        ]
+    else:
+        rows = prediction_rows(
+            args.model,
+            n=n,
+            d=args.d,
+            importance=args.importance,
+            sparsities=sparsities,
+            seeds=args.seeds,
+            steps=args.steps,
+            seed=args.seed,
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    for row in rows:
+        err = row.get("mean_error")
+        head = f"{row['model']}  S={row['sparsity']:g}"
+        print(head + ("" if err is None else f"  mean |dC| = {err:.4f}"))
+        print("  predicted:", " ".join(f"{c:.2f}" for c in row["predicted_capacity"]))
+        for c in row["trained_capacity"] or []:
+            print("  trained:  ", " ".join(f"{x:.2f}" for x in c))
+    return 0
