@@ -424,10 +424,11 @@ class _Columns:
 
     def blocks(self, desc: str):
         """Yield ``(start, stop, block)``, each block a ``(d, b)`` numpy array."""
-        bar = _Progress(self.progress, -(-self.n // self.block), desc)
+        step = int(self.block or 1)
+        bar = _Progress(self.progress, -(-self.n // step), desc)
         try:
-            for start in range(0, self.n, self.block):
-                stop = min(self.n, start + self.block)
+            for start in range(0, self.n, step):
+                stop = min(self.n, start + step)
                 if self.rows:
                     blk = np.asarray(self.W[start:stop]).T
                 else:
@@ -795,7 +796,9 @@ def leverage(
     if _is_torch(W):
         W = _check_matrix(W)
     if _is_dask(W):
-        return _report_dask(W, features_axis, center, np.dtype(np.float64), rcond).leverage
+        lev = _report_dask(W, features_axis, center, np.dtype(np.float64), rcond).leverage
+        assert lev is not None  # computed: the report was asked for it
+        return np.asarray(lev)
     src = _source(W, features_axis, block, progress, stacklevel=2)
     if isinstance(src, np.ndarray):  # batched
         A = _centered(src) if center else src
@@ -815,7 +818,9 @@ def leverage(
 def _eigenvalues(W: Any, features_axis: Any, center: bool, block: Any) -> np.ndarray:
     """Eigenvalues of the smaller Gram matrix of a (centred) 2-D ``W``, float64, ascending."""
     if _is_dask(W):
-        return _report_dask(W, features_axis, center, np.dtype(np.float64), None).eigenvalues
+        lam = _report_dask(W, features_axis, center, np.dtype(np.float64), None).eigenvalues
+        assert lam is not None  # computed: the report was asked for it
+        return np.sort(lam)
     src = _source(W, -1 if features_axis is None else features_axis, block, False, 3)
     if isinstance(src, np.ndarray):
         raise ValueError(f"W must be a matrix (2 dimensions), got shape {src.shape}")

@@ -282,7 +282,7 @@ def _as_numpy(value: Any) -> np.ndarray:
     return arr
 
 
-def _drop_pages(view: np.ndarray, base: np.memmap) -> None:
+def _drop_pages(view: np.ndarray, base: np.ndarray) -> None:
     """Drop the pages of ``view`` (part of the memory map ``base``) from this process.
 
     They stay in the page cache, so reading them again costs no disk access.
@@ -306,7 +306,7 @@ class _BFloat16:
     dtype = np.dtype(np.float32)
     stored_dtype = "bfloat16"
 
-    def __init__(self, raw: np.memmap):
+    def __init__(self, raw: np.ndarray):
         self.raw = raw
         self.shape = raw.shape
         self.ndim = raw.ndim
@@ -648,7 +648,8 @@ def open_matrix(path: str | os.PathLike, key: str | None = None) -> StoredMatrix
     ((1000, 16), 'float16', 'memmap')
     """
     path = os.fspath(path)
-    features_axis, config = None, {}
+    features_axis: int | None = None
+    config: dict[str, Any] = {}
     if os.path.isdir(path):
         weights, config = _sae_directory(path)
         arrays: Mapping[str, Any] = _Safetensors(weights)
