@@ -143,32 +143,56 @@ def _torch() -> Any:
 # ----------------------------------------------------------------------------- torch forms
 
 
-def _level(torch: Any, C: Any, v: Any, K: Any) -> Any:
-    r"""Torch :math:`h = (K-1) v/(2 + (K-3) C)`, 0 where ``K = 1`` (NaN-free gradients)."""
-    flat = K == 1
-    den = torch.where(flat, torch.ones_like(C), 2 + (K - 3) * C)
-    return torch.where(flat, torch.zeros_like(C), (K - 1) * v / den)
-
-
-def _level_partials(torch: Any, C: Any, v: Any, K: Any) -> tuple[Any, Any]:
-    r""":math:`(\partial h/\partial v, \partial h/\partial K)` at fixed ``C``."""
+def _partials(torch: Any, v: Any, K: Any, C: Any) -> tuple[Any, Any, Any, Any]:
+    r"""``(den, hv, hK, t)`` at fixed capacity: :math:`2 + (K-3) C`,
+    :math:`\partial h/\partial v = (K-1)/(2+(K-3)C)`,
+    :math:`\partial h/\partial K = 2v(1-C)/(2+(K-3)C)^2` (both 0 where ``K = 1``: the loss
+    and the minimum norm vanish identically there) and :math:`t = v (1 - C)`. ``K`` keeps its
+    own (broadcasting) shape, so a shared kurtosis costs no per-feature work."""
     den = 2 + (K - 3) * C
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    return (K - 1) / safe, 2 * v * (1 - C) / (safe * safe)
+    t = v * (1 - C)
+    flat = K == 1
+    if bool(flat.any()):  # K = 1 at C = 1 gives 0/0: held at 0
+        keep = (~flat).to(v.dtype)
+        den = torch.where(flat, torch.ones_like(den), den)
+        return den, keep * (K - 1) / den, keep * 2 * t / (den * den), t
+    return den, (K - 1) / den, 2 * t / (den * den), t
 
 
-def _pieces(torch: Any, v: Any, K: Any, C: Any, mu: Any, poly: Any) -> tuple[Any, ...]:
-    """Per-feature factors of the JVP/VJP: ``(mu, c, k, w, D)`` with ``c = (K-1)/(K-3)``,
-    ``k = 2 (mu - v)/(K-3)^2`` (both 0 off ``P``), ``w = C + b`` and ``D = sum_P w``."""
-    mu_col = mu.unsqueeze(-1)
-    km3 = torch.where(poly, K - 3, torch.ones_like(K))
-    zero = torch.zeros_like(v)
-    c = torch.where(poly, (K - 1) / km3, zero)
-    k = torch.where(poly, 2 * (mu_col - v) / (km3 * km3), zero)
-    safe_mu = torch.where(mu_col > 0, mu_col, torch.ones_like(mu_col))
-    w = torch.where(poly, c * (v / safe_mu), zero)
-    D = w.sum(-1)
-    return safe_mu, c, k, w, D
+def _level(torch: Any, C: Any, v: Any, K: Any) -> Any:
+    r"""Torch :math:`h = (K-1) v/(2 + (K-3) C)`, 0 where ``K = 1`` (differentiable)."""
+    return _partials(torch, v, K, C)[1] * v
+
+
+def _pieces(torch: Any, v: Any, K: Any, mu: Any, poly: Any) -> tuple[Any, Any, Any, Any]:
+    """Per-feature factors of the JVP/VJP on ``P`` (0 elsewhere): ``(cp, kp, w, D)`` with
+    ``cp = (K-1)/((K-3) mu)``, ``kp = 2 (mu - v)/((K-3)^2 mu)``, ``w = cp v = C + b`` and
+    ``D = sum_P w`` (rows with ``mu = 0`` have no ``P``)."""
+    m = mu.unsqueeze(-1)
+    inv = torch.where(m > 0, 1 / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
+    km3 = K - 3
+    if bool((km3 == 0).any()):  # K = 3 is never in P: keep its factors finite (then 0)
+        km3 = torch.where(km3 == 0, torch.ones_like(km3), km3)
+    mask = poly.to(v.dtype)
+    cp = mask * ((K - 1) / km3 * inv)
+    kp = mask * (m - v) * (2 * inv / (km3 * km3))
+    w = cp * v
+    return cp, kp, w, w.sum(-1)
+
+
+def _pick(x: Any, idx: Any) -> Any:
+    """``x[..., idx]`` per row (``idx`` of shape ``x.shape[:-1]``)."""
+    return x.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+def _level_np(C: np.ndarray, v: np.ndarray, K: Any) -> tuple[np.ndarray, np.ndarray]:
+    r"""Water level :math:`\max_{C_i<1} h_i(C_i)` of each row of 2-D arrays, and its argmax."""
+    with np.errstate(all="ignore"):
+        h = closed_form.benefit_level(C, v, K)
+    score = np.where(C < 1.0, h, -np.inf)
+    top = np.argmax(score, axis=-1) if C.shape[-1] else np.zeros(C.shape[0], dtype=np.int64)
+    mu = np.max(np.where(C < 1.0, h, 0.0), axis=-1, initial=0.0)
+    return mu, top
 
 
 class _Solved:
@@ -178,11 +202,123 @@ class _Solved:
     captured: list
 
 
+def _forward_np(v_np: np.ndarray, K_np: np.ndarray, res: AllocationResult) -> tuple:
+    """``(C, mu, norms, loss, poly, top)`` of a solve, as numpy arrays (2-D rows)."""
+    n = v_np.shape[-1]
+    C = np.array(res.capacity, dtype=float).reshape(-1, n)  # a writable copy for torch
+    v2 = v_np.reshape(-1, n)
+    K2 = K_np if K_np.ndim == 0 else np.broadcast_to(K_np, v_np.shape).reshape(-1, n)
+    with np.errstate(all="ignore"):
+        mu = np.sqrt(np.asarray(res.threshold, dtype=float).reshape(-1) / 2)
+    # T = 2 mu^2 under- or overflows for extreme importances: those rows from the levels
+    redo = ~np.isfinite(mu) | (mu == 0)
+    top = np.full(C.shape[0], -1, dtype=np.int64)
+    if redo.any():
+        K_redo = K2 if np.ndim(K2) == 0 else K2[redo]
+        mu[redo], _ = _level_np(C[redo], v2[redo], K_redo)
+    poly = (C > LABEL_TOL) & (C < 1 - LABEL_TOL) & (mu > 0)[:, None]
+    if np.ndim(K2) == 0:
+        poly &= bool(K2 != 3)
+    else:
+        poly &= K2 != 3
+    # rows with no differentiable feature: mu moves with its maximising feature
+    lone = ~poly.any(axis=-1) & (mu > 0)
+    if lone.any():
+        K_lone = K2 if np.ndim(K2) == 0 else K2[lone]
+        top[lone] = _level_np(C[lone], v2[lone], K_lone)[1]
+    norms = np.array(res.norms, dtype=float).reshape(-1, n)
+    loss = np.array(res.loss, dtype=float).reshape(-1)
+    return C, mu, norms, loss, poly, top
+
+
+_KERNEL: list = []
+
+
+def _vjp_kernel() -> Any:
+    """The fused CPU vector-Jacobian product (numba, compiled on first use and cached).
+
+    Two passes per row, the same formulas as the torch path of ``backward`` (which runs on
+    other devices): ``u`` from the sums over ``P``, then every feature's cotangents.
+    """
+    if _KERNEL:
+        return _KERNEL[0]
+    import numba
+
+    @numba.njit(cache=True, error_model="numpy")
+    def vjp(v, K, C, mu, poly, top, gC, gmu, gN, gL, gv, gK):  # noqa: ANN001, ANN202
+        m, n = v.shape
+        for r in range(m):
+            mr = mu[r]
+            inv = 1.0 / mr if mr > 0 else 0.0
+            S = 0.0
+            D = 0.0
+            for i in range(n):
+                if poly[r, i]:
+                    k = K[r, i]
+                    g = gC[r, i]
+                    if gN.shape[0]:
+                        den = 2.0 + (k - 3.0) * C[r, i]
+                        g += gN[r, i] * 2.0 * (k - 1.0) * v[r, i] / (den * den)
+                    w = (k - 1.0) / (k - 3.0) * inv * v[r, i]
+                    D += w
+                    S += g * w
+            u = (mr * gmu[r] - S) / D if D != 0 else 0.0
+            lr = gL[r] if gL.shape[0] else 0.0
+            for i in range(n):
+                k = K[r, i]
+                c = C[r, i]
+                vi = v[r, i]
+                if k == 1.0:
+                    den, hv, hK = 1.0, 0.0, 0.0
+                else:
+                    den = 2.0 + (k - 3.0) * c
+                    hv = (k - 1.0) / den
+                    hK = 2.0 * vi * (1.0 - c) / (den * den)
+                a = gN[r, i] * c if gN.shape[0] else 0.0
+                b = lr * 2.0 * vi * (1.0 - c)
+                dv = (a + 2.0 * b) * hv
+                dk = (a + b) * hK
+                if poly[r, i]:
+                    g = gC[r, i] + u
+                    if gN.shape[0]:
+                        g += gN[r, i] * 2.0 * hv * vi / den
+                    km3 = k - 3.0
+                    dv += g * (k - 1.0) / km3 * inv
+                    dk += g * 2.0 * (mr - vi) / (km3 * km3) * inv
+                if i == top[r]:
+                    dv += gmu[r] * hv
+                    dk += gmu[r] * hK
+                gv[r, i] = dv
+                gK[r, i] = dk
+
+    _KERNEL.append(vjp)
+    return vjp
+
+
+def _vjp_cpu(torch: Any, saved: tuple, gC: Any, gmu: Any, gN: Any, gL: Any) -> tuple[Any, Any]:
+    """``(gv, gK)`` on CPU by :func:`_vjp_kernel` (``gK`` in the shape of ``v``)."""
+    v, K, C, mu, poly, top = saved
+    n = v.shape[-1]
+    as2 = lambda x: x.detach().reshape(-1, n).numpy()  # noqa: E731
+    v2, C2, P2 = as2(v), as2(C), as2(poly)
+    K2 = np.broadcast_to(K.detach().numpy(), v.shape).reshape(-1, n)
+    rows = v2.shape[0]
+    mu1 = mu.detach().reshape(-1).numpy()
+    top1 = top.reshape(-1).numpy()
+    gC2 = as2(gC) if gC is not None else np.zeros((rows, n))
+    gmu1 = gmu.detach().reshape(-1).numpy() if gmu is not None else np.zeros(rows)
+    gN2 = as2(gN) if gN is not None else np.zeros((0, 0))
+    gL1 = gL.detach().reshape(-1).numpy() if gL is not None else np.zeros(0)
+    gv, gK = np.empty((rows, n)), np.empty((rows, n))
+    _vjp_kernel()(v2, K2, C2, mu1, P2, top1, gC2, gmu1, gN2, gL1, gv, gK)
+    return torch.from_numpy(gv).reshape(v.shape), torch.from_numpy(gK).reshape(v.shape)
+
+
 def _make_function() -> Any:
     torch = _torch()
 
     class _Allocate(torch.autograd.Function):
-        """``(v, K) -> (C, mu)`` by the exact solver, with closed-form VJP and JVP."""
+        """``(v, K) -> (C, mu, N, L)`` by the exact solver, with closed-form VJP and JVP."""
 
         @staticmethod
         def forward(v, K, d, method, options, box):  # noqa: ANN001, ANN205
@@ -193,29 +329,19 @@ def _make_function() -> Any:
                 warnings.simplefilter("always")
                 res = _solve_exact(QuadraticProblem(v_np, d, K_np), method, **options)
             box.allocation, box.captured = res, list(caught)
-            C_np = np.array(res.capacity, dtype=float)  # a writable copy for torch
-            Kb = np.broadcast_to(K_np, v_np.shape)
-            with np.errstate(all="ignore"):
-                h = closed_form.benefit_level(C_np, v_np, Kb)
-                below = C_np < 1.0
-                mu_np = np.max(np.where(below, h, 0.0), axis=-1, initial=0.0)
-                score = np.where(below, h, -np.inf)
-            top_np = np.argmax(score, axis=-1) if v_np.shape[-1] else np.zeros(score.shape[:-1])
-            poly_np = (C_np > LABEL_TOL) & (C_np < 1 - LABEL_TOL) & (Kb != 3)
-            poly_np &= (mu_np > 0)[..., None]
-            # rows with no differentiable feature: mu moves with its maximising feature
-            top_np = np.where(poly_np.any(axis=-1) | (mu_np <= 0), -1, top_np)
-            dev = v.device
-            C = torch.as_tensor(C_np, dtype=torch.float64, device=dev)
-            mu = torch.as_tensor(np.asarray(mu_np, dtype=float), dtype=torch.float64, device=dev)
-            poly = torch.as_tensor(np.array(poly_np), device=dev)
-            top = torch.as_tensor(np.array(top_np, dtype=np.int64), device=dev)
-            return C, mu, poly, top
+            shape = v_np.shape
+            out = _forward_np(v_np, K_np, res)
+            rows = shape[:-1]
+            C, mu, N, L, poly, top = (
+                torch.from_numpy(x.reshape(shape if x.ndim == 2 else rows)).to(v.device)
+                for x in out
+            )
+            return C, mu, N, L, poly, top
 
         @staticmethod
         def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
             v, K = inputs[0], inputs[1]
-            C, mu, poly, top = output
+            C, mu, _N, _L, poly, top = output
             ctx.mark_non_differentiable(poly, top)
             ctx.K_shape = K.shape  # K in its own shape: gradients are summed back to it
             ctx.save_for_backward(v, K, C, mu, poly, top)
@@ -223,58 +349,74 @@ def _make_function() -> Any:
 
         @staticmethod
         @torch.autograd.function.once_differentiable
-        def backward(ctx, gC, gmu, _gp, _gt):  # noqa: ANN001, ANN205
+        def backward(ctx, gC, gmu, gN, gL, _gp, _gt):  # noqa: ANN001, ANN205
             v, K, C, mu, poly, top = ctx.saved_tensors
-            K = K.expand(v.shape)
-            gC = torch.zeros_like(C) if gC is None else gC
+            if v.device.type == "cpu" and _FUSED:
+                try:
+                    gv, gK = _vjp_cpu(torch, ctx.saved_tensors, gC, gmu, gN, gL)
+                except RuntimeError:  # cotangents without storage (torch.func's vmap)
+                    pass
+                else:
+                    gK = gK.sum_to_size(ctx.K_shape) if ctx.needs_input_grad[1] else None
+                    return gv, gK, None, None, None, None
             gmu = torch.zeros_like(mu) if gmu is None else gmu
-            safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
-            has = poly.any(-1)
-            safe_D = torch.where(has, D, torch.ones_like(D))
-            u = (mu * gmu - (gC * w).sum(-1)) / safe_D
-            coef = torch.where(poly, (gC + u.unsqueeze(-1)) / safe_mu, torch.zeros_like(v))
-            gv, gK = coef * c, coef * k
-            gv, gK = _add_top(torch, gv, gK, gmu, v, K, C, top)
-            gK = gK.sum_to_size(ctx.K_shape) if ctx.needs_input_grad[1] else None
+            lone = top >= 0  # rows without P: the level moves with its maximising feature
+            any_lone = bool(lone.any())
+            need = gN is not None or gL is not None or any_lone
+            if need:
+                den, hv, hK, t = _partials(torch, v, K, C)
+            g = torch.zeros_like(v) if gC is None else gC
+            if gN is not None:
+                g = g + gN * (2 * hv * v / den)  # dN/dC = 2 h/(2 + (K-3) C)
+            cp, kp, w, D = _pieces(torch, v, K, mu, poly)
+            u = (mu * gmu - (g * w).sum(-1)) / torch.where(D != 0, D, torch.ones_like(D))
+            g = g + u.unsqueeze(-1)
+            gv, gK = g * cp, g * kp  # 0 off P
+            # direct terms at fixed capacity: N = h C, and the loss l = 2 h v (1 - C) by the
+            # envelope theorem (its capacity term sums to 0 over P)
+            if gN is not None or gL is not None:
+                a = 0.0 if gN is None else gN * C
+                b = 0.0 if gL is None else gL.unsqueeze(-1) * (2 * t)
+                gv = gv + (a + 2 * b) * hv
+                gK = gK + (a + b) * hK
+            if any_lone:
+                idx = top.clamp(min=0)
+                add = torch.where(lone, gmu, torch.zeros_like(gmu)).unsqueeze(-1)
+                Kx = K.expand(v.shape)
+                gv = gv.scatter_add(
+                    -1, idx.unsqueeze(-1), add * _pick(hv.expand(v.shape), idx).unsqueeze(-1)
+                )
+                gK = gK.expand(v.shape).scatter_add(
+                    -1, idx.unsqueeze(-1), add * _pick(hK.expand(Kx.shape), idx).unsqueeze(-1)
+                )
+            gK = gK.expand(v.shape).sum_to_size(ctx.K_shape) if ctx.needs_input_grad[1] else None
             return gv, gK, None, None, None, None
 
         @staticmethod
         def jvp(ctx, dv, dK, _d, _m, _o, _b):  # noqa: ANN001, ANN205
             v, K, C, mu, poly, top = ctx.saved_tensors
-            K = K.expand(v.shape)
             dv = torch.zeros_like(v) if dv is None else dv
-            dK = torch.zeros_like(K) if dK is None else dK.expand(v.shape)
-            safe_mu, c, k, w, D = _pieces(torch, v, K, C, mu, poly)
-            has = poly.any(-1)
-            e = c * dv + k * dK  # 0 off P
-            dmu = e.sum(-1) / torch.where(has, D, torch.ones_like(D))
-            dC = torch.where(poly, (e - w * dmu.unsqueeze(-1)) / safe_mu, torch.zeros_like(v))
-            rows = top >= 0
-            if bool(rows.any()):
-                idx = top.clamp(min=0).unsqueeze(-1)
-                pick = [x.gather(-1, idx).squeeze(-1) for x in (v, K, C, dv, dK)]
-                hv, hK = _level_partials(torch, pick[2], pick[0], pick[1])
-                dmu = torch.where(rows, hv * pick[3] + hK * pick[4], dmu)
-            return dC, dmu, None, None
+            dK = torch.zeros_like(K) if dK is None else dK
+            cp, kp, w, D = _pieces(torch, v, K, mu, poly)
+            e = cp * dv + kp * dK  # (d mu-equation terms)/mu, 0 off P
+            dmu_mu = e.sum(-1) / torch.where(D != 0, D, torch.ones_like(D))  # dmu / mu
+            dC = e - w * dmu_mu.unsqueeze(-1)
+            dmu = dmu_mu * mu
+            den, hv, hK, t = _partials(torch, v, K, C)
+            dh = hv * dv + hK * dK  # the level's change at fixed capacity
+            lone = top >= 0
+            if bool(lone.any()):
+                dmu = torch.where(lone, _pick(dh.expand(v.shape), top.clamp(min=0)), dmu)
+            dN = (2 * hv * v / den) * dC + C * dh
+            dL = (2 * t * (dh + hv * dv)).sum(-1)
+            return dC, dmu, dN, dL, None, None
 
     return _Allocate
 
 
-def _add_top(torch: Any, gv: Any, gK: Any, gmu: Any, v: Any, K: Any, C: Any, top: Any) -> Any:
-    """Add the level's cotangent to its maximising feature in rows without ``P``."""
-    rows = top >= 0
-    if not bool(rows.any()):
-        return gv, gK
-    idx = top.clamp(min=0).unsqueeze(-1)
-    pv, pK, pC = (x.gather(-1, idx).squeeze(-1) for x in (v, K, C))
-    hv, hK = _level_partials(torch, pC, pv, pK)
-    zero = torch.zeros_like(gmu)
-    gv = gv.scatter_add(-1, idx, torch.where(rows, gmu * hv, zero).unsqueeze(-1))
-    gK = gK.scatter_add(-1, idx, torch.where(rows, gmu * hK, zero).unsqueeze(-1))
-    return gv, gK
-
-
 _FUNCTION: list = []
+#: the CPU backward by the fused numba kernel (False: the torch path, as on other devices)
+_FUSED = True
 
 
 def _function() -> Any:
@@ -457,7 +599,7 @@ def solve(
     dtype = v.dtype
     box = _Solved()
     v64 = v.to(torch.float64)
-    C, mu, _poly, _top = _function().apply(v64, K, d, method, options, box)
+    C, mu, norms, loss, _poly, _top = _function().apply(v64, K, d, method, options, box)
     res = box.allocation
     for w in box.captured:  # the solver's own warnings, other than the status (below)
         if not issubclass(w.category, AllocationWarning):
@@ -470,9 +612,6 @@ def solve(
             AllocationWarning,
             stacklevel=2,
         )
-    h = _level(torch, C, v64, K.expand(v.shape))
-    norms = h * C
-    loss = (2 * h * v64 * (1 - C)).sum(-1)
     kkt = torch.as_tensor(np.array(res.kkt_residual, dtype=float), device=v.device)
     return DifferentiableAllocation(
         capacity=C.to(dtype),

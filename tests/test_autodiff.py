@@ -24,6 +24,13 @@ from capalloc.allocation.sensitivity import sensitivity  # noqa: E402
 F64 = torch.float64
 
 
+@pytest.fixture(params=["fused", "torch"])
+def backward_path(request, monkeypatch):
+    """Both reverse-mode paths: the fused CPU kernel and the torch one (other devices)."""
+    monkeypatch.setattr(autodiff, "_FUSED", request.param == "fused")
+    return request.param
+
+
 def _convex(rng, n=10, d=3, kmin=4.0, kmax=12.0):
     """A convex problem whose features all sit well inside their regimes."""
     while True:
@@ -74,7 +81,7 @@ def _jacobians(v, K, d):
 # ----------------------------------------------------------------------------- gradcheck
 
 
-def test_gradcheck_unbatched(rng):
+def test_gradcheck_unbatched(backward_path, rng):
     v, K, d = _convex(rng)
     vt = torch.tensor(v, dtype=F64, requires_grad=True)
     Kt = torch.tensor(K, dtype=F64, requires_grad=True)
@@ -86,7 +93,7 @@ def test_gradcheck_unbatched(rng):
     assert torch.autograd.gradcheck(fun, (vt, Kt), eps=1e-7, atol=1e-7, rtol=1e-5)
 
 
-def test_gradcheck_batched_with_shared_kurtosis(rng):
+def test_gradcheck_batched_with_shared_kurtosis(backward_path, rng):
     rows = [_convex(rng, n=8, d=2, kmin=6.0, kmax=6.0)[0] for _ in range(3)]
     vt = torch.tensor(np.stack(rows), dtype=F64, requires_grad=True)
     Kt = torch.tensor(6.0, dtype=F64, requires_grad=True)
@@ -105,10 +112,14 @@ def test_forward_mode_passes_gradcheck(rng):
 
     def fun(a, b):
         r = autodiff.solve(a, d, b)
-        return r.capacity, r.level
+        return r.capacity, r.norms, r.loss, r.threshold, r.level
 
     assert torch.autograd.gradcheck(
         fun, (vt, Kt), eps=1e-7, atol=1e-7, rtol=1e-5, check_forward_ad=True
+    )
+    V = torch.tensor(np.stack([v, v[::-1].copy()]), requires_grad=True)
+    assert torch.autograd.gradcheck(
+        fun, (V, Kt), eps=1e-7, atol=1e-7, rtol=1e-5, check_forward_ad=True
     )
 
 
@@ -134,7 +145,7 @@ def test_jacobians_match_finite_differences_of_the_numpy_solver(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_jacobians_match_sensitivity(seed):
+def test_jacobians_match_sensitivity(backward_path, seed):
     rng = np.random.default_rng(100 + seed)
     v, K, d = _convex(rng, n=12, d=4)
     s = sensitivity(capalloc.QuadraticProblem(v, d, K))
@@ -151,7 +162,7 @@ def test_jacobians_match_sensitivity(seed):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
-def test_scalar_kurtosis_gradient_is_the_common_derivative(rng):
+def test_scalar_kurtosis_gradient_is_the_common_derivative(backward_path, rng):
     v, _, d = _convex(rng, n=10, d=3, kmin=7.0, kmax=7.0)
     s = sensitivity(capalloc.QuadraticProblem(v, d, 7.0))
     K = torch.tensor(7.0, dtype=F64, requires_grad=True)
@@ -251,7 +262,7 @@ def test_cvxpylayers_on_the_convex_problem():
 # ----------------------------------------------------------------------------- regimes
 
 
-def test_concave_capacities_have_zero_gradient_and_the_level_its_feature():
+def test_concave_capacities_have_zero_gradient_and_the_level_its_feature(backward_path):
     v = np.array([3.0, 2.0, 1.5, 0.9, 0.5])  # ignored levels (K-1) v/2: 0.6, 0.54, 0.475
     K = np.array([2.0, 2.5, 1.8, 2.2, 2.9])
     vt = torch.tensor(v, requires_grad=True)
@@ -267,7 +278,7 @@ def test_concave_capacities_have_zero_gradient_and_the_level_its_feature():
         assert float(gK[j]) == pytest.approx(float(want), rel=1e-6, abs=1e-9)
 
 
-def test_no_polysemantic_feature_with_binding_budget():
+def test_no_polysemantic_feature_with_binding_budget(backward_path):
     v = np.array([3.0, 2.0, 0.1, 0.05])  # mu anywhere in [0.45, 2]: the smallest is reported
     K = np.full(4, 10.0)
     vt = torch.tensor(v, requires_grad=True)
@@ -279,7 +290,7 @@ def test_no_polysemantic_feature_with_binding_budget():
     np.testing.assert_allclose(g.numpy(), np.ravel(want), atol=1e-6)
 
 
-def test_slack_budget_has_zero_gradients():
+def test_slack_budget_has_zero_gradients(backward_path):
     vt = torch.tensor([1.0, 2.0, 0.5], dtype=F64, requires_grad=True)
     r = autodiff.solve(vt, 5, 6.0)
     assert r.capacity.tolist() == [1.0, 1.0, 1.0] and float(r.threshold) == 0.0
@@ -289,7 +300,7 @@ def test_slack_budget_has_zero_gradients():
     assert g.tolist() == [0.0, 0.0, 0.0]  # l(1) = 0 whatever v
 
 
-def test_mixed_curvature_fractional_concave_feature_matches_finite_differences():
+def test_mixed_curvature_fractional_concave_feature_matches_finite_differences(backward_path):
     v = np.array([1.19, 0.451, 1.969, 1.271, 0.311, 1.614])
     K = np.array([5.418, 7.105, 2.847, 1.601, 4.702, 2.542])
     C, *_ = _numpy(v, 2, K)
@@ -320,7 +331,7 @@ def test_mixed_curvature_concave_features_at_bounds_are_held():
 # ----------------------------------------------------------------------------- interface
 
 
-def test_batched_rows_equal_unbatched(rng):
+def test_batched_rows_equal_unbatched(backward_path, rng):
     rows = [_convex(rng, n=8, d=3)[0] for _ in range(4)]
     V = torch.tensor(np.stack(rows), requires_grad=True)
     r = autodiff.solve(V, 3, 7.0)
@@ -521,3 +532,30 @@ def test_fit_allocation_bad_input():
         autodiff.fit_allocation([1.5, 0.5], 1, [1.0, 1.0])
     with pytest.raises(ValueError, match="params must be given"):
         autodiff.fit_allocation([0.5, 0.5], 1, model=lambda a: (a, a))
+
+
+def test_flat_kurtosis_features_have_zero_derivatives(backward_path):
+    # K = 1: the loss vanishes identically, the feature is ignored and held
+    vt = torch.tensor([2.0, 1.5, 1.0, 3.0], dtype=F64, requires_grad=True)
+    Kt = torch.tensor([6.0, 6.0, 6.0, 1.0], dtype=F64, requires_grad=True)
+    r = autodiff.solve(vt, 1, Kt)
+    assert float(r.capacity[3]) == 0.0
+    gv, gK = torch.autograd.grad(r.loss + r.norms.sum() + r.capacity[1], (vt, Kt))
+    assert float(gv[3]) == 0.0 and float(gK[3]) == 0.0
+    assert bool(torch.isfinite(gv).all()) and bool(torch.isfinite(gK).all())
+
+
+def test_fused_and_torch_backward_agree(rng, monkeypatch):
+    v, K, d = _convex(rng, n=30, d=8)
+    V = torch.tensor(np.stack([v, rng.permutation(v)]))
+    cot = [torch.tensor(rng.normal(size=V.shape)) for _ in range(2)]
+    grads = []
+    for fused in (True, False):
+        monkeypatch.setattr(autodiff, "_FUSED", fused)
+        vt = V.clone().requires_grad_(True)
+        Kt = torch.tensor(K, requires_grad=True)
+        r = autodiff.solve(vt, d, Kt)
+        out = (r.capacity * cot[0]).sum() + (r.norms * cot[1]).sum() + r.loss.sum()
+        grads.append(torch.autograd.grad(out + r.level.sum(), (vt, Kt)))
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-13)
