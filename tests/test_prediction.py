@@ -195,3 +195,30 @@ def test_cli_predict_bad_sparsity():
     out = _cli("--sparsities", "1.5")
     assert out.returncode == 2
     assert "sparsity must lie in [0, 1)" in out.stderr
+
+
+def test_capacity_penalty_against_numpy():
+    torch = pytest.importorskip("torch")
+    from capalloc.prediction.regularise import capacity_penalty
+
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(3, 5))
+    G = W.T @ W
+    C = np.diag(G) ** 2 / (G**2).sum(1)  # the capacity formula, coded here
+    Wt = torch.tensor(W, requires_grad=True)
+    P = capacity_penalty(Wt)
+    assert float(P) == pytest.approx((C * (1 - C)).sum(), rel=1e-10)
+    P.backward()
+    assert torch.isfinite(Wt.grad).all()
+    assert float(capacity_penalty(torch.eye(3, 4))) == 0.0  # monosemantic and ignored
+
+
+@pytest.mark.slow
+def test_frontier_trades_loss_for_monosemanticity():
+    pytest.importorskip("torch")
+    from capalloc.prediction.regularise import frontier
+
+    rows = frontier(strengths=(0.0, 0.3), n=8, d=4, sparsity=0.8, seeds=1, steps=800)
+    free, forced = rows
+    assert forced["polysemantic_fraction"] < free["polysemantic_fraction"]
+    assert forced["loss"] > free["loss"]

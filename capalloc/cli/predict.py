@@ -1,4 +1,4 @@
-"""``capalloc experiment predict``: predicted against trained capacities (issue 17).
+"""``capalloc experiment predict`` and ``frontier`` (issue 17).
 
 Registered on the ``experiment`` subparsers by :mod:`capalloc.cli.experiment`.
 
@@ -76,6 +76,62 @@ def add_predict_parsers(sub: Any) -> None:
     pp.add_argument("--no-train", action="store_true", help="prediction only (no torch)")
     pp.add_argument("--json", action="store_true", help="print a JSON list of rows")
     pp.set_defaults(func=_cmd_predict)
+
+    fr = sub.add_parser(
+        "frontier",
+        help="loss versus polysemantic fraction under the capacity penalty sum C(1 - C)",
+        description="Train the model on loss + strength * sum_i C_i (1 - C_i) for several "
+        "strengths and report the unpenalised loss and the polysemantic fraction.",
+    )
+    fr.add_argument("--model", choices=_MODELS, default="relu-ae")
+    fr.add_argument(
+        "--strengths",
+        nargs="+",
+        type=_strength,
+        default=None,
+        metavar="L",
+        help="penalty strengths >= 0 (default 0 0.003 0.01 0.03 0.1 0.3)",
+    )
+    fr.add_argument("--n", type=_positive_int, default=20, help="number of features")
+    fr.add_argument("--d", type=_positive_int, default=10, help="embedding dimension")
+    fr.add_argument("--sparsity", type=_sparsity, default=0.8)
+    fr.add_argument("--seeds", type=_positive_int, default=2, help="instances per strength")
+    fr.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps")
+    fr.add_argument("--seed", type=int, default=0)
+    fr.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    fr.set_defaults(func=_cmd_frontier)
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"strength must be a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"strength must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    from capalloc.prediction.regularise import DEFAULT_STRENGTHS, frontier
+
+    rows = frontier(
+        args.model,
+        args.strengths or DEFAULT_STRENGTHS,
+        n=args.n,
+        d=args.d,
+        sparsity=args.sparsity,
+        seeds=args.seeds,
+        steps=args.steps,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print("strength  loss      polysemantic_fraction")
+    for r in rows:
+        print(f"{r['strength']:<9g} {r['loss']:<9.5f} {r['polysemantic_fraction']:.3f}")
+    return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
