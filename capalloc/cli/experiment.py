@@ -10,6 +10,8 @@
     The exact n = 2, d = 1 ReLU-autoencoder diagram against trained models.
 ``capalloc experiment tms-geometry``
     Dimensions per feature of ReLU autoencoders versus density (Elhage et al.).
+``capalloc experiment monosemanticity``
+    Jermyn et al.'s interventions and the neuron-level monosemanticity.
 
 Each handler takes the parsed arguments and returns an exit status; heavy
 modules (torch, matplotlib) load inside the handlers.
@@ -283,6 +285,74 @@ def _add_toy_parsers(sub: Any) -> None:
     tg.add_argument("--plot", metavar="FILE.png", help="also save the figure")
     tg.set_defaults(func=_cmd_tms_geometry)
 
+    from capalloc.experiments.monosemanticity import INTERVENTIONS
+
+    mo = sub.add_parser(
+        "monosemanticity",
+        help="Jermyn et al.'s interventions and the neuron-level monosemanticity",
+        description="Train the neuron model (h = ReLU(Wx + c), x^ = ReLU(W^T h + b)) under a "
+        "baseline and each intervention (negative initial hidden bias, bias decay, more "
+        "neurons, higher learning rate) and count monosemantic (max/sum > 0.999), "
+        "polysemantic and dead neurons.",
+    )
+    mo.add_argument("--n", type=_positive(int), default=16, help="number of features")
+    mo.add_argument("--d", type=_positive(int), default=32, help="neurons of the baseline")
+    mo.add_argument("--density", type=_density, default=None, help="default 1/n")
+    mo.add_argument(
+        "--interventions",
+        nargs="+",
+        choices=list(INTERVENTIONS),
+        default=list(INTERVENTIONS),
+        metavar="NAME",
+        help="among: %(choices)s",
+    )
+    mo.add_argument("--seeds", type=_positive(int), default=4, help="instances per run")
+    mo.add_argument("--steps", type=_positive(int), default=3000, help="AdamW steps")
+    mo.add_argument("--batch-size", type=_positive(int), default=512)
+    mo.add_argument("--lr", type=_positive(float), default=1e-2)
+    mo.add_argument("--seed", type=_non_negative_int, default=0)
+    mo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    mo.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    mo.set_defaults(func=_cmd_monosemanticity)
+
+
+def _cmd_monosemanticity(args: argparse.Namespace) -> int:
+    from capalloc.experiments.monosemanticity import monosemanticity_interventions
+    from capalloc.training.torch_models import resolve_device
+
+    resolve_device(args.device)
+    rows = monosemanticity_interventions(
+        args.n,
+        args.d,
+        args.density,
+        interventions=args.interventions,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows, indent=1)
+        return 0
+    body = [
+        (
+            r["intervention"],
+            str(r["neurons"]),
+            " ".join(map(str, r["monosemantic"])),
+            " ".join(map(str, r["dead"])),
+            f"{r['monosemantic_fraction']:.3f}",
+            f"{r['mean_monosemanticity']:.3f}",
+            f"{r['loss']:.3g}",
+            f"{r['train_seconds']:.0f}",
+        )
+        for r in rows
+    ]
+    headers = ("intervention", "neurons", "mono", "dead", "mono frac", "mean M", "loss", "s")
+    print(format_table(headers, body, align="left", rule=True))
+    return 0
+
 
 def _cmd_tms_geometry(args: argparse.Namespace) -> int:
     from capalloc.experiments.tms_geometry import plot_tms_geometry, tms_geometry
@@ -375,7 +445,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
     print(
         "capalloc experiment: error: choose an experiment (sparsity, phase-diagram, toy-phase, "
-        "tms-geometry)",
+        "tms-geometry, monosemanticity)",
         file=sys.stderr,
     )
     return 2
