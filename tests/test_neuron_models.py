@@ -171,3 +171,17 @@ def test_train_model_records_density_and_hidden_bias():
     )
     assert run.density.shape == (1, 4) and run.hidden_bias.shape == (1, 2)
     np.testing.assert_allclose(run.sparsity, [0.75])
+
+
+def test_activation_l1_adds_the_mean_hidden_l1_norm():
+    model = tm.build_model("neuron", np.ones(5), 3, 0.5, instances=2, dtype=F64, activation_l1=0.3)
+    x = model.sample(9, torch.Generator().manual_seed(4))
+    W, b, xs = model.W.detach().numpy(), model.b.detach().numpy(), x.numpy()
+    h = np.maximum(np.einsum("mkn,mbn->mbk", W, xs), 0)
+    xhat = np.maximum(np.einsum("mkn,mbk->mbn", W, h) + b[:, None, :], 0)
+    want = ((xs - xhat) ** 2).sum(-1).mean(-1) + 0.3 * h.sum(-1).mean(-1)
+    np.testing.assert_allclose(model.loss(x).detach().numpy(), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="activation_l1"):
+        tm.build_model("relu-ae", np.ones(3), 2, 0.5, activation_l1=0.1)
+    with pytest.raises(ValueError, match="activation_l1"):
+        tm.build_model("neuron", np.ones(3), 2, 0.5, activation_l1=-0.1)

@@ -623,7 +623,8 @@ class NeuronModel(ReluAutoencoder):
     :class:`ReluAutoencoder`. The hidden bias :math:`c` (``hidden_bias``, shape
     ``(m, d)``) is there only when ``hidden_bias`` is given (its initial value,
     e.g. negative for Jermyn et al.'s intervention); by default :math:`c = 0`
-    and is not trained, as in Elhage et al.
+    and is not trained, as in Elhage et al. ``activation_l1`` adds an L1 penalty on
+    :math:`h` to the loss (default 0).
 
     Examples
     --------
@@ -636,8 +637,19 @@ class NeuronModel(ReluAutoencoder):
 
     c: torch.Tensor | None
 
-    def __init__(self, importance, sparsity, d, generator=None, *, hidden_bias=None, **options):
+    def __init__(
+        self,
+        importance,
+        sparsity,
+        d,
+        generator=None,
+        *,
+        hidden_bias=None,
+        activation_l1: float = 0.0,
+        **options,
+    ):
         super().__init__(importance, sparsity, d, generator, **options)
+        self.activation_l1 = float(check_positive(activation_l1, "activation_l1", strict=False))
         if hidden_bias is None:
             self.c = None
         else:
@@ -656,6 +668,16 @@ class NeuronModel(ReluAutoencoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\hat x = \mathrm{ReLU}(W^\top h + b)`, shape ``(m, B, n)``."""
         return torch.relu(self.hidden(x) @ self.W + self.b[:, None, :])
+
+    def loss(self, x):
+        r"""Importance-weighted squared error, plus :math:`\lambda \sum_k h_k` with
+        ``activation_l1`` :math:`\lambda` (Lecomte et al.'s L1 penalty on activations)."""
+        if not self.activation_l1:
+            return super().loss(x)
+        h = self.hidden(x)
+        err = (x - torch.relu(h @ self.W + self.b[:, None, :])) ** 2
+        fit = (err * self.importance[:, None, :]).sum(-1).mean(-1)
+        return fit + self.activation_l1 * h.sum(-1).mean(-1)
 
 
 def _per_instance(value: Any, m: int, name: str) -> np.ndarray:
@@ -681,6 +703,7 @@ def build_model(
     correlation: float = 0.0,
     init_std: float | None = None,
     hidden_bias: float | None = None,
+    activation_l1: float = 0.0,
 ) -> ToyModel:
     """Construct a registered model for ``instances`` instances (no training).
 
@@ -711,6 +734,8 @@ def build_model(
         Standard deviation of the initial weights (default Xavier normal).
     hidden_bias : float, optional
         ``"neuron"`` only: train a hidden bias, initialised to this value.
+    activation_l1 : float >= 0, default 0.0
+        ``"neuron"`` only: L1 penalty on the hidden activations.
 
     Returns
     -------
@@ -762,6 +787,12 @@ def build_model(
         if model_name != "neuron":
             raise ValueError(f"hidden_bias is a setting of the 'neuron' model, not {model_name!r}")
         options["hidden_bias"] = hidden_bias
+    if activation_l1:
+        if model_name != "neuron":
+            raise ValueError(
+                f"activation_l1 is a setting of the 'neuron' model, not {model_name!r}"
+            )
+        options["activation_l1"] = check_positive(activation_l1, "activation_l1", strict=False)
     s = np.asarray(sparsity, dtype=float)
     if v.ndim == 2:
         m = v.shape[0]
@@ -927,6 +958,7 @@ def train_model(
     density: Any = None,
     correlation: float = 0.0,
     hidden_bias: float | None = None,
+    activation_l1: float = 0.0,
 ) -> TrainResult:
     r"""Train ``instances`` copies of a toy model with :func:`fit` and report its capacities.
 
@@ -961,9 +993,9 @@ def train_model(
         The keywords of 0.1.0: each replaces that field of ``config`` (see
         :class:`~capalloc.training.TrainConfig`; to leave torch's thread
         setting alone, pass a config with ``num_threads=None``).
-    density, correlation, hidden_bias : optional
-        Per-feature activation probabilities, pair correlation and the neuron
-        model's hidden bias (see :func:`build_model`); ``config.init_std`` sets
+    density, correlation, hidden_bias, activation_l1 : optional
+        Per-feature activation probabilities, pair correlation, the neuron
+        model's hidden bias and L1 activation penalty (see :func:`build_model`); ``config.init_std`` sets
         the initial weights.
 
     Returns
@@ -1024,6 +1056,7 @@ def train_model(
         correlation=correlation,
         init_std=cfg.init_std,
         hidden_bias=hidden_bias,
+        activation_l1=activation_l1,
     )
     start = time.perf_counter()
     history = fit(model, cfg, generator=gen, desc=f"train {model_name}")
