@@ -37,10 +37,12 @@ the JVP; its transpose, for cotangents :math:`(\bar C, \bar\mu)`, is the VJP
     \bar v_i = \frac{\bar C_i + u}{\mu}\,\frac{K_i-1}{K_i-3}, \qquad
     \bar K_i = \frac{\bar C_i + u}{\mu}\,\frac{2(\mu - v_i)}{(K_i-3)^2} \quad (i \in P).
 
-Norms :math:`N_i = h_i(C_i)\,C_i`, the loss :math:`\sum_i 2 h_i v_i (1 - C_i)` and
-:math:`T = 2\mu^2` are computed from :math:`(C, \mu)` by torch, so autograd composes them
-(the loss gradient is then the envelope theorem's :math:`\partial\ell_i/\partial v_i` at
-fixed capacities, since :math:`\sum_P \dot C_i = 0`).
+Norms :math:`N_i = h_i(C_i)\,C_i` and the loss :math:`\sum_i 2 h_i v_i (1 - C_i)` are outputs
+of the same function with their own closed-form products (the loss by the envelope theorem:
+:math:`\partial\ell_i/\partial v_i`, :math:`\partial\ell_i/\partial K_i` at fixed capacities,
+since :math:`\sum_P \dot C_i = 0`), and :math:`T = 2\mu^2`. On CPU the backward pass is one
+fused numba kernel (two passes per row); elsewhere a few torch operations. See
+``docs/autodiff.md``.
 
 Conventions (the same one-sided derivatives as :mod:`capalloc.allocation.sensitivity`)
 -------------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ Conventions (the same one-sided derivatives as :mod:`capalloc.allocation.sensiti
   level, the smallest valid one :math:`\mu = \max_{C_i < 1} h_i(C_i)`, is differentiated
   through its maximising feature at fixed capacity
   (:math:`\partial h/\partial v = (K-1)/(2+(K-3)C)`,
-  :math:`\partial h/\partial K = 2v(1-C)/(2+(K-3)C)^2`). With :math:`\mu = 0` (the budget
+  :math:`\partial h/\partial K = 2v(1-C)/(2+(K-3)C)^2`; 0 where ``K = 1``). With :math:`\mu = 0` (the budget
   does not bind) everything has gradient 0.
 * **Mixed curvature** (some :math:`K_i < 3`): the optimum has at most one fractional
   concave feature; it belongs to :math:`P` with the same formula (its :math:`a, b < 0`), so
