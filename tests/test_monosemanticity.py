@@ -32,3 +32,26 @@ def test_interventions_change_the_model_and_counts_add_up():
             assert r["monosemantic"][k] + r["polysemantic"][k] + r["dead"][k] == r["neurons"]
         assert 0 <= r["monosemantic_fraction"] <= 1
         assert 1 / 4 <= r["mean_monosemanticity"] <= 1
+
+
+def test_incidental_bad_input(capsys):
+    from capalloc.experiments.incidental import incidental_polysemanticity
+
+    with pytest.raises(ValueError, match="ds must be"):
+        incidental_polysemanticity(8, [4])
+    with pytest.raises(ValueError, match="density"):
+        incidental_polysemanticity(4, [4], density=1.5)
+    assert main(["experiment", "incidental", "--n", "8", "--ds", "4"]) == 2
+    assert "capalloc: error: --ds must be >= --n 8, got 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_incidental_counts_add_up():
+    pytest.importorskip("torch")
+    from capalloc.experiments.incidental import incidental_polysemanticity
+
+    rows = incidental_polysemanticity(4, [4, 8], steps=300, seeds=2)
+    assert [(r["d"], r["expected"]) for r in rows] == [(4, 1.0), (8, 0.5)]
+    for r in rows:
+        for k in range(2):
+            assert r["monosemantic"][k] + r["polysemantic"][k] + r["dead"][k] == r["d"]

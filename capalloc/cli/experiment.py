@@ -12,6 +12,8 @@
     Dimensions per feature of ReLU autoencoders versus density (Elhage et al.).
 ``capalloc experiment monosemanticity``
     Jermyn et al.'s interventions and the neuron-level monosemanticity.
+``capalloc experiment incidental``
+    Polysemantic neurons with ``d >= n`` against Lecomte et al.'s :math:`n^2/(4d)`.
 
 Each handler takes the parsed arguments and returns an exit status; heavy
 modules (torch, matplotlib) load inside the handlers.
@@ -315,6 +317,68 @@ def _add_toy_parsers(sub: Any) -> None:
     mo.add_argument("--json", action="store_true", help="print a JSON list of rows")
     mo.set_defaults(func=_cmd_monosemanticity)
 
+    ic = sub.add_parser(
+        "incidental",
+        help="incidental polysemanticity: polysemantic neurons with d >= n, against n^2/(4d)",
+        description="Train the neuron model with at least as many neurons as features and an "
+        "L1 penalty on the activations, and count polysemantic neurons (Jermyn et al.'s "
+        "measure) against Lecomte et al.'s estimate n^2/(4d).",
+    )
+    ic.add_argument("--n", type=_positive(int), default=16, help="number of features")
+    ic.add_argument(
+        "--ds", nargs="+", type=_positive(int), default=[16, 32, 64], help="neuron counts >= n"
+    )
+    ic.add_argument("--density", type=_density, default=None, help="default 1/n")
+    ic.add_argument("--l1", type=_positive(float), default=0.03, help="activation L1 penalty")
+    ic.add_argument("--seeds", type=_positive(int), default=4, help="instances per d")
+    ic.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
+    ic.add_argument("--batch-size", type=_positive(int), default=512)
+    ic.add_argument("--lr", type=_positive(float), default=1e-2)
+    ic.add_argument("--seed", type=_non_negative_int, default=0)
+    ic.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ic.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    ic.set_defaults(func=_cmd_incidental)
+
+
+def _cmd_incidental(args: argparse.Namespace) -> int:
+    from capalloc.experiments.incidental import incidental_polysemanticity
+    from capalloc.training.torch_models import resolve_device
+
+    if min(args.ds) < args.n:
+        raise ValueError(f"--ds must be >= --n {args.n}, got {min(args.ds)}")
+    resolve_device(args.device)
+    rows = incidental_polysemanticity(
+        args.n,
+        args.ds,
+        args.density,
+        activation_l1=args.l1,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows, indent=1)
+        return 0
+    body = [
+        (
+            str(r["n"]),
+            str(r["d"]),
+            " ".join(map(str, r["polysemantic"])),
+            f"{r['polysemantic_mean']:.2f}",
+            f"{r['expected']:.2f}",
+            " ".join(map(str, r["dead"])),
+            f"{r['loss']:.3g}",
+            f"{r['train_seconds']:.0f}",
+        )
+        for r in rows
+    ]
+    headers = ("n", "d", "poly (per seed)", "mean", "n^2/(4d)", "dead", "loss", "s")
+    print(format_table(headers, body, align="left", rule=True))
+    return 0
+
 
 def _cmd_monosemanticity(args: argparse.Namespace) -> int:
     from capalloc.experiments.monosemanticity import monosemanticity_interventions
@@ -445,7 +509,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
     print(
         "capalloc experiment: error: choose an experiment (sparsity, phase-diagram, toy-phase, "
-        "tms-geometry, monosemanticity)",
+        "tms-geometry, monosemanticity, incidental)",
         file=sys.stderr,
     )
     return 2
