@@ -4,7 +4,8 @@ The ``neuron`` model (:math:`h = \mathrm{ReLU}(W x + c)`,
 :math:`\hat x = \mathrm{ReLU}(W^\top h + b)`) is trained under a baseline setting
 and under each intervention of Jermyn, Schiefer & Hubinger ("Engineering
 Monosemanticity in Toy Models"): a trained hidden bias started negative, the
-same with decay on the biases, more neurons, a larger learning rate. Each
+same with decay on the biases, more neurons, a larger learning rate, and an L1
+penalty on the activations. Each
 run's neurons are counted by :func:`capalloc.neurons.neuron_polysemantic_counts`
 (monosemantic when :math:`\max_i a_{ki} / \sum_i a_{ki} > 0.999` on single-feature
 inputs).
@@ -28,13 +29,15 @@ from capalloc.neurons import neuron_monosemanticity, neuron_polysemantic_counts
 __all__ = ["INTERVENTIONS", "monosemanticity_interventions"]
 
 #: Intervention name: changes to the baseline (``hidden_bias``, ``bias_decay``,
-#: ``neurons`` as a multiple of ``d``, ``lr`` as a multiple of the base rate).
+#: ``neurons`` as a multiple of ``d``, ``lr`` as a multiple of the base rate,
+#: ``activation_l1`` the L1 penalty on the hidden activations).
 INTERVENTIONS: dict[str, dict[str, float | None]] = {
     "baseline": {},
     "negative bias": {"hidden_bias": -0.2},
     "negative bias + bias decay": {"hidden_bias": -0.2, "bias_decay": 0.1},
     "more neurons": {"neurons": 2.0},
     "higher lr": {"lr": 3.0},
+    "activation L1": {"activation_l1": 0.03},
 }
 
 
@@ -113,6 +116,7 @@ def monosemanticity_interventions(
             d=neurons,
             sparsity=1.0 - p,
             hidden_bias=change.get("hidden_bias"),
+            activation_l1=float(change.get("activation_l1") or 0.0),
             config=config,
         )
         counts = neuron_polysemantic_counts(run.W, run.hidden_bias)
