@@ -342,10 +342,11 @@ def _add_toy_parsers(sub: Any) -> None:
 
 def _cmd_incidental(args: argparse.Namespace) -> int:
     from capalloc.experiments.incidental import incidental_polysemanticity
-    from capalloc.training.torch_models import resolve_device
 
     if min(args.ds) < args.n:
         raise ValueError(f"--ds must be >= --n {args.n}, got {min(args.ds)}")
+    from capalloc.training.torch_models import resolve_device
+
     resolve_device(args.device)
     rows = incidental_polysemanticity(
         args.n,

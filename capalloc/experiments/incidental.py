@@ -57,9 +57,6 @@ def incidental_polysemanticity(
     >>> [r["expected"] for r in rows]  # doctest: +SKIP
     [1.0, 0.5]
     """
-    from capalloc.training import TrainConfig
-    from capalloc.training.torch_models import train_model
-
     n = check_positive(n, "n", integer=True)
     seeds = check_positive(seeds, "seeds", integer=True)
     widths = [check_positive(d, "d", integer=True) for d in ds]
@@ -68,6 +65,9 @@ def incidental_polysemanticity(
     p = 1.0 / n if density is None else float(density)
     if not 0 < p <= 1:
         raise ValueError(f"density must lie in (0, 1], got {short(density)}")
+    from capalloc.training import TrainConfig
+    from capalloc.training.torch_models import train_model
+
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed)
     rows = []
     for d in widths:

@@ -83,9 +83,6 @@ def monosemanticity_interventions(
     >>> [r["intervention"] for r in rows][:2]  # doctest: +SKIP
     ['baseline', 'negative bias']
     """
-    from capalloc.training import TrainConfig
-    from capalloc.training.torch_models import train_model
-
     n = check_positive(n, "n", integer=True)
     d = check_positive(d, "d", integer=True)
     seeds = check_positive(seeds, "seeds", integer=True)
@@ -97,6 +94,9 @@ def monosemanticity_interventions(
         raise ValueError(
             f"interventions must be among {list(INTERVENTIONS)}, got {short(unknown[0])}"
         )
+    from capalloc.training import TrainConfig
+    from capalloc.training.torch_models import train_model
+
     rows = []
     for name in interventions:
         change = INTERVENTIONS[name]

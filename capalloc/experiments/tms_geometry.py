@@ -94,15 +94,15 @@ def tms_geometry(
     >>> round(rows[0]["dimensions_per_feature"], 1)  # doctest: +SKIP
     1.0
     """
-    from capalloc.training import TrainConfig
-    from capalloc.training.torch_models import train_model
-
     n = check_positive(n, "n", integer=True)
     d = check_positive(d, "d", integer=True)
     seeds = check_positive(seeds, "seeds", integer=True)
     ps = [float(p) for p in densities]
     if not ps or any(not 0 < p <= 1 for p in ps):
         raise ValueError(f"densities must lie in (0, 1], got {short(list(densities))}")
+    from capalloc.training import TrainConfig
+    from capalloc.training.torch_models import train_model
+
     sparsity = np.repeat(1.0 - np.array(ps), seeds)
     run = train_model(
         "relu-ae",
