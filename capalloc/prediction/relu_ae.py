@@ -427,7 +427,9 @@ def predict_relu_ae(
                 options.append((best[i + 1, left - 1], ("monosemantic", 1, 1)))
             for t in kinds:
                 if i + t.k <= n and left >= t.dim:
-                    cost = unit[t.name] * imp_sorted[i : i + t.k].sum() + best[i + t.k, left - t.dim]
+                    cost = (
+                        unit[t.name] * imp_sorted[i : i + t.k].sum() + best[i + t.k, left - t.dim]
+                    )
                     options.append((cost, (t.name, t.k, t.dim)))
             cost, pick = min(options, key=lambda o: o[0])
             best[i, left] = cost
