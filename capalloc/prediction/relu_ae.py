@@ -410,7 +410,7 @@ def predict_relu_ae(
         raise ValueError(f"d must be a non-negative integer, got {d!r}")
     _density(sparsity)
     S = float(sparsity)
-    kinds = [t for t in (GROUP_TYPES if types is None else types) if t.k > 1]
+    kinds = [t for t in (GROUP_TYPES if types is None else types) if 1 < t.k <= imp.size]
     n = imp.size
     order = np.argsort(-imp, kind="stable")
     imp_sorted = imp[order]
