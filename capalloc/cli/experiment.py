@@ -223,6 +223,29 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _add_run_options(
+    p: argparse.ArgumentParser,
+    *,
+    seeds: int,
+    steps: int = 3000,
+    batch_size: int | None = None,
+    plot: bool = False,
+) -> None:
+    """The training options shared by the trained experiments, and ``--json`` (``--plot``)."""
+    p.add_argument(
+        "--seeds", type=_positive(int), default=seeds, help="trained instances per point"
+    )
+    p.add_argument("--steps", type=_positive(int), default=steps, help="optimiser steps")
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=_positive(int), default=batch_size)
+    p.add_argument("--lr", type=_positive(float), default=1e-2)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    if plot:
+        p.add_argument("--plot", metavar="FILE.png", help="also save the figure")
+
+
 def _add_toy_parsers(sub: Any) -> None:
     """``toy-phase`` (and the other issue-15 experiments) on the experiment subparsers."""
     tp = sub.add_parser(
@@ -249,14 +272,8 @@ def _add_toy_parsers(sub: Any) -> None:
         metavar="R",
         help="relative importances of the weaker feature, in (0, 1] (default: %(default)s)",
     )
-    tp.add_argument("--seeds", type=_positive(int), default=3, help="trained instances per cell")
-    tp.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
-    tp.add_argument("--lr", type=_positive(float), default=1e-2)
-    tp.add_argument("--seed", type=_non_negative_int, default=0)
-    tp.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     tp.add_argument("--no-train", action="store_true", help="exact diagram only (no torch)")
-    tp.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    tp.add_argument("--plot", metavar="FILE.png", help="also save the figure")
+    _add_run_options(tp, seeds=3, plot=True)
     tp.set_defaults(func=_cmd_toy_phase)
 
     tg = sub.add_parser(
@@ -277,14 +294,7 @@ def _add_toy_parsers(sub: Any) -> None:
         metavar="P",
         help="densities in (0, 1] (default: %(default)s)",
     )
-    tg.add_argument("--seeds", type=_positive(int), default=1, help="instances per density")
-    tg.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
-    tg.add_argument("--batch-size", type=_positive(int), default=1024)
-    tg.add_argument("--lr", type=_positive(float), default=1e-2)
-    tg.add_argument("--seed", type=_non_negative_int, default=0)
-    tg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    tg.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    tg.add_argument("--plot", metavar="FILE.png", help="also save the figure")
+    _add_run_options(tg, seeds=1, batch_size=1024, plot=True)
     tg.set_defaults(func=_cmd_tms_geometry)
 
     from capalloc.experiments.monosemanticity import INTERVENTIONS
@@ -308,13 +318,7 @@ def _add_toy_parsers(sub: Any) -> None:
         metavar="NAME",
         help="among: %(choices)s",
     )
-    mo.add_argument("--seeds", type=_positive(int), default=4, help="instances per run")
-    mo.add_argument("--steps", type=_positive(int), default=3000, help="AdamW steps")
-    mo.add_argument("--batch-size", type=_positive(int), default=512)
-    mo.add_argument("--lr", type=_positive(float), default=1e-2)
-    mo.add_argument("--seed", type=_non_negative_int, default=0)
-    mo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    mo.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    _add_run_options(mo, seeds=4, batch_size=512)
     mo.set_defaults(func=_cmd_monosemanticity)
 
     ic = sub.add_parser(
@@ -330,13 +334,7 @@ def _add_toy_parsers(sub: Any) -> None:
     )
     ic.add_argument("--density", type=_density, default=None, help="default 1/n")
     ic.add_argument("--l1", type=_positive(float), default=0.03, help="activation L1 penalty")
-    ic.add_argument("--seeds", type=_positive(int), default=4, help="instances per d")
-    ic.add_argument("--steps", type=_positive(int), default=3000, help="Adam steps")
-    ic.add_argument("--batch-size", type=_positive(int), default=512)
-    ic.add_argument("--lr", type=_positive(float), default=1e-2)
-    ic.add_argument("--seed", type=_non_negative_int, default=0)
-    ic.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ic.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    _add_run_options(ic, seeds=4, batch_size=512)
     ic.set_defaults(func=_cmd_incidental)
 
 
