@@ -338,31 +338,38 @@ def _add_toy_parsers(sub: Any) -> None:
     ic.set_defaults(func=_cmd_incidental)
 
 
+def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options of :func:`_add_run_options` as keyword arguments (device checked)."""
+    from capalloc.training.torch_models import resolve_device
+
+    resolve_device(args.device)
+    names = ("seeds", "steps", "batch_size", "lr", "device", "seed")
+    return {k: getattr(args, k) for k in names if hasattr(args, k)}
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, Any]], headers, cells) -> int:
+    """Rows as JSON (``--json``) or as a table of ``cells(row)``."""
+    if args.json:
+        print_json(rows, indent=1)
+    else:
+        print(format_table(headers, [cells(r) for r in rows], align="left", rule=True))
+    return 0
+
+
 def _cmd_incidental(args: argparse.Namespace) -> int:
     from capalloc.experiments.incidental import incidental_polysemanticity
 
     if min(args.ds) < args.n:
         raise ValueError(f"--ds must be >= --n {args.n}, got {min(args.ds)}")
-    from capalloc.training.torch_models import resolve_device
-
-    resolve_device(args.device)
     rows = incidental_polysemanticity(
-        args.n,
-        args.ds,
-        args.density,
-        activation_l1=args.l1,
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
+        args.n, args.ds, args.density, activation_l1=args.l1, **_run_kwargs(args)
     )
-    if args.json:
-        print_json(rows, indent=1)
-        return 0
-    body = [
-        (
+    headers = ("n", "d", "poly (per seed)", "mean", "n^2/(4d)", "dead", "loss", "s")
+    return _report(
+        args,
+        rows,
+        headers,
+        lambda r: (
             str(r["n"]),
             str(r["d"]),
             " ".join(map(str, r["polysemantic"])),
@@ -371,36 +378,22 @@ def _cmd_incidental(args: argparse.Namespace) -> int:
             " ".join(map(str, r["dead"])),
             f"{r['loss']:.3g}",
             f"{r['train_seconds']:.0f}",
-        )
-        for r in rows
-    ]
-    headers = ("n", "d", "poly (per seed)", "mean", "n^2/(4d)", "dead", "loss", "s")
-    print(format_table(headers, body, align="left", rule=True))
-    return 0
+        ),
+    )
 
 
 def _cmd_monosemanticity(args: argparse.Namespace) -> int:
     from capalloc.experiments.monosemanticity import monosemanticity_interventions
-    from capalloc.training.torch_models import resolve_device
 
-    resolve_device(args.device)
     rows = monosemanticity_interventions(
-        args.n,
-        args.d,
-        args.density,
-        interventions=args.interventions,
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
+        args.n, args.d, args.density, interventions=args.interventions, **_run_kwargs(args)
     )
-    if args.json:
-        print_json(rows, indent=1)
-        return 0
-    body = [
-        (
+    headers = ("intervention", "neurons", "mono", "dead", "mono frac", "mean M", "loss", "s")
+    return _report(
+        args,
+        rows,
+        headers,
+        lambda r: (
             r["intervention"],
             str(r["neurons"]),
             " ".join(map(str, r["monosemantic"])),
@@ -409,12 +402,8 @@ def _cmd_monosemanticity(args: argparse.Namespace) -> int:
             f"{r['mean_monosemanticity']:.3f}",
             f"{r['loss']:.3g}",
             f"{r['train_seconds']:.0f}",
-        )
-        for r in rows
-    ]
-    headers = ("intervention", "neurons", "mono", "dead", "mono frac", "mean M", "loss", "s")
-    print(format_table(headers, body, align="left", rule=True))
-    return 0
+        ),
+    )
 
 
 def _cmd_tms_geometry(args: argparse.Namespace) -> int:
