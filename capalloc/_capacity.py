@@ -26,8 +26,11 @@ References
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +67,9 @@ _MIN_BLOCK_BYTES = 1 << 20
 #: float64 matrices whose largest entry lies in this range are used as stored (no
 #: rescaled copy); the others are rescaled by a power of two first.
 _AS_STORED = (2.0**-8, 2.0**8)
+#: In-memory matrices of at most this many entries take the batched path (less overhead
+#: per call) unless a block size is given.
+_SMALL = 1 << 12
 #: A matrix with more rows than columns, and at least this many columns, looks transposed.
 _WARN_MIN_COLUMNS = 16
 
@@ -139,6 +145,60 @@ def _work_dtype(dtype: Any) -> np.dtype:
 
 def _check_block(block: Any) -> int | None:
     return None if block is None else check_positive(block, "block", integer=True)
+
+
+_CONTROLLER: Any = None
+#: Multiply-adds below which the BLAS threads are left alone (a limit costs ~40 us).
+_LIMIT_WORK = 1 << 24
+
+
+def _default_threads() -> int:
+    """One thread fewer than the cores this process may use (at least one).
+
+    A BLAS call on every core waits at each barrier for any core another process
+    holds: on a busy 2-core machine, two BLAS threads made a 128 x 16384 syrk 15-25
+    times slower than one.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+@contextmanager
+def _blas_threads(threads: Any, W: Any) -> Iterator[None]:
+    """Limit the BLAS threads (threadpoolctl) while a large ``W`` is processed.
+
+    ``threads=None`` lowers the current count to :func:`_default_threads`, never raises
+    it, and leaves small problems alone; an integer sets the count. Without
+    threadpoolctl nothing changes.
+    """
+    global _CONTROLLER
+    if threads is not None:
+        threads = check_positive(threads, "threads", integer=True)
+    shape = tuple(getattr(W, "shape", ())) or np.shape(W)
+    work = float(np.prod(shape, dtype=np.float64)) * min(shape[-2:], default=0)
+    if threads is None and work < _LIMIT_WORK:
+        yield
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency, but optional here
+        yield
+        return
+    if _CONTROLLER is None:
+        import scipy.linalg.blas  # noqa: F401 - scipy's BLAS must be loaded to be found
+
+        _CONTROLLER = ThreadpoolController()
+    blas = _CONTROLLER.select(user_api="blas")
+    current = min((lib.num_threads for lib in blas.lib_controllers), default=1)
+    limit = threads if threads is not None else min(current, _default_threads())
+    if limit == current:
+        yield
+        return
+    with blas.limit(limits=limit):
+        yield
 
 
 def _check_matrix(W: Any, name: str = "W") -> np.ndarray:
@@ -570,6 +630,7 @@ def capacity(
     dtype: Any = None,
     block: int | None = None,
     progress: bool = False,
+    threads: int | None = None,
 ) -> Any:
     r"""Capacity of every feature of an embedding matrix.
 
@@ -606,6 +667,10 @@ def capacity(
         eighth of ``W``).
     progress : bool, default False
         Show a progress bar on stderr over the blocks of the 2-D path.
+    threads : int, optional
+        BLAS threads for numpy input (threadpoolctl). Default: one fewer than the
+        cores for large matrices (never more than BLAS already uses), which keeps
+        a busy machine from stalling every BLAS call at its barriers.
 
     Returns
     -------
@@ -674,7 +739,18 @@ def capacity(
         return _capacity_torch(W, _axis(features_axis, W.ndim), features_axis, center)
     if _is_dask(W):
         return _capacity_dask(W, features_axis, center, work)
-    src = _source(W, features_axis, block, progress, stacklevel=2)
+    with _blas_threads(threads, W):
+        return _capacity_numpy(W, features_axis, center, work, block, progress)
+
+
+def _capacity_numpy(
+    W: Any, features_axis: Any, center: bool, work: np.dtype, block: Any, progress: bool
+) -> np.ndarray:
+    src = _source(W, features_axis, block, progress, stacklevel=3)
+    if isinstance(src, _Columns) and block is None and src.in_memory and src.d * src.n <= _SMALL:
+        src = np.asarray(src.whole(), dtype=np.float64)  # small: the batched path is quicker
+        if not np.all(np.isfinite(src)):
+            raise ValueError(_bad_entry(src, 0))
     if isinstance(src, np.ndarray):  # batched
         A = _centered(src) if center else src
         scale = _scale(A)
@@ -753,6 +829,7 @@ def leverage(
     center: bool = False,
     block: int | None = None,
     progress: bool = False,
+    threads: int | None = None,
 ) -> np.ndarray:
     r"""Leverage score of every feature, an upper bound on its capacity.
 
@@ -770,7 +847,7 @@ def leverage(
         as zero. Default ``sqrt(max(d, n) * eps)``: the computation goes through
         the eigenvalues of :math:`W W^\top` (squared singular values), which
         resolve singular values only down to about ``sqrt(eps)`` of the largest.
-    features_axis, center, block, progress
+    features_axis, center, block, progress, threads
         As for :func:`capacity`.
 
     Returns
@@ -799,7 +876,14 @@ def leverage(
         lev = _report_dask(W, features_axis, center, np.dtype(np.float64), rcond).leverage
         assert lev is not None  # computed: the report was asked for it
         return np.asarray(lev)
-    src = _source(W, features_axis, block, progress, stacklevel=2)
+    with _blas_threads(threads, W):
+        return _leverage_numpy(W, rcond, features_axis, center, block, progress)
+
+
+def _leverage_numpy(
+    W: Any, rcond: Any, features_axis: Any, center: bool, block: Any, progress: bool
+) -> np.ndarray:
+    src = _source(W, features_axis, block, progress, stacklevel=3)
     if isinstance(src, np.ndarray):  # batched
         A = _centered(src) if center else src
         scale = _scale(A)
@@ -876,7 +960,8 @@ def numerical_rank(
     if _is_torch(W):
         W = _check_matrix(W)
     shape = tuple(W.shape) if hasattr(W, "shape") else np.shape(W)
-    lam = _eigenvalues(W, features_axis, center, block)
+    with _blas_threads(None, W):
+        lam = _eigenvalues(W, features_axis, center, block)
     return _rank(lam, _check_rcond(rcond, *shape[-2:]) if len(shape) >= 2 else 0.0)
 
 
@@ -1027,6 +1112,7 @@ def capacity_report(
     block: int | None = None,
     progress: bool = False,
     leverage: bool = True,
+    threads: int | None = None,
 ) -> CapacityReport:
     r"""Capacity, leverage and spectrum of a weight matrix, from one Gram matrix.
 
@@ -1042,7 +1128,7 @@ def capacity_report(
     ----------
     W : (d, n) array_like of float, numpy memory map, dask.array or torch.Tensor
         Embedding matrix, read as by :func:`capacity` (two passes over it).
-    features_axis, center, dtype, block, progress
+    features_axis, center, dtype, block, progress, threads
         As for :func:`capacity`.
     atol : float, default 1e-6
         Tolerance of the labels (:func:`classify`).
@@ -1082,7 +1168,22 @@ def capacity_report(
         W = _check_matrix(W)
     if _is_dask(W):
         return _report_dask(W, features_axis, center, work, rcond, atol, want)
-    src = _source(W, features_axis, block, progress, stacklevel=2)
+    with _blas_threads(threads, W):
+        return _report_numpy(W, features_axis, center, atol, rcond, work, block, progress, want)
+
+
+def _report_numpy(
+    W: Any,
+    features_axis: Any,
+    center: bool,
+    atol: float,
+    rcond: Any,
+    work: np.dtype,
+    block: Any,
+    progress: bool,
+    want: bool,
+) -> CapacityReport:
+    src = _source(W, features_axis, block, progress, stacklevel=3)
     if isinstance(src, np.ndarray):
         raise ValueError(f"W must be a matrix (2 dimensions), got shape {src.shape}")
     rcond = _check_rcond(rcond, src.d, src.n)

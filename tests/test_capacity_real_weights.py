@@ -346,3 +346,38 @@ def test_torch_features_axis_and_center(rng):
     assert T.grad is not None and T.grad.shape == (40, 6)
     r = capacity_report(torch.tensor(A), features_axis=0)
     np.testing.assert_allclose(r.capacity, naive_capacity(A.T), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- BLAS threads
+
+
+def test_threads_option_limits_blas_only_during_the_call(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.blas  # noqa: F401 - both BLAS libraries loaded before counting
+
+    W = rng.standard_normal((64, 5000))
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    seen = []
+
+    from capalloc import _capacity
+
+    original = _capacity._syrk
+
+    def spy(A, M):
+        seen.append(
+            {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+        )
+        return original(A, M)
+
+    _capacity._syrk = spy
+    try:
+        C = capacity(W, threads=1)
+    finally:
+        _capacity._syrk = original
+    assert seen and all(s == {1} for s in seen)
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert after == before
+    np.testing.assert_allclose(C, naive_capacity(W), rtol=1e-10)
+    np.testing.assert_allclose(capacity_report(W, threads=2).capacity, C, rtol=1e-12)
+    with pytest.raises(ValueError, match="threads"):
+        capacity(W, threads=0)

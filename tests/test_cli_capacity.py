@@ -273,6 +273,10 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
             r"--tol must lie in \(0, 1\)",
         ),
         "max rows": (["capacity", ok, "--key", "W", "--max-rows", "-3"], "--max-rows must be >= 0"),
+        "threads": (
+            ["capacity", ok, "--key", "W", "--threads", "0"],
+            "--threads must be a positive",
+        ),
     }
     import re
 

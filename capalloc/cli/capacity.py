@@ -241,6 +241,8 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     bottom = _non_negative("--bottom", args.bottom or 0)
     if args.bins is not None and args.bins < 1:
         raise CliError(f"--bins must be a positive integer, got {args.bins}")
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be a positive integer, got {args.threads}")
     _check_tol(args.tol)
     out = _export_path(args.out) if args.out else None
     hist = figure_path(args.hist, "capacity_hist.png", "--hist") if args.hist else None
@@ -263,6 +265,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         dtype=np.dtype(dtype_name),
         progress=progress,
         leverage=want_leverage,
+        threads=args.threads,
     )
     seconds = time.perf_counter() - t0
     blocks_text, blocks = (None, None)
@@ -458,6 +461,12 @@ def add_capacity_parser(sub: Any) -> argparse.ArgumentParser:
         "--progress",
         action="store_true",
         help="progress bars on stderr (default: on a terminal, for long reports)",
+    )
+    cap.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="BLAS threads (default: one fewer than the cores, for large matrices)",
     )
     cap.add_argument("--json", action="store_true", help="print one JSON object")
     cap.add_argument(
