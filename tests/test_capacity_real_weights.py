@@ -355,18 +355,22 @@ def test_threads_option_limits_blas_only_during_the_call(rng):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import scipy.linalg.blas  # noqa: F401 - both BLAS libraries loaded before counting
 
-    W = rng.standard_normal((64, 5000))
-    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    seen = []
+    def counts() -> dict[str, int]:
+        """Threads of the BLAS libraries of numpy and scipy (not torch's or others')."""
+        return {
+            i["filepath"]: i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and "scipy_openblas" in i["filepath"]
+        }
 
     from capalloc import _capacity
 
+    W = rng.standard_normal((64, 5000))
+    before, seen = counts(), []
     original = _capacity._syrk
 
     def spy(A, M):
-        seen.append(
-            {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
-        )
+        seen.append(set(counts().values()))
         return original(A, M)
 
     _capacity._syrk = spy
@@ -375,8 +379,7 @@ def test_threads_option_limits_blas_only_during_the_call(rng):
     finally:
         _capacity._syrk = original
     assert seen and all(s == {1} for s in seen)
-    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    assert after == before
+    assert counts() == before
     np.testing.assert_allclose(C, naive_capacity(W), rtol=1e-10)
     np.testing.assert_allclose(capacity_report(W, threads=2).capacity, C, rtol=1e-12)
     with pytest.raises(ValueError, match="threads"):
