@@ -192,12 +192,16 @@ def _blas_threads(threads: Any, W: Any) -> Iterator[None]:
 
         _CONTROLLER = ThreadpoolController()
     blas = _CONTROLLER.select(user_api="blas")
-    current = min((lib.num_threads for lib in blas.lib_controllers), default=1)
-    limit = threads if threads is not None else min(current, _default_threads())
-    if limit == current:
+    target = _default_threads() if threads is None else threads
+    limits = {  # per library, lowering only, unless the caller asked for a number
+        lib.prefix: target
+        for lib in blas.lib_controllers
+        if lib.num_threads > target or (threads is not None and lib.num_threads != target)
+    }
+    if not limits:
         yield
         return
-    with blas.limit(limits=limit):
+    with _CONTROLLER.limit(limits=limits):
         yield
 
 
