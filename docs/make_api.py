@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-import capalloc
-from capalloc.cli.main import build_parser
+# the working tree's capalloc, not whichever copy happens to be installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import capalloc  # noqa: E402
+from capalloc.cli.main import build_parser  # noqa: E402
 
 # ----------------------------------------------------------------------------- API reference
 
