@@ -131,7 +131,7 @@ def _float_range(
 
 
 def check_importance(
-    value: Any, name: str = "importance", ndim: tuple[int, ...] = (1,)
+    value: Any, name: str = "importance", ndim: tuple[int, ...] | None = (1,)
 ) -> np.ndarray:
     """Finite, non-negative importances."""
     return importance_and_max(value, name, ndim)[0]

@@ -185,7 +185,7 @@ class _FeatureRows(Sequence):
     def __getitem__(self, i: Any) -> list[str]:
         if not isinstance(i, (int, np.integer)):
             raise TypeError("rows are read one index at a time")
-        return [str(i), f"{self.v[i]:.6g}", f"{self.C[i]:.4f}", self.labels[i]]
+        return [str(i), f"{self.v[i]:.6g}", f"{self.C[i]:.4f}", self.labels[int(i)]]
 
 
 def _solve_and_report(

@@ -201,7 +201,7 @@ def level_scalar(v, K, C):  # noqa: ANN001, ANN201 - compiled by numba
 
 def _checked(C: Any, v: Any, K: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
     C = check_capacity(C, "C")
-    v = check_importance(v, "v", ndim=None)  # type: ignore[arg-type]
+    v = check_importance(v, "v", ndim=None)
     K = check_kurtosis(K, "K")
     return C, v, K, np.broadcast_shapes(C.shape, v.shape, K.shape)
 
