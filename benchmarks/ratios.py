@@ -34,6 +34,7 @@ DOCUMENTED = {
     "waterfill n=4e6 / sum": 18.0,
     "waterfill n=4e6, K per feature / sum": 27.0,
     "QuadraticProblem(v) n=4e6 / sum": 5.7,
+    "QuadraticProblem(read-only v) n=4e6 / sum": 1.3,
     "waterfill numpy engine n=1e4 / sort": 200.0,
     "phase-diagram batch 4000x20 / convex batch": 1.5,
     "capacity 8192x256 / W @ W.T": 2.4,  # one BLAS thread, as .ci/run sets
@@ -90,6 +91,10 @@ def measure(quick: bool) -> dict[str, tuple[float, float]]:
     )
     out["QuadraticProblem(v) n=4e6 / sum"] = _pair(
         lambda: capalloc.QuadraticProblem(v, _BIG // 10, 10.0), lambda: np.sum(v), pairs
+    )
+    frozen = big.importance  # read-only: shared, not copied
+    out["QuadraticProblem(read-only v) n=4e6 / sum"] = _pair(
+        lambda: capalloc.QuadraticProblem(frozen, _BIG // 10, 10.0), lambda: np.sum(v), pairs
     )
     small = power_law_problem(10**4)
     vs = np.array(small.importance)

@@ -26,7 +26,6 @@ References
 from __future__ import annotations
 
 import mmap
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from capalloc._lib.threads import default_threads
 from capalloc._lib.validation import as_float_array, check_positive, readonly, short
 
 __all__ = [
@@ -152,26 +152,13 @@ _CONTROLLER: Any = None
 _LIMIT_WORK = 1 << 24
 
 
-def _default_threads() -> int:
-    """One thread fewer than the cores this process may use (at least one).
-
-    A BLAS call on every core waits at each barrier for any core another process
-    holds: on a busy 2-core machine, two BLAS threads made a 128 x 16384 syrk 15-25
-    times slower than one.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
 @contextmanager
 def _blas_threads(threads: Any, W: Any) -> Iterator[None]:
     """Limit the BLAS threads (threadpoolctl) while a large ``W`` is processed.
 
-    ``threads=None`` lowers the current count to :func:`_default_threads`, never raises
-    it, and leaves small problems alone; an integer sets the count. Without
+    ``threads=None`` lowers the current count to the cores no other process is
+    running on (:func:`capalloc._lib.threads.default_threads`), never raises it, and
+    leaves small problems alone; an integer sets the count. Without
     threadpoolctl nothing changes.
     """
     global _CONTROLLER
@@ -192,7 +179,7 @@ def _blas_threads(threads: Any, W: Any) -> Iterator[None]:
 
         _CONTROLLER = ThreadpoolController()
     blas = _CONTROLLER.select(user_api="blas")
-    target = _default_threads() if threads is None else threads
+    target = default_threads() if threads is None else threads
     limits = {  # per library, lowering only, unless the caller asked for a number
         lib.prefix: target
         for lib in blas.lib_controllers
@@ -672,9 +659,10 @@ def capacity(
     progress : bool, default False
         Show a progress bar on stderr over the blocks of the 2-D path.
     threads : int, optional
-        BLAS threads for numpy input (threadpoolctl). Default: one fewer than the
-        cores for large matrices (never more than BLAS already uses), which keeps
-        a busy machine from stalling every BLAS call at its barriers.
+        BLAS threads for numpy input (threadpoolctl). Default, for large matrices:
+        the cores no other process is running on at the call (never more than BLAS
+        already uses), which keeps a busy machine from stalling every BLAS call at
+        its barriers.
 
     Returns
     -------

@@ -648,3 +648,19 @@ def test_random_generators():
 def test_auto_picks_waterfill_for_quadratic():
     res = solve(QuadraticProblem([1.0, 2.0], 1, 5.0))
     assert res.method == "waterfill"
+
+
+def test_problem_copies_writeable_importances_and_shares_read_only_ones(tmp_path):
+    v = np.array([3.0, 2.0, 1.0])
+    copied = QuadraticProblem(v, 2, 6.0)
+    v[0] = 100.0  # the caller's array changes; the problem does not
+    assert copied.importance[0] == 3.0 and copied.vmax == 3.0
+    np.save(tmp_path / "v.npy", np.array([3.0, 2.0, 1.0]))
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")  # read-only: used as it is
+    shared = QuadraticProblem(mapped, 2, 6.0)
+    assert np.shares_memory(shared.importance, mapped) and shared.vmax == 3.0
+    again = QuadraticProblem(shared.importance, 1, 6.0)
+    assert np.shares_memory(again.importance, mapped)
+    np.testing.assert_array_equal(
+        solve(shared).capacity, solve(QuadraticProblem([3.0, 2.0, 1.0], 2, 6.0)).capacity
+    )

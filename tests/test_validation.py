@@ -19,6 +19,7 @@ from capalloc._lib.validation import (
     check_kurtosis,
     check_positive,
     check_probability,
+    importance_and_max,
     readonly,
     short,
 )
@@ -269,3 +270,50 @@ def test_check_budget_refuses_counts_beyond_exact_floats():
     for value in (2**53 + 1, 10**400):
         with pytest.raises(ValueError, match=r"d must be at most 2\*\*53"):
             check_budget(value)
+
+
+def test_readonly_shared_keeps_frozen_arrays_and_copies_the_rest():
+    frozen = np.arange(4.0)
+    frozen.setflags(write=False)
+    shared = readonly(frozen, float, copy="shared")
+    assert np.shares_memory(shared, frozen) and not shared.flags.writeable
+    writeable = np.arange(4.0)
+    copied = readonly(writeable, float, copy="shared")
+    assert not np.shares_memory(copied, writeable) and not copied.flags.writeable
+    ints = np.arange(4)
+    ints.setflags(write=False)
+    assert readonly(ints, float, copy="shared").dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, 1.0, 5e-324],
+        [1e308, np.finfo(float).max, 0.0],
+        [-0.0, 2.0],  # the sign bit: the two-pass path, which accepts -0.0 >= 0
+        np.geomspace(1e-300, 1e300, 1001),
+    ],
+)
+def test_importance_max_in_one_pass_agrees_with_numpy(values):
+    v = np.asarray(values, dtype=float)
+    for arr in (v, v[::-2], np.broadcast_to(v, (3, v.size))):
+        got, vmax = importance_and_max(arr, ndim=None)
+        assert got is arr and vmax == arr.max()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.nan, "finite, found nan"),
+        (-np.nan, "finite, found nan"),
+        (np.inf, "finite, found inf"),
+        (-np.inf, "finite, found -inf"),
+        (-5e-324, ">= 0, found -5e-324"),
+        (-1.0, ">= 0, found -1.0"),
+    ],
+)
+def test_importance_one_pass_still_names_the_bad_value(bad, match):
+    v = np.linspace(0.0, 1.0, 10_001)
+    v[1234] = bad
+    with pytest.raises(ValueError, match=match):
+        importance_and_max(v)

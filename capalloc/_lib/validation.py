@@ -137,10 +137,27 @@ def check_importance(
     return importance_and_max(value, name, ndim)[0]
 
 
+#: Bit patterns (as unsigned 64-bit integers) of the finite non-negative doubles are
+#: exactly those below +inf's; their order is the order of the values.
+_INF_BITS = np.uint64(0x7FF0000000000000)
+
+
 def importance_and_max(
     value: Any, name: str = "importance", ndim: tuple[int, ...] | None = (1,)
 ) -> tuple[np.ndarray, float]:
-    """:func:`check_importance` and the largest importance (0 when empty), in two passes."""
+    """:func:`check_importance` and the largest importance (0 when empty).
+
+    One pass for float64 input: the largest bit pattern, read as an unsigned integer, is
+    below +inf's exactly when every value is finite and non-negative (a sign bit, NaN
+    or infinity makes it larger), and it is then the bit pattern of the largest value.
+    Otherwise (and for ``-0.0``, which has the sign bit) two passes find the culprit.
+    """
+    if type(value) in (np.ndarray, np.memmap) and value.dtype == np.float64 and value.size:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if allowed is None or value.ndim in allowed:
+            top = value.view(np.uint64).max()
+            if top < _INF_BITS:
+                return value, float(np.array(top, dtype=np.uint64).view(np.float64))
     arr, lo, hi = _float_range(value, name, ndim, None)
     if lo < 0:
         raise ValueError(f"{name} must be >= 0, found {lo!r} in {short(arr)}")
@@ -221,9 +238,13 @@ def readonly(x: Any, dtype: Any = None, copy: bool = True) -> Any:
     """A read-only copy of an array (of ``dtype`` when given); other values pass through.
 
     ``copy=False`` freezes an array the caller owns in place (no copy where the
-    dtype already matches).
+    dtype already matches); ``copy="shared"`` returns an array that is already
+    read-only and of ``dtype`` as it is (a view), and copies any other.
     """
+    if copy == "shared" and isinstance(x, np.ndarray) and not x.flags.writeable:
+        if dtype is None or x.dtype == np.dtype(dtype):
+            return x.view()
     if isinstance(x, np.ndarray) or dtype is not None:
-        x = np.array(x, dtype=dtype, copy=copy or None)
+        x = np.array(x, dtype=dtype, copy=bool(copy) or None)
         x.setflags(write=False)
     return x

@@ -35,6 +35,10 @@ class QuadraticProblem:
     ----------
     importance : (n,) or (m, n) array_like of float
         Importances :math:`v_i \ge 0`; a 2-D array is a batch of ``m`` problems.
+        The problem keeps a read-only copy, except of an array that is already
+        read-only float64 (``v.setflags(write=False)``, a memory-mapped file, another
+        problem's ``importance``), which it uses as it is: for large inputs that saves
+        a copy, and such an array must not change while the problem is in use.
     d : int
         Embedding dimension (capacity budget), ``d >= 0``.
     kurtosis : float, array_like or InputLaw, default 3
@@ -83,7 +87,7 @@ class QuadraticProblem:
                 f"kurtosis of shape {np.shape(K)} does not broadcast to importance shape {v.shape}"
             ) from None
         # a scalar kurtosis stays a read-only zero-stride view: no n-sized copy
-        object.__setattr__(self, "importance", readonly(v, float))
+        object.__setattr__(self, "importance", readonly(v, float, copy="shared"))
         object.__setattr__(self, "kurtosis", Kb if K.ndim == 0 else readonly(Kb, float))
         object.__setattr__(self, "d", d)
 

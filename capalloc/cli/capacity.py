@@ -466,7 +466,7 @@ def add_capacity_parser(sub: Any) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="BLAS threads (default: one fewer than the cores, for large matrices)",
+        help="BLAS threads (default: the cores no other process is using, for large matrices)",
     )
     cap.add_argument("--json", action="store_true", help="print one JSON object")
     cap.add_argument(

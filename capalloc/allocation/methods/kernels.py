@@ -30,6 +30,7 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+from capalloc._lib.threads import default_threads as free_threads
 from capalloc.quadratic import closed_form
 
 __all__ = [
@@ -472,24 +473,22 @@ PARALLEL_MIN = 1 << 18
 
 
 def default_threads():
-    """Threads of the parallel passes when none are asked for: one fewer than the cores
-    this process may use (at least one), so that one busy neighbour process can have a
-    core of its own and no pass waits at its barrier for a preempted thread; the
-    ``NUMBA_NUM_THREADS`` setting when it is given."""
+    """Threads of the parallel passes when none are asked for: the cores no other
+    process is running on at this instant (:func:`capalloc._lib.threads.default_threads`,
+    at least one), so that an idle machine gets every core and a busy neighbour does not
+    stall every pass at its barrier; the ``NUMBA_NUM_THREADS`` setting when it is given."""
     if "NUMBA_NUM_THREADS" in os.environ:
         return numba.config.NUMBA_NUM_THREADS
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores - 1, numba.config.NUMBA_NUM_THREADS))
+    return min(free_threads(), numba.config.NUMBA_NUM_THREADS)
 
 
 @contextlib.contextmanager
-def threads(count):
-    """Context in which parallel loops use ``count`` threads (``None``:
-    :func:`default_threads`), capped at numba's thread pool."""
-    count = default_threads() if count is None else count
+def threads(count, size=PARALLEL_MIN):
+    """Context in which parallel loops use ``count`` threads, capped at numba's thread
+    pool. ``None``: one thread for work of fewer than :data:`PARALLEL_MIN` entries
+    ``size`` (the cores are not even looked at), else :func:`default_threads`."""
+    if count is None:
+        count = 1 if size < PARALLEL_MIN else default_threads()
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
     try:

@@ -270,8 +270,9 @@ def waterfill(
         and certified; they may differ in the last bits.
     threads : int, optional
         Threads of the compiled kernels' parallel passes (problems of 2**18 features
-        or more, and batches). Default: one fewer than the cores (at least one), so
-        that a busy neighbour process does not stall every pass at its barrier
+        or more, and batches). Default: the cores no other process is running on
+        at the call (at least one), so that an idle machine uses every core and a
+        busy neighbour does not stall every pass at its barrier
         (``NUMBA_NUM_THREADS``, when set, is the default instead).
 
     Returns
@@ -305,7 +306,7 @@ def waterfill(
     if threads is not None:
         threads = check_positive(threads, "threads", integer=True)
     kern = load_kernels()
-    with kern.threads(threads):
+    with kern.threads(threads, problem.importance.size):
         return _compiled(problem, kern)
 
 
