@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import capalloc
-from capalloc.experiments.reproductions import bench as _bench
+from capalloc.experiments import bench as _bench
 
 
 class Solvers:

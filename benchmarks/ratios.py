@@ -37,6 +37,10 @@ DOCUMENTED = {
     "QuadraticProblem(read-only v) n=4e6 / sum": 1.3,
     "waterfill numpy engine n=1e4 / sort": 200.0,
     "phase-diagram batch 4000x20 / convex batch": 1.5,
+    "waterfill n=1e7 / sum": 11.0,
+    "waterfill n=1e7, K per feature / sum": 16.0,
+    "batched 1e5 x 100 / sum of its 1e7 entries": 60.0,
+    "phase diagram 200x200, K 1.5-10 / convex batch": 1.5,
     "capacity 8192x256 / W @ W.T": 2.4,  # one BLAS thread, as .ci/run sets
     "first small solve, fresh process / import numpy, scipy.optimize": 0.4,
 }
@@ -106,6 +110,23 @@ def measure(quick: bool) -> dict[str, tuple[float, float]]:
     out[f"phase-diagram batch {rows}x20 / convex batch"] = _pair(
         lambda: capalloc.solve(mixed), lambda: capalloc.solve(convex), pairs
     )
+    if not quick:  # the sizes of issue 13's targets
+        n7 = 10**7
+        p7 = power_law_problem(n7)
+        v7 = p7.importance
+        out["waterfill n=1e7 / sum"] = _pair(lambda: capalloc.solve(p7), lambda: np.sum(v7), pairs)
+        k7 = power_law_problem(n7, kurtosis=np.linspace(3.5, 30.0, n7))
+        out["waterfill n=1e7, K per feature / sum"] = _pair(
+            lambda: capalloc.solve(k7), lambda: np.sum(v7), pairs
+        )
+        b7 = power_law_problem(100, m=10**5)
+        out["batched 1e5 x 100 / sum of its 1e7 entries"] = _pair(
+            lambda: capalloc.solve(b7), lambda: np.sum(b7.importance), pairs
+        )
+        diagram, convex2 = _phase_batch(200 * 200, 2, False), _phase_batch(200 * 200, 2, True)
+        out["phase diagram 200x200, K 1.5-10 / convex batch"] = _pair(
+            lambda: capalloc.solve(diagram), lambda: capalloc.solve(convex2), pairs
+        )
     W = np.random.default_rng(0).standard_normal((256, 8192))
     out["capacity 8192x256 / W @ W.T"] = _pair(lambda: capalloc.capacity(W), lambda: W @ W.T, pairs)
     solve_code = (

@@ -331,10 +331,19 @@ def test_batch_waterfill_is_row_by_row(args, m):
     V = np.stack([v * rng.uniform(0.5, 2.0, v.size) for _ in range(m)])
     KK = np.stack([K] * m)
     C = np.empty(V.shape)
-    _kernels.batch_waterfill(V, KK, d, C)
+    _kernels.batch_waterfill(V, KK, d, C, np.empty((0, V.shape[1])))
     for r in range(m):
         row = waterfill(QuadraticProblem(V[r], d, KK[r]))
         np.testing.assert_allclose(C[r], row.capacity, rtol=0, atol=1e-13)
+    # one shared kurtosis: rows sorted by numpy beforehand, or by the kernel, or alone
+    k = float(K[0])
+    Cs, Cu = np.empty(V.shape), np.empty(V.shape)
+    _kernels.batch_waterfill(V, k, d, Cs, np.sort(V, axis=1))
+    _kernels.batch_waterfill(V, k, d, Cu, np.empty((0, V.shape[1])))
+    np.testing.assert_array_equal(Cs, Cu)
+    for r in range(m):
+        row = waterfill(QuadraticProblem(V[r], d, k))
+        np.testing.assert_allclose(Cs[r], row.capacity, rtol=0, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def check_probability(value: Any, name: str = "p") -> float:
 
 
 def readonly(x: Any, dtype: Any = None, copy: bool = True) -> Any:
-    """A read-only copy of an array (of ``dtype`` when given); other values pass through.
+    """A read-only C-ordered copy of an array (of ``dtype`` when given); other values pass through.
 
     ``copy=False`` freezes an array the caller owns in place (no copy where the
     dtype already matches); ``copy="shared"`` returns an array that is already
@@ -245,6 +245,7 @@ def readonly(x: Any, dtype: Any = None, copy: bool = True) -> Any:
         if dtype is None or x.dtype == np.dtype(dtype):
             return x.view()
     if isinstance(x, np.ndarray) or dtype is not None:
-        x = np.array(x, dtype=dtype, copy=bool(copy) or None)
+        # copies are C-ordered: kernels read rows
+        x = np.array(x, dtype=dtype, copy=True, order="C") if copy else np.asarray(x, dtype)
         x.setflags(write=False)
     return x
