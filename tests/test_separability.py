@@ -1,0 +1,64 @@
+"""The basis test of capalloc.prediction.separability: exact invariances and the ReLU model's basis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from capalloc.prediction.separability import basis_dependence, haar_rotations
+
+torch = pytest.importorskip("torch")
+
+
+def test_rotations_are_orthogonal_and_small_angles_are_small():
+    for angle in (None, 0.05, 1.0):
+        Q = haar_rotations(5, 6, seed=3, angle=angle)
+        np.testing.assert_allclose(
+            Q @ np.swapaxes(Q, -1, -2), np.broadcast_to(np.eye(6), Q.shape), atol=1e-12
+        )
+    small = haar_rotations(5, 6, seed=3, angle=0.05)
+    # exp(theta A) with ||A||_2 = 1 moves no vector by more than theta
+    assert np.linalg.norm(small - np.eye(6), ord=2, axis=(-2, -1)).max() <= 0.05 + 1e-12
+    with pytest.raises(ValueError, match="count"):
+        haar_rotations(0, 3)
+    with pytest.raises(ValueError, match="angle"):
+        haar_rotations(2, 3, angle=-1.0)
+
+
+@pytest.mark.parametrize("model", ["quadratic", "relu-ae"])
+def test_capacity_only_models_are_rotation_invariant(model):
+    # quadratic: sum_k (Wx)_k^2 = |Wx|^2; relu-ae: the output depends on W^T W only
+    (row,) = basis_dependence(
+        model, n=6, d=3, sparsities=[0.8], seeds=2, steps=60, rotations=3, eval_batch=4096
+    )
+    assert row["ratio_min"] == pytest.approx(1.0, abs=1e-9)
+    assert row["ratio_max"] == pytest.approx(1.0, abs=1e-9)
+    assert row["permuted_ratio"] == pytest.approx(1.0, abs=1e-12)
+    assert row["max_capacity_change"] < 1e-12
+
+
+def test_relu_model_uses_its_neuron_basis():
+    rows = basis_dependence(
+        "relu",
+        n=6,
+        d=3,
+        sparsities=[0.9],
+        seeds=2,
+        steps=300,
+        rotations=4,
+        angles=(0.01, None),
+        eval_batch=8192,
+    )
+    small, haar = rows
+    assert small["angle"] == 0.01 and haar["angle"] is None
+    assert haar["ratio_min"] > 1.5  # a random basis loses much of what training found
+    assert 1.0 - 1e-9 <= small["ratio"] < haar["ratio"]  # the trained basis is a minimum
+    assert haar["permuted_ratio"] == pytest.approx(1.0, abs=1e-12)  # neurons are exchangeable
+    assert haar["max_capacity_change"] < 1e-12
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="sparsities"):
+        basis_dependence("relu", sparsities=[1.0])
+    with pytest.raises(ValueError, match="rotations"):
+        basis_dependence("relu", rotations=0)
