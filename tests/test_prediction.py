@@ -222,3 +222,94 @@ def test_frontier_trades_loss_for_monosemanticity():
     free, forced = rows
     assert forced["polysemantic_fraction"] < free["polysemantic_fraction"]
     assert forced["loss"] > free["loss"]
+
+
+_ROW_KEYS = {
+    "model",
+    "sparsity",
+    "intervention",
+    "value",
+    "width",
+    "loss",
+    "polysemantic_fraction",
+    "penalty",
+    "total_capacity",
+    "represented",
+    "dead_outputs",
+}
+
+
+def test_interventions_bias_and_width_against_the_penalty():
+    pytest.importorskip("torch")
+    from capalloc.prediction.regularise import frontier, interventions
+
+    setting = {"n": 6, "d": 3, "sparsity": 0.8, "seeds": 1, "steps": 300}
+    rows = interventions(strengths=(0.0,), biases=(0.0, -5.0), widths=(3, 6), **setting)
+    assert [(r["intervention"], r["value"], r["width"]) for r in rows] == [
+        ("penalty", 0.0, 3),
+        ("bias", 0.0, 3),
+        ("bias", -5.0, 3),
+        ("width", 3, 3),
+        ("width", 6, 6),
+    ]
+    for r in rows:
+        assert set(r) == _ROW_KEYS
+        assert r["loss"] >= 0 and 0 <= r["polysemantic_fraction"] <= 1
+        assert r["total_capacity"] <= r["width"] + 1e-6 and 0 <= r["represented"] <= 6
+    penalty, free, dead, narrow, wide = rows
+    # the penalty rows are frontier's rows (one code path)
+    (same,) = frontier(strengths=(0.0,), **setting)
+    assert {k: penalty[k] for k in same if k != "strength"} == {
+        k: v for k, v in same.items() if k != "strength"
+    }
+    # a bias of -5 at initialisation switches every output off: no gradient ever reaches W
+    assert dead["dead_outputs"] == 6 and free["dead_outputs"] == 0
+    assert dead["loss"] > 3 * free["loss"]
+    # d' = n: room for every feature alone, so monosemantic and (near) lossless
+    assert narrow["polysemantic_fraction"] > 0.5
+    assert wide["polysemantic_fraction"] == 0.0 and wide["total_capacity"] > 5.9
+    assert wide["loss"] < 0.1 * narrow["loss"]
+    assert narrow["width"] == 3 and narrow["total_capacity"] <= 3 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"biases": (0.0, float("nan"))}, "biases"),
+        ({"biases": "x"}, "biases"),
+        ({"widths": (0, 3)}, "widths"),
+        ({"widths": (2.5,)}, "widths"),
+        ({"widths": (True,)}, "widths"),
+        ({"strengths": (-0.1,)}, "strengths"),
+        ({"fixed_bias": "yes"}, "fixed_bias"),
+        ({"strengths": (), "biases": (), "widths": ()}, "all empty"),
+        ({"seeds": 0, "biases": (), "widths": ()}, "seeds"),
+    ],
+)
+def test_interventions_bad_arguments(kwargs, match):
+    pytest.importorskip("torch")
+    from capalloc.prediction.regularise import interventions
+
+    with pytest.raises(ValueError, match=match):
+        interventions(n=4, d=2, steps=1, **kwargs)
+
+
+def test_cli_frontier_interventions_json(capsys):
+    pytest.importorskip("torch")
+    from capalloc.cli.main import main
+
+    args = ["experiment", "frontier", "--model", "relu-ae", "--interventions", "--json"]
+    small = ["--n", "4", "--d", "2", "--seeds", "1", "--steps", "20", "--strengths", "0", "0.1"]
+    assert main([*args, *small, "--biases", "-0.1", "--widths", "2", "4"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["intervention"] for r in rows] == ["penalty", "penalty", "bias", "width", "width"]
+    assert all(set(r) == _ROW_KEYS for r in rows)
+    for bad, message in [
+        (["--widths", "0"], "widths must be positive integers"),
+        (["--biases", "inf"], "biases must be finite numbers"),
+    ]:
+        assert main([*args, *small, *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("capalloc: error: ") and message in err and err.count("\n") == 1
+    assert main(["experiment", "frontier", "--widths", "3"]) == 2
+    assert capsys.readouterr().err == "capalloc: error: --widths needs --interventions\n"

@@ -1,4 +1,4 @@
-"""``capalloc experiment predict`` and ``frontier`` (issue 17).
+"""``capalloc experiment predict`` and ``frontier`` (``--interventions``) (issue 17).
 
 Registered on the ``experiment`` subparsers by :mod:`capalloc.cli.experiment`.
 
@@ -81,7 +81,9 @@ def add_predict_parsers(sub: Any) -> None:
         "frontier",
         help="loss versus polysemantic fraction under the capacity penalty sum C(1 - C)",
         description="Train the model on loss + strength * sum_i C_i (1 - C_i) for several "
-        "strengths and report the unpenalised loss and the polysemantic fraction.",
+        "strengths and report the unpenalised loss and the polysemantic fraction. With "
+        "--interventions, also train from negative initial biases and with wider embeddings "
+        "(Jermyn et al.'s interventions) and report all three, measured the same way.",
     )
     fr.add_argument("--model", choices=_MODELS, default="relu-ae")
     fr.add_argument(
@@ -98,6 +100,32 @@ def add_predict_parsers(sub: Any) -> None:
     fr.add_argument("--seeds", type=_positive_int, default=2, help="instances per strength")
     fr.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps")
     fr.add_argument("--seed", type=int, default=0)
+    fr.add_argument(
+        "--interventions",
+        action="store_true",
+        help="compare the penalty with negative initial biases and wider embeddings",
+    )
+    fr.add_argument(
+        "--biases",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="B",
+        help="initial biases with --interventions (default 0 -0.1 -0.2 -0.3 -0.5 -1)",
+    )
+    fr.add_argument(
+        "--widths",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="W",
+        help="embedding widths d' with --interventions (default d, two between, n)",
+    )
+    fr.add_argument(
+        "--fixed-bias",
+        action="store_true",
+        help="with --interventions: hold the bias at its initial value instead of training it",
+    )
     fr.add_argument("--json", action="store_true", help="print a JSON list of rows")
     fr.set_defaults(func=_cmd_frontier)
 
@@ -113,8 +141,26 @@ def _strength(text: str) -> float:
 
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
-    from capalloc.prediction.regularise import DEFAULT_STRENGTHS, frontier
+    from capalloc.prediction.regularise import (
+        DEFAULT_BIASES,
+        DEFAULT_STRENGTHS,
+        frontier,
+        interventions,
+    )
 
+    if args.interventions:
+        return _cmd_interventions(args, DEFAULT_BIASES, DEFAULT_STRENGTHS, interventions)
+    extra = [
+        flag
+        for flag, given in (
+            ("--biases", args.biases is not None),
+            ("--widths", args.widths is not None),
+            ("--fixed-bias", args.fixed_bias),
+        )
+        if given
+    ]
+    if extra:
+        raise ValueError(f"{extra[0]} needs --interventions")
     rows = frontier(
         args.model,
         args.strengths or DEFAULT_STRENGTHS,
@@ -131,6 +177,34 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     print("strength  loss      polysemantic_fraction")
     for r in rows:
         print(f"{r['strength']:<9g} {r['loss']:<9.5f} {r['polysemantic_fraction']:.3f}")
+    return 0
+
+
+def _cmd_interventions(
+    args: argparse.Namespace, biases: Any, strengths: Any, interventions: Any
+) -> int:
+    rows = interventions(
+        args.model,
+        strengths=args.strengths or strengths,
+        biases=args.biases or biases,
+        widths=args.widths,
+        fixed_bias=args.fixed_bias,
+        n=args.n,
+        d=args.d,
+        sparsity=args.sparsity,
+        seeds=args.seeds,
+        steps=args.steps,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print("intervention  value     width  loss      polysemantic_fraction  total_capacity")
+    for r in rows:
+        print(
+            f"{r['intervention']:<13} {r['value']:<9g} {r['width']:<6d} {r['loss']:<9.5f} "
+            f"{r['polysemantic_fraction']:<22.3f} {r['total_capacity']:.2f}"
+        )
     return 0
 
 

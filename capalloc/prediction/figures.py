@@ -36,20 +36,54 @@ def plot_prediction(rows: Sequence[dict[str, Any]], path: str | None = None) -> 
 
 
 def plot_frontier(rows: Sequence[dict[str, Any]], path: str | None = None) -> Any:
-    """Loss against polysemantic fraction, one point per penalty strength. Returns the figure."""
+    """Loss against polysemantic fraction. Returns the figure.
+
+    ``rows`` are those of :func:`capalloc.prediction.regularise.frontier` (one point per
+    penalty strength, joined by a line) or of
+    :func:`~capalloc.prediction.regularise.interventions`, whose ``"bias"`` and
+    ``"width"`` rows are added as points of their own, labelled by initial bias and by
+    width :math:`d'`.
+
+    Examples
+    --------
+    >>> from capalloc.prediction.figures import plot_frontier
+    >>> rows = [
+    ...     {"intervention": "penalty", "value": 0.0, "loss": 0.06, "polysemantic_fraction": 0.9},
+    ...     {"intervention": "penalty", "value": 0.1, "loss": 0.16, "polysemantic_fraction": 0.0},
+    ...     {"intervention": "bias", "value": -0.2, "loss": 0.07, "polysemantic_fraction": 0.8},
+    ...     {"intervention": "width", "value": 20, "loss": 0.0, "polysemantic_fraction": 0.0},
+    ... ]
+    >>> [len(line.get_xdata()) for line in plot_frontier(rows).axes[0].lines]
+    [2, 1, 1]
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 3))
-    x = [r["polysemantic_fraction"] for r in rows]
-    y = [r["loss"] for r in rows]
-    ax.plot(x, y, "o-")
+    groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     for r in rows:
-        ax.annotate(f"λ={r['strength']:g}", (r["polysemantic_fraction"], r["loss"]), fontsize=7)
+        kind = r.get("intervention", "penalty")
+        groups.setdefault(kind, []).append(
+            (r["value"] if "intervention" in r else r["strength"], r)
+        )
+    styles = {
+        "penalty": ("o-", "capacity penalty", "λ={:g}"),
+        "bias": ("s", "initial bias", "b={:g}"),
+        "width": ("^", "more neurons", "d'={:g}"),
+    }
+    fig, ax = plt.subplots(figsize=(4.8, 3.4) if len(groups) > 1 else (4, 3))
+    for kind, points in groups.items():
+        style, label, text = styles[kind]
+        x = [r["polysemantic_fraction"] for _, r in points]
+        y = [r["loss"] for _, r in points]
+        ax.plot(x, y, style, label=label, ms=5)
+        for value, r in points:
+            ax.annotate(text.format(value), (r["polysemantic_fraction"], r["loss"]), fontsize=6)
     ax.set_xlabel("polysemantic fraction")
     ax.set_ylabel("loss (unpenalised)")
+    if len(groups) > 1:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
