@@ -28,19 +28,19 @@ from capalloc.experiments.bench import power_law_problem
 FACTOR = 3.0  # --check fails above FACTOR times the documented ratio
 _BIG = 1 << 22
 
-# Documented ratios (docs/benchmarks.md, "Ratio suite"): the 2-core machine with other
-# processes running (load 3-4), the conditions CI meets too.
+# Documented ratios (docs/benchmarks.md, "Idle and busy"): the larger of the idle and busy
+# columns measured on the 2-core machine, so that --check holds under the load CI meets.
 DOCUMENTED = {
     "waterfill n=4e6 / sum": 18.0,
-    "waterfill n=4e6, K per feature / sum": 27.0,
-    "QuadraticProblem(v) n=4e6 / sum": 5.7,
+    "waterfill n=4e6, K per feature / sum": 25.0,
+    "QuadraticProblem(v) n=4e6 / sum": 4.5,
     "QuadraticProblem(read-only v) n=4e6 / sum": 1.3,
-    "waterfill numpy engine n=1e4 / sort": 200.0,
+    "waterfill numpy engine n=1e4 / sort": 180.0,
     "phase-diagram batch 4000x20 / convex batch": 1.5,
-    "waterfill n=1e7 / sum": 11.0,
-    "waterfill n=1e7, K per feature / sum": 16.0,
-    "batched 1e5 x 100 / sum of its 1e7 entries": 60.0,
-    "phase diagram 200x200, K 1.5-10 / convex batch": 1.5,
+    "waterfill n=1e7 / sum": 18.0,
+    "waterfill n=1e7, K per feature / sum": 25.0,
+    "batched 1e5 x 100 / sum of its 1e7 entries": 46.0,
+    "phase diagram 200x200, K 1.5-10 / convex batch": 2.1,
     "capacity 8192x256 / W @ W.T": 2.4,  # one BLAS thread, as .ci/run sets
     "first small solve, fresh process / import numpy, scipy.optimize": 0.4,
 }
