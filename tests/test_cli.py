@@ -949,3 +949,20 @@ def test_bad_output_paths_are_refused_before_computing(tmp_path, capsys):
         fifo = tmp_path / "pipe.png"
         os.mkfifo(fifo)
         assert _error(capsys, ["demo", "-o", str(fifo)]).endswith("is not a regular file")
+
+
+def test_lazy_subcommands_keep_their_help_and_stay_unimported():
+    full = build_parser()._subparsers._group_actions[0]
+    lazy = build_parser(["solve", "-v", "1,2", "-d", "1"])._subparsers._group_actions[0]
+    helps = {a.dest: a.help for a in full._choices_actions}
+    assert helps == {a.dest: a.help for a in lazy._choices_actions}
+    assert set(full.choices) == set(lazy.choices)
+    code = (
+        "import sys; from capalloc.cli.main import main\n"
+        "assert main(['solve', '-v', '3,2,1', '-d', '1', '-K', '10']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('capalloc.cli.', 'capalloc.experiments'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert "capalloc.cli.experiment" not in loaded and "capalloc.experiments" not in loaded
+    assert "capalloc.cli.capacity" not in loaded

@@ -57,7 +57,6 @@ from capalloc.cli._output import counts_text as _counts_text
 from capalloc.cli._output import figure_path as _figure_path
 from capalloc.cli._output import save_figure as _save_figure
 from capalloc.cli._output import table as _table
-from capalloc.experiments.sweep import SweepError
 
 __all__ = ["main", "build_parser", "parse_vector", "sparse_kurtosis"]
 
@@ -326,9 +325,46 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``capalloc`` command (subcommands included)."""
+#: Subcommands whose parsers live in modules of their own: ``(module, adder, help)``.
+#: They are imported only when ``argv`` names them (or when no ``argv`` is given), so
+#: that ``capalloc solve`` does not pay for the experiments' imports.
+_LAZY_COMMANDS = {
+    "capacity": (
+        "capalloc.cli.capacity",
+        "add_capacity_parser",
+        "capacity report of a weight matrix",
+    ),
+    "experiment": (
+        "capalloc.cli.experiment",
+        "add_experiment_parser",
+        "reproduction experiments (sparsity sweep, phase diagram)",
+    ),
+}
+
+
+def _add_lazy(sub: Any, name: str, command: str | None) -> None:
+    module, adder, help_text = _LAZY_COMMANDS[name]
+    if command is not None and command != name:  # listed in --help, never parsed
+        sub.add_parser(name, help=help_text)
+        return
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    getattr(found, adder)(sub)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``capalloc`` command (subcommands included).
+
+    With ``argv``, subcommands that ``argv`` does not name get a placeholder parser
+    (their help line only), which saves importing their modules.
+    """
     from capalloc import __version__
+
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
 
     parser = argparse.ArgumentParser(
         prog="capalloc",
@@ -419,25 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--plot", metavar="FILE", help="also draw the allocation to FILE")
     solve.set_defaults(func=_cmd_solve)
 
-    from capalloc.cli.capacity import add_capacity_parser
-
-    add_capacity_parser(sub)
+    _add_lazy(sub, "capacity", command)
 
     bench = sub.add_parser("bench", help="time the solver methods and print a table")
     bench.add_argument("--quick", action="store_true", help="small sizes only")
     bench.set_defaults(func=_cmd_bench)
 
-    try:
-        _cli_experiment = importlib.import_module("capalloc.cli.experiment")
-    except ModuleNotFoundError as exc:
-        if exc.name != "capalloc.cli.experiment":
-            raise
-    else:
-        _cli_experiment.add_experiment_parser(sub)
+    _add_lazy(sub, "experiment", command)
     return parser
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _sweep_error() -> type[Exception]:
+    """The sweep engine's error class where that module is loaded (only it raises it)."""
+    sweep = sys.modules.get("capalloc.experiments.sweep")
+    return sweep.SweepError if sweep is not None else _NeverRaised
 
 
 def _one_line(exc: BaseException) -> str:
@@ -459,9 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 on bad input (a one-line ``capalloc: error: ...`` on
         stderr; argparse reports its own usage errors the same way).
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     handler = getattr(args, "func", None)
@@ -483,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         KeyError,
         ImportError,
         OverflowError,
-        SweepError,
+        _sweep_error(),
     ) as exc:
         if os.environ.get("CAPALLOC_TRACEBACK"):
             raise
