@@ -313,3 +313,28 @@ def test_cli_frontier_interventions_json(capsys):
         assert err.startswith("capalloc: error: ") and message in err and err.count("\n") == 1
     assert main(["experiment", "frontier", "--widths", "3"]) == 2
     assert capsys.readouterr().err == "capalloc: error: --widths needs --interventions\n"
+
+
+def test_prediction_rows_keep_the_best_restart_of_each_seed():
+    pytest.importorskip("torch")
+    from capalloc.prediction.compare import prediction_rows
+    from capalloc.training import TrainConfig
+    from capalloc.training.torch_models import train_model
+
+    kw = {"n": 6, "d": 3, "sparsities": [0.8], "seeds": 2, "steps": 60, "seed": 4}
+    (row,) = prediction_rows("quadratic", restarts=3, **kw)
+    # the same six runs, laid out (sparsity, seed, restart)
+    run = train_model(
+        "quadratic",
+        make_importance(6),
+        d=3,
+        sparsity=[0.8] * 6,
+        config=TrainConfig(steps=60, seed=4),
+    )
+    losses = np.asarray(run.loss).reshape(2, 3)
+    np.testing.assert_allclose(row["trained_loss"], losses.min(axis=1).round(6))
+    assert row["restarts"] == 3 and row["predicted_loss"] is None
+    best = np.asarray(run.effective_capacity).reshape(2, 3, 6)[np.arange(2), losses.argmin(axis=1)]
+    np.testing.assert_allclose(row["trained_capacity"], np.sort(best, axis=1)[:, ::-1].round(4))
+    with pytest.raises(ValueError, match="restarts"):
+        prediction_rows("quadratic", restarts=0, **kw)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._lib.validation import short
+from capalloc._lib.validation import check_positive, short
 
 __all__ = ["MODELS", "capacity_error", "predict_capacity", "prediction_rows", "make_importance"]
 
@@ -100,12 +100,19 @@ def prediction_rows(
     seeds: int = 3,
     steps: int = 2000,
     seed: int = 0,
+    restarts: int = 1,
 ) -> list[dict[str, Any]]:
     """Train ``seeds`` instances of ``model`` per sparsity and compare with the prediction.
 
+    With ``restarts > 1`` each seed is the best (lowest final loss on a fresh batch) of
+    ``restarts`` independently initialised runs: still unconstrained training, which only
+    lowers the chance of ending in a poor local minimum (nothing of the prediction is used).
+
     Returns one row per sparsity: ``model``, ``sparsity``, ``importance``, ``n``, ``d``,
-    ``trained_capacity`` (one sorted list per seed), ``predicted_capacity`` (sorted),
-    ``error`` (per seed, :func:`capacity_error`) and ``mean_error``. Needs torch.
+    ``restarts``, ``trained_capacity`` (one sorted list per seed), ``predicted_capacity``
+    (sorted), ``error`` (per seed, :func:`capacity_error`), ``mean_error``,
+    ``trained_loss`` (per seed) and ``predicted_loss`` (the exact expected loss of the
+    predicted embedding for ``"relu-ae"``, else ``None``). Needs torch.
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
@@ -113,17 +120,23 @@ def prediction_rows(
     S = [float(x) for x in sparsities]
     if not S or any(not 0.0 <= x < 1.0 for x in S):
         raise ValueError(f"sparsities must lie in [0, 1), got {short(sparsities)}")
+    restarts = check_positive(restarts, "restarts", integer=True)
     from capalloc.training import TrainConfig
     from capalloc.training.torch_models import train_model
 
+    per = seeds * restarts
     run = train_model(
-        model, v, d=d, sparsity=np.repeat(S, seeds), config=TrainConfig(steps=steps, seed=seed)
+        model, v, d=d, sparsity=np.repeat(S, per), config=TrainConfig(steps=steps, seed=seed)
     )
-    C = np.asarray(run.effective_capacity)
+    # best restart of each seed: instances are laid out (sparsity, seed, restart)
+    losses = np.asarray(run.loss, dtype=float).reshape(len(S), seeds, restarts)
+    best = np.argmin(losses, axis=-1)
+    C = np.asarray(run.effective_capacity).reshape(len(S), seeds, restarts, n)
     rows = []
     for k, s in enumerate(S):
-        pred = predict_capacity(model, v, d, s)
-        trained = C[k * seeds : (k + 1) * seeds]
+        pred, pred_loss = _prediction(model, v, d, s)
+        trained = C[k, np.arange(seeds), best[k]]
+        trained_loss = losses[k, np.arange(seeds), best[k]]
         err = [capacity_error(pred, c) for c in trained]
         rows.append(
             {
@@ -136,6 +149,20 @@ def prediction_rows(
                 "predicted_capacity": np.sort(pred)[::-1].round(4).tolist(),
                 "error": [round(e, 4) for e in err],
                 "mean_error": round(float(np.mean(err)), 4),
+                "restarts": restarts,
+                "trained_loss": [round(float(x), 6) for x in trained_loss],
+                "predicted_loss": pred_loss,
             }
         )
     return rows
+
+
+def _prediction(model: str, v: np.ndarray, d: int, sparsity: float) -> tuple[np.ndarray, Any]:
+    """Predicted capacities and, where the prediction has one, the expected loss of the
+    predicted embedding (rounded), else ``None``."""
+    if model != "relu-ae":
+        return predict_capacity(model, v, d, sparsity), None
+    from capalloc.prediction.relu_ae import predict_relu_ae
+
+    alloc = predict_relu_ae(v, d, sparsity)
+    return alloc.capacity, round(float(alloc.loss), 6)
