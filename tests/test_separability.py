@@ -62,3 +62,28 @@ def test_bad_arguments_name_themselves():
         basis_dependence("relu", sparsities=[1.0])
     with pytest.raises(ValueError, match="rotations"):
         basis_dependence("relu", rotations=0)
+
+
+def test_cli_separability_json():
+    import json
+    import subprocess
+    import sys
+
+    args = ["--model", "quadratic", "--n", "5", "--d", "2", "--sparsities", "0.8", "--seeds", "1"]
+    args += ["--steps", "30", "--rotations", "2", "--angles", "0.1", "haar", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "capalloc.cli", "experiment", "separability", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["angle"] for r in rows] == [0.1, None]
+    assert all(r["ratio"] == pytest.approx(1.0, abs=1e-9) for r in rows)
+    bad = subprocess.run(
+        [sys.executable, "-m", "capalloc.cli", "experiment", "separability", "--angles", "-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "angle must be a positive number" in bad.stderr

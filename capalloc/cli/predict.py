@@ -1,4 +1,4 @@
-"""``capalloc experiment predict`` and ``frontier`` (``--interventions``) (issue 17).
+"""``capalloc experiment predict``, ``separability`` and ``frontier`` (``--interventions``) (issue 17).
 
 Registered on the ``experiment`` subparsers by :mod:`capalloc.cli.experiment`.
 
@@ -73,9 +73,42 @@ def add_predict_parsers(sub: Any) -> None:
     pp.add_argument("--seeds", type=_positive_int, default=3, help="trained instances per point")
     pp.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps")
     pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument(
+        "--restarts",
+        type=_positive_int,
+        default=1,
+        help="independent initialisations per seed; the lowest final loss is kept (default 1)",
+    )
     pp.add_argument("--no-train", action="store_true", help="prediction only (no torch)")
     pp.add_argument("--json", action="store_true", help="print a JSON list of rows")
     pp.set_defaults(func=_cmd_predict)
+
+    sp = sub.add_parser(
+        "separability",
+        help="how much of a trained model's loss survives rotating its hidden space",
+        description="Train the model, rotate W -> QW (capacities unchanged), re-optimise the "
+        "output bias and report rho = L(QW)/L(W): 1 where the loss is a function of W^T W "
+        "(quadratic, relu-ae), above 1 where the model relies on its neuron basis.",
+    )
+    sp.add_argument("--model", choices=_MODELS, default="relu")
+    sp.add_argument("--n", type=_positive_int, default=20, help="number of features")
+    sp.add_argument("--d", type=_positive_int, default=10, help="embedding dimension")
+    sp.add_argument("--importance", choices=("decay", "uniform"), default="decay")
+    sp.add_argument("--sparsities", nargs="+", type=_sparsity, default=[0.5, 0.8, 0.9], metavar="S")
+    sp.add_argument("--seeds", type=_positive_int, default=3, help="trained instances per point")
+    sp.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps")
+    sp.add_argument("--rotations", type=_positive_int, default=8, help="rotations per angle")
+    sp.add_argument(
+        "--angles",
+        nargs="+",
+        type=_angle,
+        default=[0.01, 0.1, None],
+        metavar="A",
+        help="largest rotation angles in radians, or 'haar' (default 0.01 0.1 haar)",
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    sp.set_defaults(func=_cmd_separability)
 
     fr = sub.add_parser(
         "frontier",
@@ -128,6 +161,48 @@ def add_predict_parsers(sub: Any) -> None:
     )
     fr.add_argument("--json", action="store_true", help="print a JSON list of rows")
     fr.set_defaults(func=_cmd_frontier)
+
+
+def _angle(text: str) -> float | None:
+    if text.lower() == "haar":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"angle must be a number or 'haar', got {text!r}"
+        ) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"angle must be a positive number, got {text!r}")
+    return value
+
+
+def _cmd_separability(args: argparse.Namespace) -> int:
+    from capalloc.prediction.separability import basis_dependence
+
+    rows = basis_dependence(
+        args.model,
+        n=args.n,
+        d=args.d,
+        importance=args.importance,
+        sparsities=args.sparsities,
+        seeds=args.seeds,
+        steps=args.steps,
+        rotations=args.rotations,
+        angles=args.angles,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print("model     S      angle  loss       rho      rho_min  rho_max")
+    for r in rows:
+        angle = "haar" if r["angle"] is None else f"{r['angle']:g}"
+        print(
+            f"{r['model']:<9} {r['sparsity']:<6g} {angle:<6} {r['loss']:<10.6f} "
+            f"{r['ratio']:<8.4g} {r['ratio_min']:<8.4g} {r['ratio_max']:.4g}"
+        )
+    return 0
 
 
 def _strength(text: str) -> float:
@@ -240,6 +315,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             steps=args.steps,
             seed=args.seed,
+            restarts=args.restarts,
         )
     if args.json:
         print_json(rows)
