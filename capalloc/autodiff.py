@@ -319,7 +319,7 @@ def _vjp_cpu(torch: Any, saved: tuple, gC: Any, gmu: Any, gN: Any, gL: Any) -> t
 def _make_function() -> Any:
     torch = _torch()
 
-    class _Allocate(torch.autograd.Function):
+    class _Allocate(torch.autograd.Function):  # type: ignore[name-defined]  # torch is imported lazily
         """``(v, K) -> (C, mu, N, L)`` by the exact solver, with closed-form VJP and JVP."""
 
         @staticmethod
@@ -631,7 +631,7 @@ def solve(
 def _make_layer() -> type:
     torch = _torch()
 
-    class AllocationLayer(torch.nn.Module):
+    class AllocationLayer(torch.nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
         r"""The differentiable allocation as an ``nn.Module``: ``layer(importance)``.
 
         .. math::

@@ -234,7 +234,7 @@ def check_probability(value: Any, name: str = "p") -> float:
     return float(value)
 
 
-def readonly(x: Any, dtype: Any = None, copy: bool = True) -> Any:
+def readonly(x: Any, dtype: Any = None, copy: bool | str = True) -> Any:
     """A read-only C-ordered copy of an array (of ``dtype`` when given); other values pass through.
 
     ``copy=False`` freezes an array the caller owns in place (no copy where the

@@ -54,6 +54,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import optimize
 
 from capalloc._lib.validation import short
@@ -110,7 +111,7 @@ def _nodes(m: int) -> tuple[np.ndarray, np.ndarray]:
     return pts, np.full(len(pts), 1.0 / len(pts))
 
 
-def feature_loss(a: float, coefficients: Sequence[float], bias: float, sparsity: Any) -> float:
+def feature_loss(a: float, coefficients: ArrayLike, bias: float, sparsity: Any) -> float:
     r"""Exact expected loss :math:`E[(x_i - \mathrm{ReLU}(a x_i + \sum_j c_j x_j + b))^2]`.
 
     Parameters
@@ -214,7 +215,7 @@ GROUP_TYPES: tuple[GroupType, ...] = (
 )
 
 
-def group_gram(group: GroupType, norms: Sequence[float]) -> np.ndarray:
+def group_gram(group: GroupType, norms: ArrayLike) -> np.ndarray:
     """Gram matrix :math:`W^\\top W` of a group with the given member norms.
 
     Examples
@@ -229,10 +230,10 @@ def group_gram(group: GroupType, norms: Sequence[float]) -> np.ndarray:
 
 def group_loss(
     group: GroupType,
-    norms: Sequence[float],
-    biases: Sequence[float],
+    norms: ArrayLike,
+    biases: ArrayLike,
     sparsity: Any,
-    importance: Sequence[float] | None = None,
+    importance: ArrayLike | None = None,
 ) -> np.ndarray:
     r"""Per-member losses :math:`I_i\,\ell_i` of one group (exact, see :func:`feature_loss`).
 
@@ -244,17 +245,18 @@ def group_loss(
     """
     G = group_gram(group, norms)
     imp = np.ones(group.k) if importance is None else np.asarray(importance, dtype=float)
+    b = np.asarray(biases, dtype=float)
     out = np.empty(group.k)
     for i in range(group.k):
         others = [G[i, j] for j in range(group.k) if j != i]
-        out[i] = imp[i] * feature_loss(G[i, i], others, float(biases[i]), sparsity)
+        out[i] = imp[i] * feature_loss(G[i, i], others, float(b[i]), sparsity)
     return out
 
 
 def optimise_group(
     group: GroupType,
     sparsity: Any,
-    importance: Sequence[float] | None = None,
+    importance: ArrayLike | None = None,
     *,
     symmetric: bool | None = None,
 ) -> dict[str, Any]:

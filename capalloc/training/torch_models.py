@@ -1085,7 +1085,7 @@ def train_model(
         config=cfg,
         sparsity=host(model.sparsity),
         density=None if density is None else 1.0 - host(model.feature_sparsity),
-        hidden_bias=None if getattr(model, "c", None) is None else host(model.c),
+        hidden_bias=None if getattr(model, "c", None) is None else host(model.c),  # type: ignore[arg-type]
         cap_tol=cap_tol,
         norm_tol=norm_tol,
         block_tol=block_tol,
