@@ -338,3 +338,34 @@ def test_prediction_rows_keep_the_best_restart_of_each_seed():
     np.testing.assert_allclose(row["trained_capacity"], np.sort(best, axis=1)[:, ::-1].round(4))
     with pytest.raises(ValueError, match="restarts"):
         prediction_rows("quadratic", restarts=0, **kw)
+
+
+def _non_crossing(items):
+    """Every non-crossing perfect matching of the list ``items`` (independent enumeration)."""
+    if not items:
+        yield []
+        return
+    first = items[0]
+    for k in range(1, len(items), 2):
+        for inner in _non_crossing(items[1:k]):
+            for outer in _non_crossing(items[k + 1 :]):
+                yield [(first, items[k]), *inner, *outer]
+
+
+def test_best_pairing_is_the_cheapest_non_crossing_matching():
+    from capalloc.prediction.relu_ae import _best_pairing
+
+    pair = next(t for t in GROUP_TYPES if t.k == 2)
+    imp, S = 0.6 ** np.arange(6), 0.8
+    got = _best_pairing(pair, S, imp)
+    got_cost = sum(f["loss"] for _, _, f in got)
+    costs = {
+        tuple(m): sum(optimise_group(pair, S, imp[[a, b]], symmetric=False)["loss"] for a, b in m)
+        for m in _non_crossing(list(range(6)))
+    }
+    assert len(costs) == 5  # Catalan(3)
+    best = min(costs, key=costs.get)
+    assert sorted((a, b) for a, b, _ in got) == sorted(best)
+    assert got_cost == pytest.approx(costs[best], rel=1e-6)
+    # unequal partners pay: nesting beats neighbours here
+    assert costs[((0, 5), (1, 4), (2, 3))] < costs[((0, 1), (2, 3), (4, 5))]

@@ -441,6 +441,7 @@ def predict_relu_ae(
     loss = 0.0
     i, left = 0, d
     by_name = {t.name: t for t in kinds}
+    paired: list[int] = []  # sorted positions of the features the programme put in pairs
     while i < n:
         name, k, dim = choice[(i, left)]
         members = tuple(int(j) for j in order[i : i + k])
@@ -449,15 +450,70 @@ def predict_relu_ae(
         elif name == "monosemantic":
             capacity[members[0]] = 1.0
             groups.append((name, members))
+        elif refine and by_name[name].k == 2:
+            paired += [i, i + 1]
         else:
             t = by_name[name]
-            if refine and t.k == 2:
-                fit = optimise_group(t, S, imp_sorted[i : i + k], symmetric=False)
-                capacity[list(members)] = fit["capacity"]
-                loss += fit["loss"]
-            else:
-                capacity[list(members)] = t.capacity
-                loss += unit[name] * imp_sorted[i : i + k].sum()
+            capacity[list(members)] = t.capacity
+            loss += unit[name] * imp_sorted[i : i + k].sum()
             groups.append((name, members))
         i, left = i + k, left - dim
+    if paired:
+        pair = next(t for t in kinds if t.k == 2)
+        for a, b, fit in _best_pairing(pair, S, imp_sorted[paired]):
+            members = (int(order[paired[a]]), int(order[paired[b]]))
+            capacity[list(members)] = fit["capacity"]
+            loss += fit["loss"]
+            groups.append((pair.name, members))
     return Allocation(capacity, groups, float(loss), float(best[0, d]), S)
+
+
+def _best_pairing(
+    pair: GroupType, sparsity: float, imp: np.ndarray
+) -> list[tuple[int, int, dict[str, Any]]]:
+    r"""The cheapest non-crossing perfect matching of features ``0 .. 2m-1`` (decreasing
+    importance ``imp``) into antipodal pairs, each at its exact joint optimum.
+
+    Unequal partners interact: the joint optimum of a pair with importance ratio ``r``
+    lies below the separable cost by 0.01 % (``r = 0.9``) to 7 % (``r = 0.15``) at
+    ``S = 0.8``, and a very unequal pair degenerates into a column and an ignored feature.
+    So which features share a plane matters, and nesting the most important with the
+    least important can beat neighbours. An interval programme over the importance order,
+    :math:`M(i, j) = \min_k c(i, k) + M(i+1, k-1) + M(k+1, j)`, finds the best matching
+    without crossings (adjacent and nested pairings, and all mixtures). Pair costs scale
+    with importance, so they are optimised once per importance ratio.
+    Returns ``(a, b, fit)`` per pair (positions in ``imp``; ``fit`` from
+    :func:`optimise_group`, scaled to the pair's importances).
+    """
+    m2 = imp.size
+    fits: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def fit(a: int, b: int) -> dict[str, Any]:
+        if (a, b) not in fits:
+            top = float(imp[a])
+            ratio = float(imp[b]) / top if top > 0 else 1.0
+            key = ("pair-ratio", round(ratio, 12), round(float(sparsity), 12))
+            if key not in _COSTS:
+                _COSTS[key] = optimise_group(
+                    pair, sparsity, np.array([1.0, ratio]), symmetric=False
+                )
+            unit_fit = _COSTS[key]
+            fits[(a, b)] = {**unit_fit, "loss": unit_fit["loss"] * top}
+        return fits[(a, b)]
+
+    best: dict[tuple[int, int], tuple[float, tuple[tuple[int, int], ...]]] = {}
+
+    def match(i: int, j: int) -> tuple[float, tuple[tuple[int, int], ...]]:
+        if i > j:
+            return 0.0, ()
+        if (i, j) not in best:
+            options = []
+            for k in range(i + 1, j + 1, 2):  # i pairs with k; both sides stay even
+                inner, outer = match(i + 1, k - 1), match(k + 1, j)
+                options.append(
+                    (fit(i, k)["loss"] + inner[0] + outer[0], ((i, k), *inner[1], *outer[1]))
+                )
+            best[(i, j)] = min(options, key=lambda o: o[0])
+        return best[(i, j)]
+
+    return [(a, b, fit(a, b)) for a, b in match(0, m2 - 1)[1]]
