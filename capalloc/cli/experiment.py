@@ -22,7 +22,6 @@ modules (torch, matplotlib) load inside the handlers.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -31,6 +30,10 @@ from typing import Any
 
 from capalloc._lib.tables import format_table
 from capalloc.cli._output import figure_path, print_json
+from capalloc.cli._types import MODELS as _MODELS
+from capalloc.cli._types import non_negative_int as _non_negative_int
+from capalloc.cli._types import positive as _positive
+from capalloc.cli._types import sparsity as _sparsity
 
 __all__ = ["add_experiment_parser", "DEFAULT_OUT_DIR", "DEFAULT_PHASE_POINTS"]
 
@@ -47,45 +50,8 @@ DEFAULT_PHASE_POINTS = (
     (20.0, 1.0),
     (12.0, 4.0),
 )
-_MODELS = ("quadratic", "relu", "gelu", "relu-ae")
 _CELL_BYTES = 400  # peak memory of phase-diagram per grid cell (measured: ~310 bytes)
 _MAX_DPI = 2400  # the 11-inch figure stays below matplotlib's 2**16 pixels a side
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a positive {kind.__name__}, got {text!r}"
-            ) from None
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"sparsity must lie in [0, 1), got {text!r}")
-    return value
 
 
 def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:

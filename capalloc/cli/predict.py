@@ -21,30 +21,11 @@ from typing import Any
 import numpy as np
 
 from capalloc.cli._output import print_json
+from capalloc.cli._types import MODELS as _MODELS
+from capalloc.cli._types import positive_int as _positive_int
+from capalloc.cli._types import sparsity as _sparsity
 
 __all__ = ["add_predict_parsers"]
-
-_MODELS = ("quadratic", "relu", "gelu", "relu-ae")
-
-
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must lie in [0, 1), got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_predict_parsers(sub: Any) -> None:
