@@ -87,3 +87,39 @@ def test_cli_separability_json():
         text=True,
     )
     assert bad.returncode == 2 and "angle must be a positive number" in bad.stderr
+
+
+def test_quadratic_curve_against_brute_force_allocation():
+    from capalloc import QuadraticProblem, solve
+    from capalloc.prediction.curves import quadratic_curve
+
+    v, d, K = 0.8 ** np.arange(7), 3, 8.0
+    # at integer c the others' optimum is the exact solver's with budget d - c
+    L = quadratic_curve(v, d, K, feature=1, capacities=[0.0, 1.0])
+    rest = np.delete(v, 1)
+    for c, got in zip([0.0, 1.0], L, strict=True):
+        res = solve(QuadraticProblem(rest, d - int(c), K))
+        own = float((K - 1) * v[1] ** 2) if c == 0 else 0.0
+        assert got == pytest.approx(own + float(res.loss), rel=1e-9)
+    # the free optimum is the minimum of the curve, at the solver's capacity of feature 1
+    free = solve(QuadraticProblem(v, d, K))
+    grid = np.linspace(0, 1, 201)
+    curve = quadratic_curve(v, d, K, feature=1, capacities=grid)
+    assert grid[np.argmin(curve)] == pytest.approx(free.capacity[1], abs=0.005)
+    assert curve.min() == pytest.approx(float(free.loss), rel=1e-6)
+
+
+def test_held_capacity_training_reaches_its_targets_and_bounds_the_exact_curve():
+    from capalloc.prediction.curves import constrained_loss_curve
+
+    rows = constrained_loss_curve(
+        "quadratic", feature=1, capacities=[0.5, 1.0], n=6, d=3, sparsity=0.8, steps=1500
+    )
+    for r in rows:
+        assert abs(r["capacity"] - r["target"]) < 0.02
+        assert r["loss"] >= r["exact"] * (1 - 1e-9)  # training can only be above the optimum
+        assert r["loss"] <= r["exact"] * 1.2
+    with pytest.raises(ValueError, match="capacities"):
+        constrained_loss_curve("quadratic", capacities=[1.5])
+    with pytest.raises(ValueError, match="feature"):
+        constrained_loss_curve("quadratic", feature=99, n=5)

@@ -91,6 +91,32 @@ def add_predict_parsers(sub: Any) -> None:
     sp.add_argument("--json", action="store_true", help="print a JSON list of rows")
     sp.set_defaults(func=_cmd_separability)
 
+    lc = sub.add_parser(
+        "loss-curve",
+        help="loss of a trained model with one feature held at each of several capacities",
+        description="Train one instance per target capacity c with the penalty "
+        "strength * L * (C_i - c)^2 and report the loss and the capacity reached (the "
+        "quadratic model also gets its exact curve, l_i(c) + the others' optimum on d - c).",
+    )
+    lc.add_argument("--model", choices=_MODELS, default="relu-ae")
+    lc.add_argument("--feature", type=int, default=4, help="index of the held feature")
+    lc.add_argument(
+        "--capacities",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        metavar="C",
+        help="target capacities in [0, 1]",
+    )
+    lc.add_argument("--n", type=_positive_int, default=20, help="number of features")
+    lc.add_argument("--d", type=_positive_int, default=10, help="embedding dimension")
+    lc.add_argument("--sparsity", type=_sparsity, default=0.8)
+    lc.add_argument("--importance", choices=("decay", "uniform"), default="decay")
+    lc.add_argument("--steps", type=_positive_int, default=3000, help="Adam steps")
+    lc.add_argument("--seed", type=int, default=0)
+    lc.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    lc.set_defaults(func=_cmd_loss_curve)
+
     fr = sub.add_parser(
         "frontier",
         help="loss versus polysemantic fraction under the capacity penalty sum C(1 - C)",
@@ -183,6 +209,30 @@ def _cmd_separability(args: argparse.Namespace) -> int:
             f"{r['model']:<9} {r['sparsity']:<6g} {angle:<6} {r['loss']:<10.6f} "
             f"{r['ratio']:<8.4g} {r['ratio_min']:<8.4g} {r['ratio_max']:.4g}"
         )
+    return 0
+
+
+def _cmd_loss_curve(args: argparse.Namespace) -> int:
+    from capalloc.prediction.curves import constrained_loss_curve
+
+    rows = constrained_loss_curve(
+        args.model,
+        feature=args.feature,
+        capacities=args.capacities,
+        n=args.n,
+        d=args.d,
+        sparsity=args.sparsity,
+        importance=args.importance,
+        steps=args.steps,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print("target  capacity  loss       exact")
+    for r in rows:
+        exact = "-" if r["exact"] is None else f"{r['exact']:.6f}"
+        print(f"{r['target']:<7g} {r['capacity']:<9.4f} {r['loss']:<10.6f} {exact}")
     return 0
 
 
