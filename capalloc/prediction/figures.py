@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_prediction", "plot_frontier"]
+__all__ = ["plot_prediction", "plot_frontier", "plot_loss_curves"]
 
 
 def plot_prediction(rows: Sequence[dict[str, Any]], path: str | None = None) -> Any:
@@ -84,6 +84,48 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | None = None) -> An
     ax.set_ylabel("loss (unpenalised)")
     if len(groups) > 1:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_loss_curves(rows: Sequence[dict[str, Any]], path: str | None = None) -> Any:
+    """Loss against the held capacity, one line per model, each divided by its smallest
+    value (rows of :func:`capalloc.prediction.curves.constrained_loss_curve`; the
+    quadratic model's exact curve dashed). Returns the figure.
+
+    Examples
+    --------
+    >>> from capalloc.prediction.figures import plot_loss_curves
+    >>> rows = [{"model": "quadratic", "capacity": c, "loss": 2.0 - c, "exact": 1.9 - c}
+    ...         for c in (0.0, 0.5, 1.0)]
+    >>> len(plot_loss_curves(rows).axes[0].lines)
+    2
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["capacity"])
+        c = [r["capacity"] for r in mine]
+        loss = [r["loss"] for r in mine]
+        (line,) = ax.plot(c, [x / min(loss) for x in loss], "o-", ms=3, label=f"{model}, trained")
+        exact = [r.get("exact") for r in mine]
+        if all(e is not None for e in exact):
+            ax.plot(
+                c,
+                [e / min(exact) for e in exact],
+                "--",
+                color=line.get_color(),
+                label=f"{model}, exact",
+            )
+    ax.set_xlabel("capacity held by the feature")
+    ax.set_ylabel("loss / its minimum")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
