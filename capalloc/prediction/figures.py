@@ -41,8 +41,8 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | None = None) -> An
     ``rows`` are those of :func:`capalloc.prediction.regularise.frontier` (one point per
     penalty strength, joined by a line) or of
     :func:`~capalloc.prediction.regularise.interventions`, whose ``"bias"`` and
-    ``"width"`` rows are added as points of their own, labelled by initial bias and by
-    width :math:`d'`.
+    ``"width"`` rows are added as points of their own, labelled by width :math:`d'` and
+    (the first and the last) by initial bias.
 
     Examples
     --------
@@ -72,18 +72,26 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | None = None) -> An
         "bias": ("s", "initial bias", "b={:g}"),
         "width": ("^", "more neurons", "d'={:g}"),
     }
-    fig, ax = plt.subplots(figsize=(4.8, 3.4) if len(groups) > 1 else (4, 3))
+    fig, ax = plt.subplots(figsize=(5.6, 3.8) if len(groups) > 1 else (4, 3))
     for kind, points in groups.items():
         style, label, text = styles[kind]
         x = [r["polysemantic_fraction"] for _, r in points]
         y = [r["loss"] for _, r in points]
         ax.plot(x, y, style, label=label, ms=5)
-        for value, r in points:
-            ax.annotate(text.format(value), (r["polysemantic_fraction"], r["loss"]), fontsize=6)
+        for k, (value, r) in enumerate(points):
+            if kind == "bias" and 0 < k < len(points) - 1:
+                continue  # the bias points crowd together: label the first and the last
+            ax.annotate(
+                text.format(value),
+                (r["polysemantic_fraction"], r["loss"]),
+                xytext=(-14, -10) if kind == "bias" and k == 0 else (3, 3),
+                textcoords="offset points",
+                fontsize=6,
+            )
     ax.set_xlabel("polysemantic fraction")
     ax.set_ylabel("loss (unpenalised)")
     if len(groups) > 1:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
