@@ -107,35 +107,17 @@ def constrained_loss_curve(
 
     from capalloc._capacity import capacity
     from capalloc.training import TrainConfig
-    from capalloc.training.torch_models import build_model, fit
+    from capalloc.training.torch_models import Penalised, build_model, fit
 
     cfg = TrainConfig(steps=steps, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     inner = build_model(model, v, d, sparsity, instances=len(cs), generator=gen)
     target = torch.tensor(cs, dtype=inner.W.dtype)
 
-    class _Held(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
+    def held(model: Any, plain: Any) -> Any:
+        return strength * plain.detach() * (capacity(model.W)[:, feature] - target) ** 2
 
-        @property
-        def W(self) -> Any:
-            return self.inner.W
-
-        @property
-        def m(self) -> int:
-            return self.inner.m
-
-        def sample(self, batch: int, generator: Any = None) -> Any:
-            return self.inner.sample(batch, generator)
-
-        def loss(self, x: Any) -> Any:
-            plain = self.inner.loss(x)
-            held = capacity(self.inner.W)[:, feature]
-            return plain + strength * plain.detach() * (held - target) ** 2
-
-    fit(_Held(), cfg, generator=gen, desc="capacity-held")
+    fit(Penalised(inner, held), cfg, generator=gen, desc="capacity-held")
     W = inner.W.detach().double().numpy()
     reached = capacity(W)[:, feature]
     K = 3.0 / (1.0 - sparsity)

@@ -107,7 +107,7 @@ def _train(
 
     from capalloc.training import TrainConfig, polysemantic_summary, trained_labels
     from capalloc.training.result import effective_capacity
-    from capalloc.training.torch_models import build_model, default_importance, fit
+    from capalloc.training.torch_models import Penalised, build_model, default_importance, fit
 
     seeds = check_positive(seeds, "seeds", integer=True)
     n = check_positive(n, "n", integer=True)
@@ -130,27 +130,7 @@ def _train(
         bias.requires_grad_(not fixed_bias)
     if strengths is not None:
         weights = torch.tensor(np.repeat(strengths, seeds), dtype=torch.float32)
-
-        class _Penalised(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            @property
-            def W(self) -> Any:
-                return self.inner.W
-
-            @property
-            def m(self) -> int:
-                return self.inner.m
-
-            def sample(self, batch: int, generator: Any = None) -> Any:
-                return self.inner.sample(batch, generator)
-
-            def loss(self, x: Any) -> Any:
-                return self.inner.loss(x) + weights * capacity_penalty(self.inner.W)
-
-        trained = _Penalised()
+        trained = Penalised(inner, lambda model, _: weights * capacity_penalty(model.W))
 
     fit(trained, cfg, generator=gen, desc="frontier")
     with torch.no_grad():

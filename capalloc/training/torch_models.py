@@ -103,6 +103,7 @@ __all__ = [
     "trained_labels",
     "fit",
     "train_model",
+    "Penalised",
 ]
 
 #: The result type of 0.1.0's :func:`train_model`; now the one :class:`TrainResult`.
@@ -838,6 +839,44 @@ def _optimizer(model: ToyModel, config: TrainConfig) -> tuple[Any, list[Any]]:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr), []
     return torch.optim.Adam(groups, lr=lr), []
+
+
+class Penalised(nn.Module):
+    r"""A model trained on its loss plus a per-instance penalty, :math:`L(x) + P(\text{model})`.
+
+    :func:`fit` trains the wrapped model's parameters; sampling, ``W`` and ``m`` are the
+    wrapped model's. ``penalty(model, loss)`` gets the wrapped model and its unpenalised
+    loss and returns one value per instance, shape ``(m,)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from capalloc.training.torch_models import Penalised, build_model
+    >>> inner = build_model("relu-ae", [1.0, 0.5], d=1, sparsity=0.5, instances=2)
+    >>> wrapped = Penalised(inner, lambda model, loss: (model.W**2).sum((-2, -1)))
+    >>> wrapped.loss(wrapped.sample(8)).shape, wrapped.m
+    (torch.Size([2]), 2)
+    """
+
+    def __init__(self, inner: ToyModel, penalty: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.penalty = penalty
+
+    @property
+    def W(self) -> torch.Tensor:
+        return self.inner.W
+
+    @property
+    def m(self) -> int:
+        return self.inner.m
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.inner.sample(batch_size, generator)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.inner.loss(x)
+        return plain + self.penalty(self.inner, plain)
 
 
 def fit(
