@@ -129,7 +129,7 @@ def constrained_loss_curve(
     else:
         with torch.no_grad():
             loss = inner.loss(inner.sample(eval_batch, gen)).double().numpy()
-        exact = [None] * len(cs)
+        exact = np.full(len(cs), np.nan)
     return [
         {
             "model": model,
@@ -138,7 +138,7 @@ def constrained_loss_curve(
             "target": c,
             "capacity": round(float(r), 4),
             "loss": round(float(x), 6),
-            "exact": None if e is None else round(float(e), 6),
+            "exact": None if np.isnan(e) else round(float(e), 6),
         }
         for c, r, x, e in zip(cs, reached, loss, exact, strict=True)
     ]

@@ -122,8 +122,8 @@ def plot_loss_curves(rows: Sequence[dict[str, Any]], path: str | None = None) ->
         c = [r["capacity"] for r in mine]
         loss = [r["loss"] for r in mine]
         (line,) = ax.plot(c, [x / min(loss) for x in loss], "o-", ms=3, label=f"{model}, trained")
-        exact = [r.get("exact") for r in mine]
-        if all(e is not None for e in exact):
+        exact = [float(r["exact"]) for r in mine if r.get("exact") is not None]
+        if len(exact) == len(mine):
             ax.plot(
                 c,
                 [e / min(exact) for e in exact],

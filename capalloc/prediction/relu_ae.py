@@ -351,7 +351,7 @@ class Allocation:
     sparsity: float
 
 
-_COSTS: dict[tuple[str, float], dict[str, Any]] = {}
+_COSTS: dict[tuple[Any, ...], dict[str, Any]] = {}  # (group, sparsity) or (pair-ratio, r, S)
 
 
 def _unit_cost(group: GroupType, sparsity: float) -> dict[str, Any]:

@@ -817,7 +817,7 @@ def build_model(
 # ---------------------------------------------------------------------------
 
 
-def _optimizer(model: ToyModel, config: TrainConfig) -> tuple[Any, list[Any]]:
+def _optimizer(model: ToyModel | Penalised, config: TrainConfig) -> tuple[Any, list[Any]]:
     """The torch optimiser of ``config`` and the decoupled decays ``[(params, decay)]``."""
     lr = config.lr_at(0)
     if config.optimizer == "adam" and not config.weight_decay and not config.bias_decay:
@@ -880,7 +880,7 @@ class Penalised(nn.Module):
 
 
 def fit(
-    model: ToyModel,
+    model: ToyModel | Penalised,
     config: TrainConfig,
     *,
     generator: torch.Generator | None = None,
