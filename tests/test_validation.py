@@ -317,3 +317,10 @@ def test_importance_one_pass_still_names_the_bad_value(bad, match):
     v[1234] = bad
     with pytest.raises(ValueError, match=match):
         importance_and_max(v)
+
+
+def test_readonly_shared_copies_strided_views():
+    base = np.arange(8.0)
+    base.setflags(write=False)
+    strided = readonly(base[::2], float, copy="shared")
+    assert strided.flags.c_contiguous and not np.shares_memory(strided, base)

@@ -239,10 +239,10 @@ def readonly(x: Any, dtype: Any = None, copy: bool | str = True) -> Any:
 
     ``copy=False`` freezes an array the caller owns in place (no copy where the
     dtype already matches); ``copy="shared"`` returns an array that is already
-    read-only and of ``dtype`` as it is (a view), and copies any other.
+    read-only, C-contiguous and of ``dtype`` as it is (a view), and copies any other.
     """
     if copy == "shared" and isinstance(x, np.ndarray) and not x.flags.writeable:
-        if dtype is None or x.dtype == np.dtype(dtype):
+        if x.flags.c_contiguous and (dtype is None or x.dtype == np.dtype(dtype)):
             return x.view()
     if isinstance(x, np.ndarray) or dtype is not None:
         # copies are C-ordered: kernels read rows

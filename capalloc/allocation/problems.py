@@ -36,8 +36,8 @@ class QuadraticProblem:
     importance : (n,) or (m, n) array_like of float
         Importances :math:`v_i \ge 0`; a 2-D array is a batch of ``m`` problems.
         The problem keeps a read-only copy, except of an array that is already
-        read-only float64 (``v.setflags(write=False)``, a memory-mapped file, another
-        problem's ``importance``), which it uses as it is: for large inputs that saves
+        read-only, C-contiguous float64 (``v.setflags(write=False)``, a memory-mapped
+        file, another problem's ``importance``), which it uses as it is: for large inputs that saves
         a copy, and such an array must not change while the problem is in use.
     d : int
         Embedding dimension (capacity budget), ``d >= 0``.
