@@ -184,32 +184,39 @@ def _angle(text: str) -> float | None:
     return value
 
 
+def _options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed options ``names`` as keyword arguments."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, Any]], header: str, line: Any) -> int:
+    """Print ``rows`` as JSON (``--json``) or as a table: ``header``, then ``line(row)``."""
+    if args.json:
+        print_json(rows)
+        return 0
+    print(header)
+    for r in rows:
+        print(line(r))
+    return 0
+
+
 def _cmd_separability(args: argparse.Namespace) -> int:
     from capalloc.prediction.separability import basis_dependence
 
     rows = basis_dependence(
         args.model,
-        n=args.n,
-        d=args.d,
-        importance=args.importance,
-        sparsities=args.sparsities,
-        seeds=args.seeds,
-        steps=args.steps,
-        rotations=args.rotations,
-        angles=args.angles,
-        seed=args.seed,
+        **_options(args, "n", "d", "importance", "sparsities", "seeds", "steps"),
+        **_options(args, "rotations", "angles", "seed"),
     )
-    if args.json:
-        print_json(rows)
-        return 0
-    print("model     S      angle  loss       rho      rho_min  rho_max")
-    for r in rows:
+
+    def line(r: dict[str, Any]) -> str:
         angle = "haar" if r["angle"] is None else f"{r['angle']:g}"
-        print(
+        return (
             f"{r['model']:<9} {r['sparsity']:<6g} {angle:<6} {r['loss']:<10.6f} "
             f"{r['ratio']:<8.4g} {r['ratio_min']:<8.4g} {r['ratio_max']:.4g}"
         )
-    return 0
+
+    return _report(args, rows, "model     S      angle  loss       rho      rho_min  rho_max", line)
 
 
 def _cmd_loss_curve(args: argparse.Namespace) -> int:
@@ -217,23 +224,15 @@ def _cmd_loss_curve(args: argparse.Namespace) -> int:
 
     rows = constrained_loss_curve(
         args.model,
-        feature=args.feature,
-        capacities=args.capacities,
-        n=args.n,
-        d=args.d,
-        sparsity=args.sparsity,
-        importance=args.importance,
-        steps=args.steps,
-        seed=args.seed,
+        **_options(args, "feature", "capacities", "n", "d", "sparsity", "importance"),
+        **_options(args, "steps", "seed"),
     )
-    if args.json:
-        print_json(rows)
-        return 0
-    print("target  capacity  loss       exact")
-    for r in rows:
+
+    def line(r: dict[str, Any]) -> str:
         exact = "-" if r["exact"] is None else f"{r['exact']:.6f}"
-        print(f"{r['target']:<7g} {r['capacity']:<9.4f} {r['loss']:<10.6f} {exact}")
-    return 0
+        return f"{r['target']:<7g} {r['capacity']:<9.4f} {r['loss']:<10.6f} {exact}"
+
+    return _report(args, rows, "target  capacity  loss       exact", line)
 
 
 def _strength(text: str) -> float:
@@ -270,20 +269,14 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     rows = frontier(
         args.model,
         args.strengths or DEFAULT_STRENGTHS,
-        n=args.n,
-        d=args.d,
-        sparsity=args.sparsity,
-        seeds=args.seeds,
-        steps=args.steps,
-        seed=args.seed,
+        **_options(args, "n", "d", "sparsity", "seeds", "steps", "seed"),
     )
-    if args.json:
-        print_json(rows)
-        return 0
-    print("strength  loss      polysemantic_fraction")
-    for r in rows:
-        print(f"{r['strength']:<9g} {r['loss']:<9.5f} {r['polysemantic_fraction']:.3f}")
-    return 0
+    return _report(
+        args,
+        rows,
+        "strength  loss      polysemantic_fraction",
+        lambda r: f"{r['strength']:<9g} {r['loss']:<9.5f} {r['polysemantic_fraction']:.3f}",
+    )
 
 
 def _cmd_interventions(
@@ -293,25 +286,17 @@ def _cmd_interventions(
         args.model,
         strengths=args.strengths or strengths,
         biases=args.biases or biases,
-        widths=args.widths,
-        fixed_bias=args.fixed_bias,
-        n=args.n,
-        d=args.d,
-        sparsity=args.sparsity,
-        seeds=args.seeds,
-        steps=args.steps,
-        seed=args.seed,
+        **_options(args, "widths", "fixed_bias", "n", "d", "sparsity", "seeds", "steps", "seed"),
     )
-    if args.json:
-        print_json(rows)
-        return 0
-    print("intervention  value     width  loss      polysemantic_fraction  total_capacity")
-    for r in rows:
-        print(
+    return _report(
+        args,
+        rows,
+        "intervention  value     width  loss      polysemantic_fraction  total_capacity",
+        lambda r: (
             f"{r['intervention']:<13} {r['value']:<9g} {r['width']:<6d} {r['loss']:<9.5f} "
             f"{r['polysemantic_fraction']:<22.3f} {r['total_capacity']:.2f}"
-        )
-    return 0
+        ),
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
