@@ -18,9 +18,9 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import numpy as np
+from bench_capacity import paired_best  # this folder: the one alternating timer
 
 import capalloc
 from capalloc.experiments.bench import power_law_problem
@@ -44,20 +44,6 @@ DOCUMENTED = {
     "capacity 8192x256 / W @ W.T": 2.4,  # one BLAS thread, as .ci/run sets
     "first small solve, fresh process / import numpy, scipy.optimize": 0.4,
 }
-
-
-def _pair(fn: Callable[[], object], ref: Callable[[], object], pairs: int) -> tuple[float, float]:
-    """Best times of ``fn`` and ``ref`` over ``pairs`` alternating calls (after one each)."""
-    fn(), ref()
-    best_f = best_r = float("inf")
-    for _ in range(pairs):
-        t0 = time.perf_counter()
-        ref()
-        t1 = time.perf_counter()
-        fn()
-        t2 = time.perf_counter()
-        best_r, best_f = min(best_r, t1 - t0), min(best_f, t2 - t1)
-    return best_f, best_r
 
 
 def _wall(code: str, runs: int) -> float:
@@ -86,49 +72,53 @@ def measure(quick: bool) -> dict[str, tuple[float, float]]:
     # 2**22 features (32 MB): larger than the caches, so the sum reads memory as the solve does
     big = power_law_problem(_BIG)
     v = np.array(big.importance)
-    out["waterfill n=4e6 / sum"] = _pair(
+    out["waterfill n=4e6 / sum"] = paired_best(
         lambda: capalloc.solve(big), lambda: np.sum(big.importance), pairs
     )
     perk = power_law_problem(_BIG, kurtosis=np.linspace(3.5, 30.0, _BIG))
-    out["waterfill n=4e6, K per feature / sum"] = _pair(
+    out["waterfill n=4e6, K per feature / sum"] = paired_best(
         lambda: capalloc.solve(perk), lambda: np.sum(big.importance), pairs
     )
-    out["QuadraticProblem(v) n=4e6 / sum"] = _pair(
+    out["QuadraticProblem(v) n=4e6 / sum"] = paired_best(
         lambda: capalloc.QuadraticProblem(v, _BIG // 10, 10.0), lambda: np.sum(v), pairs
     )
     frozen = big.importance  # read-only: shared, not copied
-    out["QuadraticProblem(read-only v) n=4e6 / sum"] = _pair(
+    out["QuadraticProblem(read-only v) n=4e6 / sum"] = paired_best(
         lambda: capalloc.QuadraticProblem(frozen, _BIG // 10, 10.0), lambda: np.sum(v), pairs
     )
     small = power_law_problem(10**4)
     vs = np.array(small.importance)
-    out["waterfill numpy engine n=1e4 / sort"] = _pair(
+    out["waterfill numpy engine n=1e4 / sort"] = paired_best(
         lambda: capalloc.waterfill(small, engine="numpy"), lambda: np.sort(vs), pairs
     )
     rows = 1000 if quick else 4000
     mixed, convex = _phase_batch(rows, 20, False), _phase_batch(rows, 20, True)
-    out[f"phase-diagram batch {rows}x20 / convex batch"] = _pair(
+    out[f"phase-diagram batch {rows}x20 / convex batch"] = paired_best(
         lambda: capalloc.solve(mixed), lambda: capalloc.solve(convex), pairs
     )
     if not quick:  # the sizes of issue 13's targets
         n7 = 10**7
         p7 = power_law_problem(n7)
         v7 = p7.importance
-        out["waterfill n=1e7 / sum"] = _pair(lambda: capalloc.solve(p7), lambda: np.sum(v7), pairs)
+        out["waterfill n=1e7 / sum"] = paired_best(
+            lambda: capalloc.solve(p7), lambda: np.sum(v7), pairs
+        )
         k7 = power_law_problem(n7, kurtosis=np.linspace(3.5, 30.0, n7))
-        out["waterfill n=1e7, K per feature / sum"] = _pair(
+        out["waterfill n=1e7, K per feature / sum"] = paired_best(
             lambda: capalloc.solve(k7), lambda: np.sum(v7), pairs
         )
         b7 = power_law_problem(100, m=10**5)
-        out["batched 1e5 x 100 / sum of its 1e7 entries"] = _pair(
+        out["batched 1e5 x 100 / sum of its 1e7 entries"] = paired_best(
             lambda: capalloc.solve(b7), lambda: np.sum(b7.importance), pairs
         )
         diagram, convex2 = _phase_batch(200 * 200, 2, False), _phase_batch(200 * 200, 2, True)
-        out["phase diagram 200x200, K 1.5-10 / convex batch"] = _pair(
+        out["phase diagram 200x200, K 1.5-10 / convex batch"] = paired_best(
             lambda: capalloc.solve(diagram), lambda: capalloc.solve(convex2), pairs
         )
     W = np.random.default_rng(0).standard_normal((256, 8192))
-    out["capacity 8192x256 / W @ W.T"] = _pair(lambda: capalloc.capacity(W), lambda: W @ W.T, pairs)
+    out["capacity 8192x256 / W @ W.T"] = paired_best(
+        lambda: capalloc.capacity(W), lambda: W @ W.T, pairs
+    )
     solve_code = (
         "import capalloc\n"
         "capalloc.solve(capalloc.QuadraticProblem([1.0 / (i + 1) for i in range(10000)], 1000, 10.0))"

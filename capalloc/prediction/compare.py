@@ -25,7 +25,14 @@ import numpy as np
 
 from capalloc._lib.validation import check_positive, short
 
-__all__ = ["MODELS", "capacity_error", "predict_capacity", "prediction_rows", "make_importance"]
+__all__ = [
+    "MODELS",
+    "capacity_error",
+    "check_sparsities",
+    "predict_capacity",
+    "prediction_rows",
+    "make_importance",
+]
 
 #: Models with a prediction.
 MODELS = ("quadratic", "relu", "gelu", "relu-ae")
@@ -47,6 +54,21 @@ def make_importance(n: int, importance: str = "decay") -> np.ndarray:
     if importance == "uniform":
         return np.ones(n)
     raise ValueError(f"importance must be 'decay' or 'uniform', got {importance!r}")
+
+
+def check_sparsities(sparsities: Sequence[float]) -> list[float]:
+    """A non-empty list of sparsities in ``[0, 1)`` as floats.
+
+    Examples
+    --------
+    >>> from capalloc.prediction.compare import check_sparsities
+    >>> check_sparsities((0.5, 0.9))
+    [0.5, 0.9]
+    """
+    S = [float(x) for x in sparsities]
+    if not S or any(not 0.0 <= x < 1.0 for x in S):
+        raise ValueError(f"sparsities must lie in [0, 1), got {short(sparsities)}")
+    return S
 
 
 def capacity_error(predicted: Any, trained: Any) -> float:
@@ -117,9 +139,7 @@ def prediction_rows(
     if model not in MODELS:
         raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
     v = make_importance(n, importance)
-    S = [float(x) for x in sparsities]
-    if not S or any(not 0.0 <= x < 1.0 for x in S):
-        raise ValueError(f"sparsities must lie in [0, 1), got {short(sparsities)}")
+    S = check_sparsities(sparsities)
     restarts = check_positive(restarts, "restarts", integer=True)
     from capalloc.training import TrainConfig
     from capalloc.training.torch_models import train_model

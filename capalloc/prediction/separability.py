@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from capalloc._lib.validation import check_positive, short
-from capalloc.prediction.compare import make_importance
+from capalloc._lib.validation import check_positive
+from capalloc.prediction.compare import check_sparsities, make_importance
 
 __all__ = ["basis_dependence", "haar_rotations", "rotated_losses"]
 
@@ -129,9 +129,7 @@ def basis_dependence(
     from capalloc._capacity import capacity
 
     rotations = check_positive(rotations, "rotations", integer=True)
-    S = [float(x) for x in sparsities]
-    if not S or any(not 0.0 <= x < 1.0 for x in S):
-        raise ValueError(f"sparsities must lie in [0, 1), got {short(sparsities)}")
+    S = check_sparsities(sparsities)
     import torch
 
     from capalloc.training import TrainConfig
